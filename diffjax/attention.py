@@ -1,0 +1,245 @@
+"""Standard softmax attention and Differential Attention (DA), as pure functions and NNX modules.
+
+Differential Attention (Ye et al. 2024, arXiv 2410.05258), for each DIFF head h::
+
+    A1 = softmax(Q1 K1ᵀ / √d),  A2 = softmax(Q2 K2ᵀ / √d)
+    λ  = exp(λq1·λk1) − exp(λq2·λk2) + λ_init          (one scalar per layer)
+    O_h = RMSNorm((A1 − λ A2) V_h) · (1 − λ_init)        (RMSNorm over 2d, eps 1e-5, shared scale)
+
+with q/k sub-heads paired (2h, 2h+1) and value heads 2d wide. ``d = width / num_heads`` where
+``num_heads`` is the head count of the parameter-matched softmax baseline; DA has ``num_heads / 2``
+DIFF heads. Softmaxes and λ are computed in float32 whatever the compute dtype.
+
+The pure functions :func:`softmax_attention` and :func:`diff_attention` take parameters as a plain
+mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect to
+the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
+parameters and call them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+RMS_EPS = 1e-5
+LAMBDA_STD = 0.1
+DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def lambda_init_schedule(layer: int) -> float:
+    """λ_init of the official Diff Transformer schedule, 0.8 − 0.6·exp(−0.3·l), l 0-based."""
+    if layer < 0:
+        raise ValueError(f"layer index must be >= 0, got {layer}")
+    return 0.8 - 0.6 * math.exp(-0.3 * layer)
+
+
+@flax.struct.dataclass
+class AttentionMaps:
+    """Attention maps of one layer, float32.
+
+    Attributes:
+      a1: [B, H, N, N] first-branch softmax map (DA) or the map of each head (softmax attention,
+        H = its head count).
+      a2: [B, H, N, N] second-branch map (DA); ``None`` for softmax attention.
+      lam: [] the layer's λ (DA); ``None`` for softmax attention.
+    """
+
+    a1: Array
+    a2: Array | None = None
+    lam: Array | None = None
+
+    @property
+    def combined(self) -> Array:
+        """The map applied to V: A1 − λ·A2 for DA, A for softmax attention. [B, H, N, N]."""
+        if self.a2 is None:
+            return self.a1
+        return self.a1 - self.lam * self.a2
+
+
+def _softmax_f32(logits: Array, mask: Array | None) -> Array:
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        # A finite fill keeps fully masked rows NaN-free; exp(min − max) underflows to exactly 0.
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _dense(x: Array, p: Mapping[str, Array]) -> Array:
+    y = x @ p["kernel"].astype(x.dtype)
+    if p.get("bias") is not None:
+        y = y + p["bias"].astype(x.dtype)
+    return y
+
+
+def _check_input(x: Array, width: int, num_heads: int) -> None:
+    if x.ndim != 3 or x.shape[-1] != width:
+        raise ValueError(f"attention input must be [B, N, {width}], got shape {x.shape}")
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+
+
+def softmax_attention(
+    params: Mapping[str, Any],
+    x: Array,
+    num_heads: int,
+    mask: Array | None = None,
+    return_maps: bool = False,
+):
+    """Multi-head softmax self-attention.
+
+    Args:
+      params: ``{"q"|"k"|"v"|"out": {"kernel": [D, D], "bias": [D] or None}}``.
+      x: [B, N, D] tokens.
+      num_heads: H, head dim d = D / H, scale d^-½.
+      mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
+      return_maps: also return the :class:`AttentionMaps` (a1 = [B, H, N, N]).
+
+    Returns:
+      [B, N, D] output, and the maps if ``return_maps``.
+    """
+    b, n, width = x.shape
+    _check_input(x, width, num_heads)
+    d = width // num_heads
+    q = _dense(x, params["q"]).reshape(b, n, num_heads, d)
+    k = _dense(x, params["k"]).reshape(b, n, num_heads, d)
+    v = _dense(x, params["v"]).reshape(b, n, num_heads, d)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
+    a = _softmax_f32(logits, mask)
+    o = jnp.einsum("bhqk,bkhd->bqhd", a.astype(v.dtype), v).reshape(b, n, width)
+    out = _dense(o, params["out"])
+    return (out, AttentionMaps(a1=a)) if return_maps else out
+
+
+def diff_lambda(params: Mapping[str, Any], lambda_init: float) -> Array:
+    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a float32 scalar."""
+    f32 = lambda name: params[name].astype(jnp.float32)  # noqa: E731
+    return (
+        jnp.exp(jnp.dot(f32("lambda_q1"), f32("lambda_k1")))
+        - jnp.exp(jnp.dot(f32("lambda_q2"), f32("lambda_k2")))
+        + lambda_init
+    )
+
+
+def diff_attention(
+    params: Mapping[str, Any],
+    x: Array,
+    num_heads: int,
+    lambda_init: float,
+    mask: Array | None = None,
+    return_maps: bool = False,
+):
+    """Differential Attention.
+
+    Args:
+      params: ``{"q"|"k"|"v"|"out": {"kernel": [D, D], "bias": [D] or None},
+        "lambda_q1"|"lambda_k1"|"lambda_q2"|"lambda_k2": [d], "subln_scale": [2d]}``.
+      x: [B, N, D] tokens.
+      num_heads: head count H_base of the parameter-matched softmax baseline (even); DA uses
+        H = H_base / 2 DIFF heads, sub-head dim d = D / H_base, value head 2d.
+      lambda_init: the layer's λ_init (a Python float, not learned).
+      mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
+      return_maps: also return :class:`AttentionMaps` (a1, a2 = [B, H, N, N], lam = []).
+
+    Returns:
+      [B, N, D] output, and the maps if ``return_maps``.
+    """
+    b, n, width = x.shape
+    _check_input(x, width, num_heads)
+    if num_heads % 2:
+        raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
+    h, d = num_heads // 2, width // num_heads
+    q = _dense(x, params["q"]).reshape(b, n, 2 * h, d)
+    k = _dense(x, params["k"]).reshape(b, n, 2 * h, d)
+    v = _dense(x, params["v"]).reshape(b, n, h, 2 * d)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
+    p = _softmax_f32(logits, mask).reshape(b, h, 2, n, n)  # sub-heads (2h, 2h+1) pair up
+    a1, a2 = p[:, :, 0], p[:, :, 1]
+    lam = diff_lambda(params, lambda_init)
+    a = a1 - lam * a2
+    o = jnp.einsum("bhqk,bkhd->bhqd", a, v.astype(jnp.float32))
+    o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + RMS_EPS)
+    o = o * params["subln_scale"].astype(jnp.float32) * (1.0 - lambda_init)
+    o = o.astype(x.dtype).transpose(0, 2, 1, 3).reshape(b, n, width)
+    out = _dense(o, params["out"])
+    return (out, AttentionMaps(a1=a1, a2=a2, lam=lam)) if return_maps else out
+
+
+def _linear(width: int, use_bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        width,
+        width,
+        use_bias=use_bias,
+        kernel_init=DENSE_INIT,
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+    )
+
+
+def _linear_params(layer: nnx.Linear) -> dict[str, Array | None]:
+    return {"kernel": layer.kernel[...], "bias": None if layer.bias is None else layer.bias[...]}
+
+
+class SoftmaxAttention(nnx.Module):
+    """Multi-head softmax self-attention (q/k/v/out D→D projections) over [B, N, D]."""
+
+    def __init__(self, width: int, num_heads: int, *, use_bias: bool = True, rngs: nnx.Rngs):
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as the mapping :func:`softmax_attention` takes."""
+        return {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
+
+    def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
+        return softmax_attention(self.params(), x, self.num_heads, mask, return_maps)
+
+
+class DiffAttention(nnx.Module):
+    """Differential Attention over [B, N, D], parameter-matched to ``SoftmaxAttention(D, H_base)``.
+
+    Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the shared
+    RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        lambda_init: float,
+        *,
+        use_bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        if num_heads % 2:
+            raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
+        d = width // num_heads
+        self.num_heads = num_heads
+        self.lambda_init = float(lambda_init)
+        self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
+        lam_init = nnx.initializers.normal(stddev=LAMBDA_STD)
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            setattr(self, name, nnx.Param(lam_init(rngs.params(), (d,), jnp.float32)))
+        self.subln_scale = nnx.Param(jnp.ones((2 * d,), jnp.float32))
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as the mapping :func:`diff_attention` takes."""
+        p: dict[str, Any] = {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "subln_scale"):
+            p[name] = getattr(self, name)[...]
+        return p
+
+    def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
+        return diff_attention(
+            self.params(), x, self.num_heads, self.lambda_init, mask, return_maps
+        )

@@ -1,0 +1,152 @@
+"""Model configuration: a frozen dataclass with validation, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from diffjax.attention import lambda_init_schedule
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """A ViT / DiffViT classifier.
+
+    Attributes:
+      image_size: input height = width, pixels.
+      patch_size: square patch side, pixels; must divide ``image_size``.
+      channels: input channels.
+      num_classes: classifier outputs.
+      width: token width D.
+      depth: number of blocks.
+      num_heads: heads of the softmax model, H_base. DA layers use H_base / 2 DIFF heads with
+        sub-head dim D / H_base (parameter-matched), so H_base must be even when any layer is DA.
+      mlp_ratio: MLP hidden width / D.
+      attention: ``"softmax"`` (ViT) or ``"diff"`` (DiffViT).
+      diff_layers: 0-based indices of the layers that use DA when ``attention == "diff"``;
+        ``None`` means all layers.
+      lambda_init: ``"schedule"`` for 0.8 − 0.6·exp(−0.3·l), or a constant float for every layer.
+      qkv_bias: biases on the q/k/v/out projections.
+      layer_norm_eps: LayerNorm epsilon (timm ViT: 1e-6; DiffCLIP: 1e-5).
+      dropout: dropout rate after attention and MLP (0 = off; always off in eval mode).
+      mean, std: per-channel normalisation applied inside the model to [0, 1] pixels.
+      dtype: compute dtype of matmuls (``"float32"`` or ``"bfloat16"``); parameters, softmax, λ
+        and norms stay float32.
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+    num_classes: int = 10
+    width: int = 192
+    depth: int = 6
+    num_heads: int = 6
+    mlp_ratio: float = 2.0
+    attention: Literal["softmax", "diff"] = "softmax"
+    diff_layers: tuple[int, ...] | None = None
+    lambda_init: str | float = 0.8
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    dropout: float = 0.0
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        def positive(name):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+        for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
+            positive(name)
+        positive("num_heads")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size {self.patch_size} does not divide image_size {self.image_size}"
+            )
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.attention not in ("softmax", "diff"):
+            raise ValueError(f"attention must be 'softmax' or 'diff', got {self.attention!r}")
+        if self.attention == "diff" and self.num_heads % 2:
+            raise ValueError(
+                f"DiffViT needs an even num_heads (DA heads = num_heads / 2), got {self.num_heads}"
+            )
+        if self.diff_layers is not None:
+            if self.attention != "diff":
+                raise ValueError("diff_layers is only meaningful with attention='diff'")
+            bad = [i for i in self.diff_layers if not 0 <= i < self.depth]
+            if bad:
+                raise ValueError(f"diff_layers {bad} outside 0..{self.depth - 1}")
+        if isinstance(self.lambda_init, str):
+            if self.lambda_init != "schedule":
+                raise ValueError(
+                    f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}"
+                )
+        elif not isinstance(self.lambda_init, (int, float)) or isinstance(self.lambda_init, bool):
+            raise ValueError(f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}")
+        if not 0 < self.mlp_ratio:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one entry per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Patches plus the CLS token."""
+        return self.num_patches + 1
+
+    def is_diff_layer(self, layer: int) -> bool:
+        if self.attention != "diff":
+            return False
+        return self.diff_layers is None or layer in self.diff_layers
+
+    def layer_lambda_init(self, layer: int) -> float:
+        """λ_init of 0-based ``layer``."""
+        if self.lambda_init == "schedule":
+            return lambda_init_schedule(layer)
+        return float(self.lambda_init)
+
+    def replace(self, **changes) -> ViTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ViTConfig] = {
+    # Milliseconds per forward pass: used by the tests.
+    "tiny": ViTConfig(image_size=8, patch_size=4, width=16, depth=2, num_heads=4, mlp_ratio=2.0),
+    # The CIFAR default of this project (see README, "decisions").
+    "cifar": ViTConfig(image_size=32, patch_size=4, width=192, depth=6, num_heads=6, mlp_ratio=2.0),
+    # The ViT-B/16 shape (CLIP towers).
+    "vit_b16": ViTConfig(
+        image_size=224,
+        patch_size=16,
+        width=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+        num_classes=1000,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
+}
+
+
+def preset(name: str, **changes) -> ViTConfig:
+    """A named preset (``tiny``, ``cifar``, ``vit_b16``) with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].replace(**changes)

@@ -1,0 +1,188 @@
+"""ViT and DiffViT: one pre-norm Vision Transformer whose attention is softmax or differential.
+
+    logits = Linear(LN(h_L)[CLS]),   h_{l+1} = h'_l + MLP(LN(h'_l)),   h'_l = h_l + Attn_l(LN(h_l))
+
+Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
+attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every
+layer, the block input h_l and the attention maps, which is the hook the analysis code uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from diffjax.attention import DENSE_INIT, AttentionMaps, DiffAttention, SoftmaxAttention
+from diffjax.config import ViTConfig
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class Intermediates:
+    """What ``ViT(..., capture=True)`` returns besides the logits.
+
+    Attributes:
+      layer_inputs: per layer, the block input h_l, [B, N, D] float32 (N = patches + 1).
+      maps: per layer, the :class:`AttentionMaps` (float32).
+    """
+
+    layer_inputs: tuple[Array, ...]
+    maps: tuple[AttentionMaps, ...]
+
+
+def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: LN → attention → residual; LN → MLP (exact GELU) → residual."""
+
+    def __init__(self, config: ViTConfig, layer: int, *, rngs: nnx.Rngs):
+        c = config
+        self.dtype = jnp.dtype(c.dtype)
+        self.norm1 = _layer_norm(c.width, c.layer_norm_eps, rngs)
+        if c.is_diff_layer(layer):
+            self.attn = DiffAttention(
+                c.width, c.num_heads, c.layer_lambda_init(layer), use_bias=c.qkv_bias, rngs=rngs
+            )
+        else:
+            self.attn = SoftmaxAttention(c.width, c.num_heads, use_bias=c.qkv_bias, rngs=rngs)
+        self.norm2 = _layer_norm(c.width, c.layer_norm_eps, rngs)
+        hidden = int(round(c.width * c.mlp_ratio))
+        dense = dict(
+            kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
+        )
+        self.fc1 = nnx.Linear(c.width, hidden, rngs=rngs, **dense)
+        self.fc2 = nnx.Linear(hidden, c.width, rngs=rngs, **dense)
+        self.drop = nnx.Dropout(c.dropout) if c.dropout > 0 else None
+
+    def _dropout(self, x: Array, rngs: nnx.Rngs | None) -> Array:
+        if self.drop is None or rngs is None:
+            return x
+        return self.drop(x, deterministic=False, rngs=rngs)
+
+    def attention_input(self, h: Array) -> Array:
+        """LN1(h) in the compute dtype: what the attention layer sees. [B, N, D]."""
+        return self.norm1(h).astype(self.dtype)
+
+    def __call__(self, h: Array, *, rngs: nnx.Rngs | None = None, return_maps: bool = False):
+        """Args: h [B, N, D] float32. Returns h_next [B, N, D] (and the maps if asked)."""
+        a = self.attn(self.attention_input(h), return_maps=return_maps)
+        a, maps = a if return_maps else (a, None)
+        h = h + self._dropout(a.astype(jnp.float32), rngs)
+        m = self.fc2(jax.nn.gelu(self.fc1(self.norm2(h).astype(self.dtype)), approximate=False))
+        h = h + self._dropout(m.astype(jnp.float32), rngs)
+        return (h, maps) if return_maps else h
+
+
+class ViT(nnx.Module):
+    """ViT (``attention="softmax"``) or DiffViT (``attention="diff"``) classifier.
+
+    Call with images [B, H, W, C] (or one image [H, W, C]) float in [0, 1]; returns logits
+    [B, num_classes] (or [num_classes]) float32.
+    """
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        self.dtype = jnp.dtype(c.dtype)
+        patch_dim = c.patch_size * c.patch_size * c.channels
+        dense = dict(kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init())
+        # A Dense over (ph, pw, c)-flattened patches is a stride-p convolution with an HWIO kernel.
+        self.patch_embed = nnx.Linear(patch_dim, c.width, rngs=rngs, **dense)
+        self.cls_token = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
+        self.pos_embed = nnx.Param(
+            DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
+        )
+        self.blocks = nnx.List([Block(c, i, rngs=rngs) for i in range(c.depth)])
+        self.norm = _layer_norm(c.width, c.layer_norm_eps, rngs)
+        self.head = nnx.Linear(c.width, c.num_classes, rngs=rngs, **dense)
+
+    def _check_images(self, images: Array) -> None:
+        c = self.config
+        want = (c.image_size, c.image_size, c.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(
+                f"images must be [B, {want[0]}, {want[1]}, {want[2]}] (NHWC) or one image "
+                f"{list(want)}, got shape {tuple(images.shape)}"
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(
+                f"images must be floating point in [0, 1], got dtype {images.dtype} "
+                "(convert uint8 with x / 255)"
+            )
+
+    def embed(self, images: Array) -> Array:
+        """Normalise, patchify, embed, prepend CLS, add positions: [B, H, W, C] → h_0 [B, N, D]."""
+        c = self.config
+        self._check_images(images)
+        mean = jnp.asarray(c.mean, jnp.float32)
+        std = jnp.asarray(c.std, jnp.float32)
+        x = (images.astype(jnp.float32) - mean) / std
+        b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
+        x = x.reshape(b, g, p, g, p, c.channels).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, g * g, p * p * c.channels)
+        tokens = self.patch_embed(x)
+        cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c.width))
+        return jnp.concatenate([cls, tokens], axis=1) + self.pos_embed[...]
+
+    def classify(self, h: Array) -> Array:
+        """Final LN and linear head on the CLS token: h_L [B, N, D] → logits [B, classes]."""
+        return self.head(self.norm(h)[:, 0]).astype(jnp.float32)
+
+    def __call__(
+        self,
+        images: Array,
+        *,
+        rngs: nnx.Rngs | None = None,
+        capture: bool = False,
+    ):
+        """Logits of ``images``; dropout is active only when ``rngs`` is given.
+
+        With ``capture=True`` returns ``(logits, Intermediates)``.
+        """
+        single = images.ndim == 3
+        if single:
+            images = images[None]
+        h = self.embed(images)
+        if rngs is not None:
+            h = self.blocks[0]._dropout(h, rngs)
+        inputs, maps = [], []
+        for block in self.blocks:
+            if capture:
+                inputs.append(h)
+                h, m = block(h, rngs=rngs, return_maps=True)
+                maps.append(m)
+            else:
+                h = block(h, rngs=rngs)
+        logits = self.classify(h)
+        if single:
+            logits = logits[0]
+            inputs = [t[0] for t in inputs]
+            maps = [jax.tree.map(lambda t: t[0] if t.ndim else t, m) for m in maps]
+        if capture:
+            return logits, Intermediates(layer_inputs=tuple(inputs), maps=tuple(maps))
+        return logits
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters (``nnx.Param`` leaves) of ``model``."""
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def functional(model: nnx.Module) -> tuple[Callable[..., Any], Any]:
+    """Split ``model`` into a pure ``apply(params, images, **kw)`` and its parameter state.
+
+    ``apply`` is a plain function of (parameters, input): it can be jitted, vmapped and
+    differentiated with respect to either argument.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def apply(params, images, **kwargs):
+        return nnx.merge(graphdef, params, rest)(images, **kwargs)
+
+    return apply, params
