@@ -10,7 +10,7 @@ from diffjax.attention import (
     softmax_attention,
 )
 from diffjax.config import PRESETS, ViTConfig, preset
-from diffjax.vit import ViT, Block, Intermediates, count_params, functional
+from diffjax.vit import Block, Intermediates, ViT, count_params, functional
 
 __version__ = "0.1.0"
 

@@ -12,15 +12,16 @@ DIFF heads. Softmaxes, λ and the RMSNorm are computed in float32 (float64 when 
 whatever the compute dtype.
 
 The pure functions :func:`softmax_attention` and :func:`diff_attention` take parameters as a plain
-mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect to
-the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
+mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect
+to the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
 parameters and call them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.struct
 import jax
@@ -84,7 +85,8 @@ def _dense(x: Array, p: Mapping[str, Array]) -> Array:
     return y
 
 
-def _check_input(x: Array, width: int, num_heads: int) -> None:
+def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
+    width = params["q"]["kernel"].shape[0]
     if x.ndim != 3 or x.shape[-1] != width:
         raise ValueError(f"attention input must be [B, N, {width}], got shape {x.shape}")
     if width % num_heads:
@@ -110,8 +112,8 @@ def softmax_attention(
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
+    _check_input(x, params, num_heads)
     b, n, width = x.shape
-    _check_input(x, width, num_heads)
     d = width // num_heads
     q = _dense(x, params["q"]).reshape(b, n, num_heads, d)
     k = _dense(x, params["k"]).reshape(b, n, num_heads, d)
@@ -123,9 +125,10 @@ def softmax_attention(
     return (out, AttentionMaps(a1=a)) if return_maps else out
 
 
-def diff_lambda(params: Mapping[str, Any], lambda_init: float) -> Array:
-    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a scalar in at least float32."""
-    w = {name: _wide(params[name]) for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")}
+def diff_lambda(params: Mapping[str, Any], lambda_init: float, dtype=jnp.float32) -> Array:
+    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a scalar computed in ``dtype``."""
+    names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+    w = {name: params[name].astype(dtype) for name in names}
     return (
         jnp.exp(jnp.dot(w["lambda_q1"], w["lambda_k1"]))
         - jnp.exp(jnp.dot(w["lambda_q2"], w["lambda_k2"]))
@@ -156,8 +159,8 @@ def diff_attention(
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
+    _check_input(x, params, num_heads)
     b, n, width = x.shape
-    _check_input(x, width, num_heads)
     if num_heads % 2:
         raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
     h, d = num_heads // 2, width // num_heads
@@ -167,11 +170,11 @@ def diff_attention(
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
     p = _softmax_wide(logits, mask).reshape(b, h, 2, n, n)  # sub-heads (2h, 2h+1) pair up
     a1, a2 = p[:, :, 0], p[:, :, 1]
-    lam = diff_lambda(params, lambda_init)
+    lam = diff_lambda(params, lambda_init, a1.dtype)
     a = a1 - lam * a2
-    o = jnp.einsum("bhqk,bkhd->bhqd", a, _wide(v))
+    o = jnp.einsum("bhqk,bkhd->bhqd", a, v.astype(a.dtype))
     o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + RMS_EPS)
-    o = o * _wide(params["subln_scale"]) * (1.0 - lambda_init)
+    o = o * params["subln_scale"].astype(a.dtype) * (1.0 - lambda_init)
     o = o.astype(x.dtype).transpose(0, 2, 1, 3).reshape(b, n, width)
     out = _dense(o, params["out"])
     return (out, AttentionMaps(a1=a1, a2=a2, lam=lam)) if return_maps else out
@@ -212,8 +215,8 @@ class SoftmaxAttention(nnx.Module):
 class DiffAttention(nnx.Module):
     """Differential Attention over [B, N, D], parameter-matched to ``SoftmaxAttention(D, H_base)``.
 
-    Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the shared
-    RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
+    Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the
+    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
     """
 
     def __init__(
@@ -246,6 +249,4 @@ class DiffAttention(nnx.Module):
         return p
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
-        return diff_attention(
-            self.params(), x, self.num_heads, self.lambda_init, mask, return_maps
-        )
+        return diff_attention(self.params(), x, self.num_heads, self.lambda_init, mask, return_maps)

@@ -115,7 +115,7 @@ class ViTConfig:
 
     @property
     def accum_dtype(self) -> str:
-        """Dtype of the residual stream, norms and softmaxes: float64 in float64 mode, else float32."""
+        """Dtype of residual stream, norms and softmaxes: float64 in float64 mode, else float32."""
         return "float64" if self.dtype == "float64" else "float32"
 
     def is_diff_layer(self, layer: int) -> bool:

@@ -9,7 +9,8 @@ layer, the block input h_l and the attention maps, which is the hook the analysi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -106,9 +107,7 @@ class ViT(nnx.Module):
         )
         self.blocks = nnx.List([Block(c, i, rngs=rngs) for i in range(c.depth)])
         self.norm = _layer_norm(c, rngs)
-        self.head = nnx.Linear(
-            c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense
-        )
+        self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
 
     def _check_images(self, images: Array) -> None:
         c = self.config

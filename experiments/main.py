@@ -1,4 +1,4 @@
-"""The main job: build ViT and DiffViT, report their shapes, λ_init per layer, and a forward pass."""
+"""The main job: build ViT and DiffViT; print parameter counts, λ_init per layer, a forward pass."""
 
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ def main(argv=None) -> None:
         if attention == "diff":
             table = [config.layer_lambda_init(i) for i in range(config.depth)]
             print("lambda_init per layer:", np.round(table, 4).tolist())
-        x = images if config.image_size == 32 else jax.image.resize(
-            images, (args.images, config.image_size, config.image_size, 3), "linear"
+        x = (
+            images
+            if config.image_size == 32
+            else jax.image.resize(
+                images, (args.images, config.image_size, config.image_size, 3), "linear"
+            )
         )
         logits = jax.jit(lambda m, x: m(x))(model, x)
         print("logits[0]:", np.round(np.asarray(logits[0]), 4).tolist())

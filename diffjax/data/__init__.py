@@ -1,6 +1,6 @@
 """Datasets as uint8 NHWC images, int32 labels and class names.
 
-    ds = load_dataset("synthetic", "train")   # ds.images [N, H, W, C] uint8, ds.labels [N] int32
+ds = load_dataset("synthetic", "train")   # ds.images [N, H, W, C] uint8, ds.labels [N] int32
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class Dataset:
             raise ValueError(
                 f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images"
             )
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+        if len(self.labels) and (
+            self.labels.min() < 0 or self.labels.max() >= len(self.class_names)
+        ):
             raise ValueError("labels outside [0, num_classes)")
 
     def __len__(self) -> int:

@@ -1,0 +1,108 @@
+"""Float64 NumPy references written from the formulas of the spec, independent of diffjax code.
+
+Loops over heads and explicit feature slices instead of reshapes, so a wrong sub-head pairing or
+value layout in the library cannot be reproduced here by accident.
+"""
+
+import numpy as np
+
+
+def np_softmax(s):
+    s = s - s.max(axis=-1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _dense(x, p):
+    y = x @ np.asarray(p["kernel"], np.float64)
+    if p.get("bias") is not None:
+        y = y + np.asarray(p["bias"], np.float64)
+    return y
+
+
+def softmax_attention(params, x, num_heads, mask=None):
+    """x [B, N, D] → (out [B, N, D], maps [B, H, N, N])."""
+    x = np.asarray(x, np.float64)
+    b, n, width = x.shape
+    d = width // num_heads
+    q, k, v = (_dense(x, params[name]) for name in ("q", "k", "v"))
+    heads, maps = [], []
+    for h in range(num_heads):
+        sl = slice(h * d, (h + 1) * d)
+        s = q[..., sl] @ k[..., sl].transpose(0, 2, 1) / np.sqrt(d)
+        if mask is not None:
+            s = np.where(mask, s, -np.inf)
+        a = np_softmax(s)
+        maps.append(a)
+        heads.append(a @ v[..., sl])
+    return _dense(np.concatenate(heads, axis=-1), params["out"]), np.stack(maps, axis=1)
+
+
+def diff_attention(params, x, num_heads, lambda_init, mask=None, eps=1e-5):
+    """x [B, N, D] → (out [B, N, D], a1 [B, H, N, N], a2 [B, H, N, N], λ)."""
+    x = np.asarray(x, np.float64)
+    b, n, width = x.shape
+    d = width // num_heads
+    p64 = {k: np.asarray(v, np.float64) for k, v in params.items() if k.startswith("lambda")}
+    lam = (
+        np.exp(np.sum(p64["lambda_q1"] * p64["lambda_k1"]))
+        - np.exp(np.sum(p64["lambda_q2"] * p64["lambda_k2"]))
+        + lambda_init
+    )
+    scale = np.asarray(params["subln_scale"], np.float64)
+    q, k, v = (_dense(x, params[name]) for name in ("q", "k", "v"))
+    heads, a1s, a2s = [], [], []
+    for h in range(num_heads // 2):
+        b1 = slice(2 * h * d, 2 * h * d + d)  # branch-1 sub-head: features [2hd, 2hd + d)
+        b2 = slice(2 * h * d + d, 2 * h * d + 2 * d)  # branch-2 sub-head
+        val = v[..., 2 * h * d : 2 * h * d + 2 * d]  # value head 2d wide
+        maps = []
+        for sl in (b1, b2):
+            s = q[..., sl] @ k[..., sl].transpose(0, 2, 1) / np.sqrt(d)
+            if mask is not None:
+                s = np.where(mask, s, -np.inf)
+            maps.append(np_softmax(s))
+        a1, a2 = maps
+        o = (a1 - lam * a2) @ val
+        o = o / np.sqrt(np.mean(o**2, axis=-1, keepdims=True) + eps) * scale * (1 - lambda_init)
+        heads.append(o)
+        a1s.append(a1)
+        a2s.append(a2)
+    out = _dense(np.concatenate(heads, axis=-1), params["out"])
+    return out, np.stack(a1s, 1), np.stack(a2s, 1), lam
+
+
+def _layer_norm(x, p, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * np.asarray(p["scale"], np.float64) + np.asarray(
+        p["bias"], np.float64
+    )
+
+
+def vit_logits(params, config, images):
+    """Float64 ViT/DiffViT forward from ``nnx.state(model, nnx.Param)`` converted to dicts."""
+    from scipy.special import erf
+
+    c = config
+    x = (np.asarray(images, np.float64) - np.asarray(c.mean)) / np.asarray(c.std)
+    b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
+    patches = np.stack(
+        [x[:, i * p : (i + 1) * p, j * p : (j + 1) * p, :].reshape(b, -1)
+         for i in range(g) for j in range(g)], axis=1)  # fmt: skip
+    tokens = _dense(patches, params["patch_embed"])
+    cls = np.broadcast_to(np.asarray(params["cls_token"], np.float64), (b, 1, c.width))
+    h = np.concatenate([cls, tokens], axis=1) + np.asarray(params["pos_embed"], np.float64)
+    for layer in range(c.depth):
+        blk = params["blocks"][layer]
+        a_in = _layer_norm(h, blk["norm1"], c.layer_norm_eps)
+        att = blk["attn"]
+        if c.is_diff_layer(layer):
+            a, *_ = diff_attention(att, a_in, c.num_heads, c.layer_lambda_init(layer))
+        else:
+            a, _ = softmax_attention(att, a_in, c.num_heads)
+        h = h + a
+        m = _dense(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk["fc1"])
+        m = 0.5 * m * (1 + erf(m / np.sqrt(2)))
+        h = h + _dense(m, blk["fc2"])
+    return _dense(_layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0], params["head"])
