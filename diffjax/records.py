@@ -1,0 +1,111 @@
+"""Result records for experiments: provenance, atomic JSON/CSV, resumable parts, statistics.
+
+env = environment()                                   # versions, devices, time
+part = cached(path, lambda: expensive())              # computed once; reread after a restart
+summary = mean_std_ci([0.81, 0.84, 0.80])             # mean, std, 95 % t-interval
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.metadata
+import io
+import json
+import math
+import os
+import pathlib
+import platform
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.stats
+
+from diffjax.checkpoint import write_json_atomic
+
+PACKAGES = ("diffjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "chex")
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, devices and time of this process, for a result's provenance."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = jax.devices()
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load JSON, with an error that names the file when it is missing or corrupt."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt result file {path}: {e}") from e
+
+
+def cached(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """The JSON at ``path`` if an earlier run finished it; else ``compute()``, saved atomically.
+
+    This is how experiments resume: each finished part is a file, and a restarted run only
+    computes the parts whose files are missing.
+    """
+    path = pathlib.Path(path)
+    if path.is_file():
+        return read_json(path)
+    value = compute()
+    write_json_atomic(path, value)
+    return read_json(path)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write dict rows as CSV (columns in first-seen order) via a temporary file and a rename."""
+    rows = list(rows)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation (ddof 1) and the Student-t confidence half-width.
+
+    With one value, std and the half-width are NaN (unknown), never 0.
+    """
+    x = np.asarray(list(values), np.float64)
+    if x.size == 0:
+        raise ValueError("mean_std_ci needs at least one value")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"non-finite values {x.tolist()}")
+    n = int(x.size)
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "std": math.nan, "ci": math.nan, "n": 1}
+    std = float(x.std(ddof=1))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+    return {"mean": mean, "std": std, "ci": half, "n": n}
