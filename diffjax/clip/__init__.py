@@ -7,6 +7,11 @@ classification and small contrastive training.
     logits = classifier(images)                                # [B, classes] cosine similarities
 """
 
+from diffjax.clip.attack import (
+    attack_success,
+    prompt_classifier,
+    prompt_cosine_loss,
+)
 from diffjax.clip.checkpoint import load_clip, read_clip_config
 from diffjax.clip.config import CLIP_PRESETS, CLIPConfig, clip_preset
 from diffjax.clip.convert import ConversionError, convert_checkpoint, read_state_dict
@@ -37,6 +42,7 @@ __all__ = [
     "PHOTO_TEMPLATES",
     "TEMPLATE_SETS",
     "TextTower",
+    "attack_success",
     "Tokenizer",
     "ZeroShotClassifier",
     "class_embeddings",
@@ -46,6 +52,8 @@ __all__ = [
     "default_tokenizer",
     "l2_normalize",
     "load_clip",
+    "prompt_classifier",
+    "prompt_cosine_loss",
     "read_clip_config",
     "read_state_dict",
     "train_contrastive",
