@@ -49,9 +49,7 @@ def main(argv=None) -> int:
         help="architecture of the checkpoint; 'auto' picks clip_b16 or diffclip_b16 from the "
         "keys (default: auto)",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace OUT if it already exists"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
     args = parser.parse_args(argv)
 
     if args.out.exists() and not args.overwrite:

@@ -284,8 +284,10 @@ def test_state_dict_reading_strips_prefix_and_skips_other_entries(tmp_path, monk
 
 def test_bare_state_dict_and_strided_views(tmp_path):
     a = torch.arange(12.0).reshape(3, 4)
-    torch.save({"t": a.t(), "row": a[1], "scalar": a[2, 3], "h": a.half()}, tmp_path / "s.pt")
+    tensors = {"t": a.t(), "row": a[1], "scalar": a[2, 3], "h": a.half(), "bf": a.bfloat16()}
+    torch.save(tensors, tmp_path / "s.pt")
     state = read_state_dict(tmp_path / "s.pt")
+    np.testing.assert_array_equal(state["bf"].astype(np.float32), a.numpy())
     np.testing.assert_array_equal(state["t"], a.numpy().T)
     np.testing.assert_array_equal(state["row"], a.numpy()[1])
     assert state["scalar"].shape == () and state["scalar"] == 11.0
@@ -365,9 +367,10 @@ def test_convert_cli(tmp_path, capsys):
     assert convert_clip.main(argv) == 0
     record = json.loads((out / "conversion.json").read_text())
     assert record["attention"] == "diff" and record["preset"] == "tiny_diff"
-    assert record["source_sha256"] == hashlib.sha256(
-        (tmp_path / "checkpoint_best.pt").read_bytes()
-    ).hexdigest()
+    assert (
+        record["source_sha256"]
+        == hashlib.sha256((tmp_path / "checkpoint_best.pt").read_bytes()).hexdigest()
+    )
     model = load_clip(out)
     tokens = np.zeros((1, 77), np.int32)
     tokens[0, :3] = [49406, 320, 49407]

@@ -148,6 +148,8 @@ def test_zero_shot_matches_the_protocol():
     logits = zeroshot_logits(unit, uint8, batch_size=2)
     np.testing.assert_allclose(logits, unit(uint8 / 255.0), rtol=1e-5, atol=1e-6)
     assert zeroshot_accuracy(unit, uint8, labels) == np.mean(logits.argmax(-1) == labels)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        zeroshot_logits(unit, uint8.astype(np.float32))
 
 
 def test_bad_input_is_rejected(small):

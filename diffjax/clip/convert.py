@@ -395,6 +395,10 @@ def _summarise(keys, limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == np.dtype(ml_dtypes.bfloat16)
+
+
 def check_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig) -> None:
     """Raise :class:`ConversionError` listing every missing key, extra key and wrong shape."""
     rules = conversion_rules(config)
@@ -419,10 +423,10 @@ def check_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig) -> Non
             + "\n  ".join(problems)
             + f"\n  config: {config}"
         )
-    bad = [k for k, w in state.items() if not np.issubdtype(np.asarray(w).dtype, np.floating)]
+    bad = [k for k, w in state.items() if not _is_float(np.asarray(w).dtype)]
     if bad:
         raise ConversionError(f"non-floating-point tensors where weights belong: {_summarise(bad)}")
-    nonfinite = [k for k, w in state.items() if not np.all(np.isfinite(w))]
+    nonfinite = [k for k, w in state.items() if not np.all(np.isfinite(np.float32(w)))]
     if nonfinite:
         raise ConversionError(f"non-finite values (NaN/inf) in: {_summarise(nonfinite)}")
 

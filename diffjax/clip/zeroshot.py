@@ -200,8 +200,12 @@ def zeroshot_logits(
     """Logits [N, classes] of uint8 (or [0, 1] float) NHWC ``images``, in sharded batches."""
     if images.ndim != 4:
         raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
-    graphdef, state = nnx.split(classifier)
     uint8 = images.dtype == np.uint8
+    if not uint8 and (images.min() < 0 or images.max() > 1):
+        raise ValueError(
+            f"float images must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]"
+        )
+    graphdef, state = nnx.split(classifier)
 
     @jax.jit
     def logits(x):
