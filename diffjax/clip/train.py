@@ -11,8 +11,8 @@ class may share a caption; they count as negatives of each other, as in CLIP tra
 
 Everything per step runs on device inside one jitted ``lax.scan`` over ``steps_per_call`` steps:
 the epoch permutation, the gather, the random flip and the caption draw come from
-``fold_in(key, step)``, so a run is a pure function of (model, data, config) and resuming from a
-step count reproduces it. The batch is sharded over all devices.
+``fold_in(key, step)``, so a run is a pure function of (model, data, config). The batch is
+sharded over all devices.
 """
 
 from __future__ import annotations
