@@ -1,0 +1,82 @@
+"""Convert a released CLIP / DiffCLIP PyTorch checkpoint into a diffjax model directory.
+
+Reads ``checkpoint_best.pt`` (from hammh0a/DiffCLIP_ViTB16_CC3M, …_CC12M, or the CLIP baselines
+hammh0a/ViTB16_CC3M, …_CC12M) without torch, checks every key and shape against the ViT-B/16
+architecture, and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json``
+(source, its SHA-256, tensor and parameter counts). Load the result with
+``diffjax.clip.checkpoint.load_clip(OUT)``.
+
+    python -m experiments.convert_clip checkpoint_best.pt models/diffclip_cc3m
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pathlib
+import sys
+
+from tqdm import tqdm
+
+from diffjax.checkpoint import CheckpointError, save_model, write_json_atomic
+from diffjax.clip.config import CLIP_PRESETS, clip_preset
+from diffjax.clip.convert import convert_state_dict, detect_attention, read_state_dict
+from diffjax.vit import count_params
+
+RELEASE_PRESETS = {"softmax": "clip_b16", "diff": "diffclip_b16"}
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256") as bar:
+        while block := f.read(1 << 22):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=pathlib.Path, help="the torch.save file (.pt)")
+    parser.add_argument("out", type=pathlib.Path, help="diffjax model directory to write")
+    parser.add_argument(
+        "--preset",
+        default="auto",
+        choices=["auto", *sorted(CLIP_PRESETS)],
+        help="architecture of the checkpoint; 'auto' picks clip_b16 or diffclip_b16 from the "
+        "keys (default: auto)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
+    args = parser.parse_args(argv)
+
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it")
+    try:
+        state = read_state_dict(args.checkpoint, progress=True)
+        attention = detect_attention(state)
+        preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
+        config = clip_preset(preset)
+        model = convert_state_dict(state, config)
+        save_model(args.out, model)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    record = {
+        "source": str(args.checkpoint.resolve()),
+        "source_sha256": _sha256(args.checkpoint),
+        "preset": preset,
+        "attention": attention,
+        "tensors": len(state),
+        "parameters": count_params(model),
+        "config": "config.json",
+    }
+    write_json_atomic(args.out / "conversion.json", record)
+    print(f"wrote {args.out} ({preset}, {record['parameters']:,} parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
