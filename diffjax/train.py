@@ -457,6 +457,23 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def check_finite(metrics: list[dict], last_step: int) -> None:
+    """Raise FloatingPointError if a step's loss or gradient norm is not finite.
+
+    Args:
+      metrics: per-step train metrics (host values) of steps ``last_step - len + 1 ..
+        last_step``.
+    """
+    for i, m in enumerate(metrics):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            step = last_step - len(metrics) + 1 + i
+            raise FloatingPointError(
+                f"training diverged at step {step}: loss {m['loss']}, gradient norm "
+                f"{m['grad_norm']}; lower the learning rate or set grad_clip. The run "
+                "directory keeps the last finite checkpoint."
+            )
+
+
 def _check_data(config: TrainConfig, train_data: Dataset, test_data: Dataset) -> None:
     m = config.model
     want = (m.image_size, m.image_size, m.channels)
@@ -555,6 +572,12 @@ def train(
             else:
                 interval_images += config.batch_size
             logged = step % config.log_every_steps == 0 or step % spe == 0
+            evaluated = step % eval_every == 0 or step == total_steps
+            saved = evaluated or (
+                config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            )
+            if pending and (logged or saved):  # never log or save a diverged state
+                check_finite(jax.device_get(pending), step)
             if logged or step == total_steps:
                 means = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
                          for k in pending[0]}
@@ -564,13 +587,13 @@ def train(
                 record({"kind": "train", "step": step, "epoch": step / spe, **means,
                         "img_per_s": interval_images / elapsed if interval_images else None})
                 pending, interval_images = [], 0
-            if step % eval_every == 0 or step == total_steps:
+            if evaluated:
                 final_eval = evaluate_params(
                     state.params, config.model, test_data, config.eval_batch_size, mesh
                 )
                 record({"kind": "eval", "step": step, "epoch": step / spe, **final_eval})
                 ckpts.save(step, state.params, state.opt_state, final_eval)
-            elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+            elif saved:
                 ckpts.save(step, state.params, state.opt_state)
             if not pending:  # evaluation time is not training time
                 interval_start = time.perf_counter()

@@ -18,6 +18,7 @@ from diffjax.data import load_dataset, synthetic
 from diffjax.train import (
     TRAIN_PRESETS,
     TrainConfig,
+    check_finite,
     evaluate,
     fit_to_data,
     init_state,
@@ -147,6 +148,15 @@ def test_sharded_train_step_equals_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-5)
+
+
+def test_divergence_is_an_error():
+    ok = {"loss": np.float32(2.3), "grad_norm": np.float32(1.0)}
+    check_finite([ok, ok], last_step=7)
+    with pytest.raises(FloatingPointError, match="diverged at step 6"):
+        check_finite([ok, {"loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}, ok], 7)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        check_finite([ok, {"loss": np.float32(2.0), "grad_norm": np.float32(np.inf)}], 7)
 
 
 def test_smoothed_cross_entropy_matches_formula():
