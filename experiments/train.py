@@ -5,6 +5,8 @@ Examples:
     python -m experiments.train --model diffvit --dataset cifar10 --preset cpu
     python -m experiments.train --model vit --preset smoke --workdir /tmp/smoke
     python -m experiments.train --model vit --dataset cifar10 --preset cpu --data-dir ~/cifar
+    python -m experiments.train --dataset tfds:imagenet2012 --image-size 224 \\
+        --train-split 'train[:10%]' --test-split validation --preset paper
 
 The run directory (``--workdir``) receives config.json, metrics.jsonl, checkpoints/ and
 results.json. Running the same command again resumes from the latest checkpoint;
@@ -19,7 +21,7 @@ import pathlib
 import tqdm
 
 from diffjax import sharding
-from diffjax.data import load_dataset
+from diffjax.data import DatasetUnavailableError, load_dataset
 from diffjax.train import TRAIN_PRESETS, fit_to_data, train, train_preset
 
 MODELS = {"vit": "softmax", "diffvit": "diff"}
@@ -45,6 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None,
                    help="folder holding the dataset archives or extracted folders (default: "
                    "$DIFFJAX_DATA_DIR, else ~/.cache/diffjax)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="tfds: datasets only: resize (shorter side) and centre-crop every image "
+                   "to this size; needed when their sizes differ")
+    p.add_argument("--train-split", default="train",
+                   help="training split (tfds: any split string, e.g. 'train[:10%%]')")
+    p.add_argument("--test-split", default="test",
+                   help="evaluation split (tfds:imagenet2012 has 'validation')")
     p.add_argument("--no-download", action="store_true",
                    help="never download; fail with a message saying which file to put where")
     g = p.add_argument_group("training (override the preset)")
@@ -148,9 +157,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     sharding.initialize_distributed(args.distributed)
     config = build_config(args)
-    download = not args.no_download
-    train_data = load_dataset(config.dataset, "train", args.data_dir, download=download)
-    test_data = load_dataset(config.dataset, "test", args.data_dir, download=download)
+    options = {"download": not args.no_download}
+    if args.image_size is not None:
+        if not config.dataset.startswith("tfds:"):
+            raise SystemExit("--image-size applies to tfds: datasets only")
+        options["image_size"] = args.image_size
+    try:
+        train_data = load_dataset(config.dataset, args.train_split, args.data_dir, **options)
+        test_data = load_dataset(config.dataset, args.test_split, args.data_dir, **options)
+    except (DatasetUnavailableError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from e
     config = fit_to_data(config, train_data)
     workdir = args.workdir or pathlib.Path("runs") / (
         f"{config.dataset.replace(':', '_')}_{args.model}_{args.preset}"
