@@ -167,7 +167,10 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
     try:
         _check_fits(params_dir, abstract)
     except CheckpointError as e:
-        raise CheckpointError(f"{e} (model config {model.config})") from e
+        raise CheckpointError(
+            f"cannot restore parameters from {params_dir} into a model of config "
+            f"{model.config}: {e}"
+        ) from e
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir, abstract)
