@@ -1,71 +1,78 @@
 """Datasets as uint8 NHWC images, int32 labels and class names.
 
-ds = load_dataset("synthetic", "train")   # ds.images [N, H, W, C] uint8, ds.labels [N] int32
+    ds = load_dataset("cifar10", "train")     # ds.images [N, H, W, C] uint8, ds.labels [N] int32
+    ds = load_dataset("embedded", "test")     # the real CIFAR-10 sample shipped with the package
+
+Names: ``"cifar10"``, ``"cifar100"``, ``"tiny_imagenet"`` (official archives, looked up in the
+data directory and downloaded if absent), ``"tfds:<name>"`` (a prepared tensorflow-datasets
+dataset), ``"embedded"`` and ``"synthetic"``. The data directory is the ``data_dir`` argument,
+else ``$DIFFJAX_DATA_DIR``, else ``~/.cache/diffjax``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from diffjax.data.archive import DatasetFormatError
+from diffjax.data.cifar import load_cifar
+from diffjax.data.dataset import Dataset
+from diffjax.data.download import (
+    ChecksumError,
+    DatasetUnavailableError,
+    default_data_dir,
+    resolve_data_dir,
+)
+from diffjax.data.embedded import embedded_sample
+from diffjax.data.synthetic import synthetic
+from diffjax.data.tfds_source import load_tfds
+from diffjax.data.tiny_imagenet import load_tiny_imagenet
 
-import numpy as np
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """One split of an image-classification dataset.
-
-    Attributes:
-      images: [N, H, W, C] uint8.
-      labels: [N] int32 in [0, len(class_names)).
-      class_names: one name per class.
-      name: where it came from (for records).
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: tuple[str, ...]
-    name: str = ""
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}"
-            )
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images"
-            )
-        if len(self.labels) and (
-            self.labels.min() < 0 or self.labels.max() >= len(self.class_names)
-        ):
-            raise ValueError("labels outside [0, num_classes)")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def take(self, n: int) -> Dataset:
-        """The first ``n`` examples."""
-        return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
+NAMES = ("cifar10", "cifar100", "tiny_imagenet", "tfds:<name>", "embedded", "synthetic")
 
 
-def synthetic(
-    n: int, image_size: int = 32, num_classes: int = 10, channels: int = 3, seed: int = 0
+def load_dataset(
+    name: str, split: str, data_dir: str | None = None, *, download: bool = True, **kwargs
 ) -> Dataset:
-    """Random images whose class is written into their mean colour: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, num_classes, n).astype(np.int32)
-    base = (labels[:, None, None, None] + 0.5) / num_classes * 255
-    noise = rng.normal(0, 20, (n, image_size, image_size, channels))
-    images = np.clip(base + noise, 0, 255).astype(np.uint8)
-    return Dataset(images, labels, tuple(f"class_{i}" for i in range(num_classes)), "synthetic")
+    """Load split ``split`` of dataset ``name``.
 
+    Args:
+      name: one of :data:`NAMES`.
+      split: ``"train"`` or ``"test"`` (Tiny ImageNet: "test" is the labelled validation set;
+        ``tfds:`` names take any TFDS split string).
+      data_dir: where the archives or extracted folders are (see the module docstring); for
+        ``tfds:`` names, the TFDS data directory.
+      download: fetch a missing official archive (checksum-verified) instead of raising.
+      **kwargs: ``synthetic``: ``n`` (default 512), ``image_size``, ``num_classes``;
+        ``tfds:``: ``image_size``.
 
-def load_dataset(name: str, split: str, data_dir: str | None = None, **kwargs) -> Dataset:
-    """Load split ``split`` ("train" or "test") of dataset ``name``."""
+    Raises:
+      DatasetUnavailableError: not on disk and not downloadable; says which file to put where.
+      DatasetFormatError: a file exists but is corrupt or not in the official format.
+    """
+    if name.startswith("tfds:"):
+        return load_tfds(name[len("tfds:") :], split, data_dir, **kwargs)
     if name == "synthetic":
-        return synthetic(kwargs.get("n", 512), seed=0 if split == "train" else 1)
-    raise ValueError(f"unknown dataset {name!r}")
+        if split not in ("train", "test"):
+            raise ValueError(f"synthetic has splits 'train' and 'test', got {split!r}")
+        return synthetic(kwargs.pop("n", 512), seed=0 if split == "train" else 1, **kwargs)
+    if kwargs:
+        raise TypeError(f"{name} takes no options {sorted(kwargs)}")
+    if name == "embedded":
+        return embedded_sample(split)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, split, data_dir, download)
+    if name == "tiny_imagenet":
+        return load_tiny_imagenet(split, data_dir, download)
+    raise ValueError(f"unknown dataset {name!r}; choose from {NAMES}")
+
+
+__all__ = [
+    "NAMES",
+    "ChecksumError",
+    "Dataset",
+    "DatasetFormatError",
+    "DatasetUnavailableError",
+    "default_data_dir",
+    "embedded_sample",
+    "load_dataset",
+    "resolve_data_dir",
+    "synthetic",
+]

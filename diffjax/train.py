@@ -1,0 +1,623 @@
+"""Training ViT / DiffViT classifiers: one jitted, data-parallel step, orbax checkpoints, resume.
+
+    config = train_preset("cpu", attention="diff")
+    model, metrics = train(config, "runs/cifar10_diffvit")   # resumes if the run exists
+
+The run directory holds ``config.json`` (the resolved :class:`TrainConfig`; its ``"model"`` key
+is the ViT config), ``metrics.jsonl`` (one JSON record per log step and per evaluation),
+``checkpoints/`` (:class:`diffjax.checkpoint.TrainCheckpoints`) and, at the end,
+``results.json``. ``diffjax.checkpoint.load_model(run_dir)`` returns the best checkpoint's model.
+
+Recipe: AdamW (weight decay on kernels only) with linear warmup then cosine decay, softmax
+cross-entropy with label smoothing, optional global-norm gradient clipping, random crop with zero
+padding and horizontal flips drawn on the device. Step ``s`` uses PRNG key
+``fold_in(key(seed), s)`` and batch ``s`` of a per-epoch permutation seeded by ``(seed, epoch)``,
+so a run resumed from a checkpoint computes exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from diffjax import sharding
+from diffjax.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    TrainCheckpoints,
+    config_from_dict,
+    write_json_atomic,
+)
+from diffjax.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from diffjax.data import Dataset, load_dataset
+from diffjax.data.pipeline import (
+    augment,
+    eval_batches,
+    steps_per_epoch,
+    to_unit_range,
+    train_batches,
+)
+from diffjax.vit import ViT
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (together with the data).
+
+    Attributes:
+      model: the ViT / DiffViT to train; ``model.dtype="bfloat16"`` computes matmuls in bf16.
+      dataset: a :func:`diffjax.data.load_dataset` name.
+      epochs: passes over the training set.
+      batch_size: global batch size (all devices, all hosts); a multiple of the device count.
+      learning_rate: peak learning rate, reached after the warmup.
+      end_learning_rate: learning rate at the last step (cosine decay from the peak).
+      warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
+      weight_decay: AdamW decoupled weight decay, applied to weight matrices only (not to
+        biases, norms, embeddings of position/CLS, or the DA λ vectors).
+      adam_b1, adam_b2: Adam moment decay rates.
+      label_smoothing: mass spread uniformly over all classes in the training targets.
+      grad_clip: clip the global gradient norm to this value; ``None`` disables.
+      crop_padding: zero padding (pixels) of the random crop; 0 disables cropping.
+      flip: random horizontal flips.
+      seed: parameter initialisation, data order, augmentation and dropout.
+      train_examples: train on the first n training examples only (``None``: all).
+      test_examples: evaluate on the first n test examples only (``None``: all).
+      eval_batch_size: evaluation batch size; a multiple of the device count.
+      eval_every_epochs: evaluate (and save a checkpoint with the test metrics) every n epochs;
+        the last step is always evaluated.
+      checkpoint_every_steps: also save a checkpoint every n steps (0: only at evaluations).
+      keep_checkpoints: keep this many latest checkpoints, plus the best by test accuracy.
+      log_every_steps: record the training metrics every n steps.
+    """
+
+    model: ViTConfig = ViTConfig()
+    dataset: str = "cifar10"
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    end_learning_rate: float = 1e-5
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    label_smoothing: float = 0.1
+    grad_clip: float | None = 1.0
+    crop_padding: int = 4
+    flip: bool = True
+    seed: int = 0
+    train_examples: int | None = None
+    test_examples: int | None = None
+    eval_batch_size: int = 500
+    eval_every_epochs: int = 1
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    log_every_steps: int = 50
+
+    def __post_init__(self):
+        if not isinstance(self.model, ViTConfig):
+            raise TypeError(f"model must be a ViTConfig, got {type(self.model).__name__}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
+                     "keep_checkpoints", "log_every_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("train_examples", "test_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
+        if not isinstance(self.checkpoint_every_steps, int) or self.checkpoint_every_steps < 0:
+            raise ValueError(
+                f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps!r}"
+            )
+        if not self.learning_rate > 0 or not 0 <= self.end_learning_rate <= self.learning_rate:
+            raise ValueError(
+                "need learning_rate > 0 and 0 <= end_learning_rate <= learning_rate, got "
+                f"{self.learning_rate}, {self.end_learning_rate}"
+            )
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
+            raise ValueError(f"adam_b1, adam_b2 must be in [0, 1), got {self.adam_b1}, "
+                             f"{self.adam_b2}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be None or > 0, got {self.grad_clip}")
+        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; ``"model"`` holds the ViT config."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown training config fields {sorted(unknown)}")
+        return cls(**{**d, "model": config_from_dict(d["model"])})
+
+
+# The `cpu` preset is sized from measured train-step throughput on a 2-core CPU (see
+# docs/readme/data_training.md); `paper` is the GPU-scale recipe for the project's CIFAR model.
+_PRESETS: dict[str, TrainConfig] = {
+    "smoke": TrainConfig(
+        model=ViTConfig(width=32, depth=2, num_heads=4, patch_size=8, mlp_ratio=2.0),
+        dataset="embedded",
+        epochs=2,
+        batch_size=32,
+        learning_rate=1e-3,
+        warmup_epochs=0.5,
+        train_examples=512,
+        test_examples=256,
+        eval_batch_size=128,
+        log_every_steps=4,
+        checkpoint_every_steps=8,
+    ),
+    "cpu": TrainConfig(
+        model=ViTConfig(width=128, depth=4, num_heads=4, patch_size=4, mlp_ratio=2.0),
+        dataset="cifar10",
+        epochs=7,
+        batch_size=128,
+        learning_rate=1e-3,
+        warmup_epochs=0.5,
+        weight_decay=0.05,
+        label_smoothing=0.1,
+        grad_clip=1.0,
+        eval_batch_size=500,
+        checkpoint_every_steps=100,
+        log_every_steps=20,
+    ),
+    "paper": TrainConfig(
+        model=ViTConfig(width=192, depth=6, num_heads=6, patch_size=4, mlp_ratio=2.0,
+                        dropout=0.1),
+        dataset="cifar10",
+        epochs=200,
+        batch_size=256,
+        learning_rate=1e-3,
+        warmup_epochs=10,
+        weight_decay=0.05,
+        label_smoothing=0.1,
+        grad_clip=1.0,
+        eval_batch_size=1000,
+        eval_every_epochs=5,
+        checkpoint_every_steps=1000,
+        log_every_steps=100,
+    ),
+}
+TRAIN_PRESETS = tuple(_PRESETS)
+
+
+def train_preset(name: str, *, attention: str = "softmax", **changes) -> TrainConfig:
+    """A named training preset (``smoke``, ``cpu``, ``paper``) for ViT or DiffViT.
+
+    Args:
+      name: the preset.
+      attention: ``"softmax"`` (ViT) or ``"diff"`` (DiffViT, parameter-matched: half the heads).
+      **changes: :class:`TrainConfig` field overrides.
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose from {TRAIN_PRESETS}")
+    config = _PRESETS[name]
+    config = config.replace(model=config.model.replace(attention=attention))
+    return config.replace(**changes)
+
+
+def fit_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """Adapt the model to a dataset's image size and classes, keeping its patch grid.
+
+    The patch size scales with the image so the token count stays the preset's (e.g. 32 px /
+    patch 4 → 64 px / patch 8); normalisation uses the CIFAR-10 statistics for CIFAR-like data
+    and the ImageNet statistics otherwise.
+    """
+    m = config.model
+    size = dataset.images.shape[1]
+    grid = m.image_size // m.patch_size
+    if size % grid:
+        raise ValueError(f"image size {size} is not a multiple of the {grid}x{grid} patch grid")
+    cifar_like = config.dataset.split(":")[-1].startswith(("cifar", "embedded", "synthetic"))
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if cifar_like else (IMAGENET_MEAN, IMAGENET_STD)
+    model = m.replace(
+        image_size=size,
+        patch_size=size // grid,
+        channels=dataset.images.shape[3],
+        num_classes=dataset.num_classes,
+        mean=mean,
+        std=std,
+    )
+    return config.replace(model=model)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a train step updates: the step counter, parameters and optimizer state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warmup from 0 to the peak, then cosine decay to ``end_learning_rate``."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, total, config.end_learning_rate
+    )
+
+
+def _decays(path) -> bool:
+    """Weight decay applies to weight matrices ("kernel" parameters) only."""
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return "kernel" in names
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW on :func:`learning_rate_schedule`, after optional global-norm clipping."""
+    tx = optax.adamw(
+        learning_rate_schedule(config, steps_per_epoch),
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        weight_decay=config.weight_decay,
+        mask=lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _decays(p), params),
+    )
+    if config.grad_clip is not None:
+        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
+    return tx
+
+
+@functools.cache
+def _graphdef(model_config: ViTConfig) -> nnx.GraphDef:
+    abstract = nnx.eval_shape(lambda: ViT(model_config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.Param)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"))
+def init_state(config: TrainConfig, steps_per_epoch: int) -> TrainState:
+    """Freshly initialised parameters (seed ``config.seed``) and optimizer state, at step 0.
+
+    Jitted: one compilation instead of one per parameter shape; the values are those of
+    ``ViT(config.model, rngs=nnx.Rngs(config.seed))``.
+    """
+    model = ViT(config.model, rngs=nnx.Rngs(config.seed))
+    params = nnx.split(model, nnx.Param)[1]
+    opt_state = make_optimizer(config, steps_per_epoch).init(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+
+
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against (1 − s)·onehot + s/K: logits [B, K], labels [B] → [B]."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"), donate_argnums=0)
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    config: TrainConfig,
+    steps_per_epoch: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a global batch.
+
+    Args:
+      state: replicated training state (donated).
+      images: [B, H, W, C] uint8, sharded along B.
+      labels: [B] int32, sharded along B.
+      config: the run's configuration (static).
+      steps_per_epoch: steps per epoch, for the schedule (static).
+
+    Returns:
+      (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
+      batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
+    """
+    graphdef = _graphdef(config.model)
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    aug_key, dropout_key = jax.random.split(key)
+    x = to_unit_range(augment(aug_key, images, config.crop_padding, config.flip))
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        rngs = nnx.Rngs(dropout=dropout_key) if config.model.dropout > 0 else None
+        logits = model(x, rngs=rngs)
+        return smoothed_cross_entropy(logits, labels, config.label_smoothing).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    tx = make_optimizer(config, steps_per_epoch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": learning_rate_schedule(config, steps_per_epoch)(state.step),
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("model_config",))
+def eval_step(
+    params, images: jax.Array, labels: jax.Array, mask: jax.Array, *, model_config: ViTConfig
+) -> dict[str, jax.Array]:
+    """Masked sums over one evaluation batch.
+
+    Args:
+      params: model parameters (``nnx.State``).
+      images: [B, H, W, C] uint8; labels: [B] int32; mask: [B] bool (False on padding).
+
+    Returns:
+      ``correct`` (float32 count), ``loss`` (sum of plain cross-entropy), ``count`` (int32).
+    """
+    logits = nnx.merge(_graphdef(model_config), params)(to_unit_range(images))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+    return {
+        "correct": jnp.sum(jnp.where(mask, correct, False).astype(jnp.float32)),
+        "loss": jnp.sum(jnp.where(mask, ce, 0.0)),
+        "count": jnp.sum(mask.astype(jnp.int32)),
+    }
+
+
+def evaluate_params(
+    params, model_config: ViTConfig, dataset: Dataset, batch_size: int, mesh
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``params`` over every example of ``dataset`` once."""
+    rows = sharding.process_rows(batch_size, mesh)
+    totals = None
+    for images, labels, mask in eval_batches(dataset, batch_size, rows):
+        batch = sharding.shard_batch((images, labels, mask), mesh)
+        sums = eval_step(params, *batch, model_config=model_config)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    if count != len(dataset):
+        raise RuntimeError(f"evaluated {count} examples, expected {len(dataset)}")
+    return {
+        "test_accuracy": float(totals["correct"]) / count,
+        "test_loss": float(totals["loss"]) / count,
+        "test_count": count,
+    }
+
+
+def evaluate(model: ViT, dataset: Dataset, batch_size: int = 500, mesh=None) -> dict[str, float]:
+    """Test accuracy and cross-entropy of ``model`` on ``dataset`` (each example exactly once).
+
+    Args:
+      model: a ViT whose config matches the dataset's images.
+      dataset: the evaluation split.
+      batch_size: global evaluation batch size (a multiple of the device count).
+      mesh: the data mesh; default all devices.
+
+    Returns:
+      ``test_accuracy`` (fraction), ``test_loss`` (mean nats), ``test_count``.
+    """
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    params = sharding.replicate(nnx.state(model, nnx.Param), mesh)
+    return evaluate_params(params, model.config, dataset, batch_size, mesh)
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: pathlib.Path) -> None:
+    """Write config.json, or check that an existing run was started with the same config."""
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"corrupt run config {path}: {e}") from e
+        if existing != config.to_dict():
+            ours = config.to_dict()
+            diff = sorted(k for k in set(existing) | set(ours) if existing.get(k) != ours.get(k))
+            raise CheckpointError(
+                f"{run_dir} holds a run with a different config (fields {diff} differ); "
+                "use a new run directory or the original config"
+            )
+    elif jax.process_index() == 0:
+        write_json_atomic(path, config.to_dict())
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (a resumed run rewrites what follows)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line a killed run was writing
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{ln}\n" for ln in kept))
+    os.replace(tmp, path)
+
+
+def check_finite(metrics: list[dict], last_step: int) -> None:
+    """Raise FloatingPointError if a step's loss or gradient norm is not finite.
+
+    Args:
+      metrics: per-step train metrics (host values) of steps ``last_step - len + 1 ..
+        last_step``.
+    """
+    for i, m in enumerate(metrics):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            step = last_step - len(metrics) + 1 + i
+            raise FloatingPointError(
+                f"training diverged at step {step}: loss {m['loss']}, gradient norm "
+                f"{m['grad_norm']}; lower the learning rate or set grad_clip. The run "
+                "directory keeps the last finite checkpoint."
+            )
+
+
+def _check_data(config: TrainConfig, train_data: Dataset, test_data: Dataset) -> None:
+    m = config.model
+    want = (m.image_size, m.image_size, m.channels)
+    for split, ds in (("train", train_data), ("test", test_data)):
+        if ds.images.shape[1:] != want:
+            raise ValueError(
+                f"{split} images are {ds.images.shape[1:]}, the model takes {want}; "
+                "use fit_to_data(config, dataset)"
+            )
+        if ds.num_classes > m.num_classes:
+            raise ValueError(f"{split} data has {ds.num_classes} classes, the model "
+                             f"{m.num_classes}")
+
+
+def train(
+    config: TrainConfig,
+    workdir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    train_data: Dataset | None = None,
+    test_data: Dataset | None = None,
+    devices: list | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> tuple[ViT, dict]:
+    """Train (or resume training) a model; write the run directory ``workdir``.
+
+    Args:
+      config: the run's configuration.
+      workdir: the run directory. If it holds checkpoints of the same config, training resumes
+        from the latest one; a different config raises :class:`CheckpointError`.
+      data_dir: where :func:`diffjax.data.load_dataset` looks for ``config.dataset``.
+      train_data, test_data: datasets to use instead of loading ``config.dataset``.
+      devices: devices of the data mesh (default: all).
+      progress: called with every record written to ``metrics.jsonl`` plus a ``"start"``
+        record (``kind``, ``step``, ``total_steps``, ``steps_per_epoch``) and a ``"done"``
+        record (the summary); for progress bars.
+
+    Returns:
+      (the final model, summary): the summary holds the final test metrics, the best
+      checkpoint's step and test accuracy, steps, epochs and training throughput.
+    """
+    if train_data is None:
+        train_data = load_dataset(config.dataset, "train", data_dir)
+    if test_data is None:
+        test_data = load_dataset(config.dataset, "test", data_dir)
+    if config.train_examples is not None:
+        train_data = train_data.take(config.train_examples)
+    if config.test_examples is not None:
+        test_data = test_data.take(config.test_examples)
+    _check_data(config, train_data, test_data)
+    mesh = sharding.data_mesh(devices)
+    rows = sharding.process_rows(config.batch_size, mesh)
+    sharding.local_batch_size(config.eval_batch_size, mesh)
+    spe = steps_per_epoch(len(train_data), config.batch_size)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(config, workdir)
+
+    total_steps = config.epochs * spe
+    eval_every = config.eval_every_epochs * spe
+    writer = jax.process_index() == 0
+    metrics_path = workdir / METRICS_FILE
+    emit = progress or (lambda record: None)
+
+    def record(entry: dict) -> None:
+        if writer:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        emit(entry)
+
+    state = sharding.replicate(init_state(config=config, steps_per_epoch=spe), mesh)
+    with TrainCheckpoints(workdir, keep=config.keep_checkpoints) as ckpts:
+        start = ckpts.latest_step() or 0
+        if start:
+            params, opt_state = ckpts.restore(start, state.params, state.opt_state)
+            state = TrainState(sharding.replicate(jnp.int32(start), mesh), params, opt_state)
+        if writer:  # records past the checkpoint are recomputed below
+            _truncate_metrics(metrics_path, start)
+        emit({"kind": "start", "step": start, "total_steps": total_steps,
+              "steps_per_epoch": spe})
+
+        batches = train_batches(train_data, config.batch_size, config.seed, start, rows)
+        pending: list[dict] = []
+        final_eval = None
+        timed_images, timed_seconds, interval_images = 0, 0.0, 0
+        interval_start = time.perf_counter()
+        for step in range(start + 1, total_steps + 1):
+            images, labels = sharding.shard_batch(next(batches), mesh)
+            state, metrics = train_step(
+                state, images, labels, config=config, steps_per_epoch=spe
+            )
+            pending.append(metrics)
+            if step == start + 1:  # keep compilation out of the throughput
+                jax.block_until_ready(metrics)
+                interval_start = time.perf_counter()
+            else:
+                interval_images += config.batch_size
+            logged = step % config.log_every_steps == 0 or step % spe == 0
+            evaluated = step % eval_every == 0 or step == total_steps
+            saved = evaluated or (
+                config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            )
+            if pending and (logged or saved):  # never log or save a diverged state
+                check_finite(jax.device_get(pending), step)
+            if logged or step == total_steps:
+                means = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                         for k in pending[0]}
+                elapsed = time.perf_counter() - interval_start
+                timed_images += interval_images
+                timed_seconds += elapsed
+                record({"kind": "train", "step": step, "epoch": step / spe, **means,
+                        "img_per_s": interval_images / elapsed if interval_images else None})
+                pending, interval_images = [], 0
+            if evaluated:
+                final_eval = evaluate_params(
+                    state.params, config.model, test_data, config.eval_batch_size, mesh
+                )
+                record({"kind": "eval", "step": step, "epoch": step / spe, **final_eval})
+                ckpts.save(step, state.params, state.opt_state, final_eval)
+            elif saved:
+                ckpts.save(step, state.params, state.opt_state)
+            if not pending:  # evaluation time is not training time
+                interval_start = time.perf_counter()
+        ckpts.wait()
+        if final_eval is None:  # the run had already finished
+            final_eval = ckpts.metrics(total_steps) or evaluate_params(
+                state.params, config.model, test_data, config.eval_batch_size, mesh
+            )
+        best = ckpts.best_step()
+        best_metrics = ckpts.metrics(best) if best is not None else None
+
+    model = nnx.merge(_graphdef(config.model), jax.device_get(state.params))
+    summary = {
+        "final": final_eval,
+        "best_step": best,
+        "best_test_accuracy": None if best_metrics is None else best_metrics["test_accuracy"],
+        "steps": total_steps,
+        "epochs": config.epochs,
+        "resumed_from_step": start,
+        "train_img_per_s": timed_images / timed_seconds if timed_images else None,
+        "devices": [str(d) for d in mesh.devices.flat],
+        "jax_version": jax.__version__,
+    }
+    if writer:
+        write_json_atomic(workdir / RESULTS_FILE, summary)
+    emit({"kind": "done", **summary})
+    return model, summary
