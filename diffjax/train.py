@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from diffjax import sharding
+from diffjax.attention import diff_lambda
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -188,7 +189,9 @@ _PRESETS: dict[str, TrainConfig] = {
         label_smoothing=0.1,
         grad_clip=1.0,
         eval_batch_size=500,
-        checkpoint_every_steps=100,
+        # One checkpoint per epoch, all kept: the λ-during-training experiment reads them.
+        checkpoint_every_steps=0,
+        keep_checkpoints=8,
         log_every_steps=20,
     ),
     "paper": TrainConfig(
@@ -258,6 +261,20 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+
+
+def layer_lambdas(params, model_config: ViTConfig) -> list[float | None]:
+    """λ of every layer from a ViT parameter state (``None`` for softmax layers)."""
+    out = []
+    for layer in range(model_config.depth):
+        if not model_config.is_diff_layer(layer):
+            out.append(None)
+            continue
+        attn = params["blocks"][layer]["attn"]
+        names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+        lam = diff_lambda({n: attn[n][...] for n in names}, model_config.layer_lambda_init(layer))
+        out.append(float(lam))
+    return out
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -585,7 +602,8 @@ def train(
                 timed_images += interval_images
                 timed_seconds += elapsed
                 record({"kind": "train", "step": step, "epoch": step / spe, **means,
-                        "img_per_s": interval_images / elapsed if interval_images else None})
+                        "img_per_s": interval_images / elapsed if interval_images else None,
+                        "lambda": layer_lambdas(state.params, config.model)})
                 pending, interval_images = [], 0
             if evaluated:
                 final_eval = evaluate_params(

@@ -248,3 +248,15 @@ def test_config_validation_presets_and_fit_to_data(tmp_path):
         train(CONFIG, tmp_path, train_data=synthetic(64, image_size=16),
               test_data=synthetic(8, image_size=16))
     assert not any(tmp_path.iterdir())  # nothing written for a run that cannot start
+
+
+def test_logged_lambdas_equal_the_models_own_lambda():
+    import diffjax as dj
+    from diffjax.train import layer_lambdas
+
+    config = dj.preset("tiny", attention="diff", diff_layers=(1,), lambda_init="schedule")
+    model = dj.ViT(config, rngs=nnx.Rngs(4))
+    _, inter = model(np.zeros((1, 8, 8, 3), np.float32), capture=True)
+    got = layer_lambdas(nnx.state(model, nnx.Param), config)
+    assert got[0] is None
+    assert got[1] == pytest.approx(float(inter.maps[1].lam), abs=1e-7)
