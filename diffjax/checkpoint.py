@@ -70,14 +70,16 @@ def config_to_dict(config: ViTConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(d: dict) -> ViTConfig:
-    """Inverse of :func:`config_to_dict` (JSON turns tuples into lists; undo that)."""
-    fields = {f.name for f in dataclasses.fields(ViTConfig)}
+def config_from_dict(d: dict, cls: type = ViTConfig):
+    """Inverse of :func:`config_to_dict` for config class ``cls`` (JSON turns tuples into lists)."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"a model config must be a JSON object, got {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - fields
     if unknown:
-        raise CheckpointError(f"unknown model config fields {sorted(unknown)}")
+        raise CheckpointError(f"unknown {cls.__name__} fields {sorted(unknown)}")
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return ViTConfig(**d)
+    return cls(**d)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
@@ -110,14 +112,14 @@ def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
     return directory
 
 
-def read_config(directory: str | os.PathLike) -> ViTConfig:
-    """The :class:`ViTConfig` stored in ``directory/config.json``."""
+def read_config(directory: str | os.PathLike, cls: type = ViTConfig):
+    """The config (a ``cls``, default :class:`ViTConfig`) stored in ``directory/config.json``."""
     path = pathlib.Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"no {CONFIG_FILE} in {directory}: not a diffjax model directory")
     try:
         d = json.loads(path.read_text())
-        return config_from_dict(d["model"] if "model" in d else d)
+        return config_from_dict(d["model"] if "model" in d else d, cls)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"corrupt or invalid model config {path}: {e}") from e
 
