@@ -1,0 +1,48 @@
+"""Adversarial attacks in pure JAX with one interface and exact success accounting.
+
+    from diffjax import attacks
+    model_fn = attacks.model_function(model)   # or any images [B, H, W, C] -> logits [B, K]
+    result = attacks.pgd(model_fn, images, labels, jax.random.key(0), attacks.PGDConfig(4 / 255))
+    summary = attacks.summarize_result(result, labels)
+
+Every attack takes (model_fn, images in [0, 1], labels, key, config) and returns an
+:class:`AttackResult` with one entry per example; see :mod:`diffjax.attacks.interface`.
+"""
+
+from diffjax.attacks.accounting import Summary, summarize, summarize_result, wilson_interval
+from diffjax.attacks.apgd import APGDConfig, apgd
+from diffjax.attacks.autoattack import AutoAttackConfig, autoattack
+from diffjax.attacks.cw import CWConfig, cw_l2
+from diffjax.attacks.fab import FABConfig, fab_targeted
+from diffjax.attacks.interface import AttackResult, model_function
+from diffjax.attacks.losses import cross_entropy, dlr, dlr_targeted, margin
+from diffjax.attacks.pgd import PGDConfig, pgd
+from diffjax.attacks.projections import project, uniform_start
+from diffjax.attacks.square import SquareConfig, square
+
+__all__ = [
+    "APGDConfig",
+    "AttackResult",
+    "AutoAttackConfig",
+    "CWConfig",
+    "FABConfig",
+    "PGDConfig",
+    "SquareConfig",
+    "Summary",
+    "apgd",
+    "autoattack",
+    "cross_entropy",
+    "cw_l2",
+    "dlr",
+    "dlr_targeted",
+    "fab_targeted",
+    "margin",
+    "model_function",
+    "pgd",
+    "project",
+    "square",
+    "summarize",
+    "summarize_result",
+    "uniform_start",
+    "wilson_interval",
+]

@@ -1,0 +1,212 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): APGD-CE, APGD-DLR and APGD-T (targeted DLR).
+
+    result = apgd(model_fn, images, labels, key, APGDConfig(eps=4 / 255))                 # APGD-CE
+    result = apgd(model_fn, images, labels, key, APGDConfig(eps=4 / 255, loss="dlr-targeted"))
+
+One run, N = ``steps`` iterations, from x₀ = x + ε·t/‖t‖_p (t ~ U[−1, 1]^d for ℓ∞, N(0, I) for ℓ2),
+clipped to the box, with step size η = 2ε:
+
+    z = P(x_k + η·dir(∇f(x_k))),   x_{k+1} = P(x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}))
+
+with α = 1 at the first step and 0.75 after. At the checkpoints (the first after ⌊0.22N⌋
+iterations, each next window shorter by ⌊0.03N⌋ down to ⌊0.06N⌋) η is halved, and the run goes on
+from the best-loss point and its gradient, when the loss increased in at most ρ = 75 % of the
+window's steps or when η was not halved at the previous checkpoint and the best loss did not
+improve since. Runs stop for an example once it is fooled. APGD-T makes ``num_targets`` runs per
+restart, targeting the 2nd, 3rd, … most likely clean classes with the targeted DLR loss;
+its success is still untargeted (prediction ≠ label), as in AutoAttack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from diffjax.attacks import interface as itf
+from diffjax.attacks import losses
+from diffjax.attacks.projections import boundary_start, normalized_step, project
+from diffjax.attacks.tracking import Best
+
+Array = jax.Array
+
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+
+
+@dataclasses.dataclass(frozen=True)
+class APGDConfig:
+    """APGD settings (defaults: AutoAttack's).
+
+    Attributes:
+      eps: radius, pixel units on the [0, 1] scale.
+      norm: ``"linf"`` or ``"l2"``.
+      steps: iterations N per run.
+      restarts: runs (per target for APGD-T); later ones only on examples not yet fooled.
+      loss: ``"ce"`` (APGD-CE), ``"dlr"`` (needs K ≥ 3) or ``"dlr-targeted"`` (APGD-T, K ≥ 4).
+      num_targets: APGD-T's targets, the 2nd … (num_targets + 1)-th most likely classes.
+      rho: the checkpoint's fraction of loss-increasing steps below which η is halved.
+      momentum: α after the first step.
+    """
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 100
+    restarts: int = 1
+    loss: str = "ce"
+    num_targets: int = 9
+    rho: float = 0.75
+    momentum: float = 0.75
+
+    def __post_init__(self):
+        itf.check_eps(self.eps)
+        itf.check_norm(self.norm)
+        itf.check_int("steps", self.steps, 1)
+        itf.check_int("restarts", self.restarts, 1)
+        itf.check_int("num_targets", self.num_targets, 1)
+        if self.loss not in APGD_LOSSES:
+            raise ValueError(f"loss must be one of {APGD_LOSSES}, got {self.loss!r}")
+        if not 0 < self.rho <= 1 or not 0 < self.momentum <= 1:
+            raise ValueError("rho and momentum must lie in (0, 1]")
+
+    @property
+    def runs(self) -> int:
+        return self.restarts * (self.num_targets if self.loss == "dlr-targeted" else 1)
+
+    @property
+    def min_classes(self) -> int:
+        if self.loss == "dlr-targeted":
+            return max(4, self.num_targets + 1)
+        return 3 if self.loss == "dlr" else 2
+
+
+def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which iterations (0-based) end a checkpoint window, and that window's length.
+
+    Returns:
+      (is_checkpoint [steps] bool, window [steps] int32), AutoAttack's integer schedule.
+    """
+    window = max(int(0.22 * steps), 1)
+    shortest, decrease = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    is_check = np.zeros(steps, bool)
+    lengths = np.zeros(steps, np.int32)
+    count = 0
+    for i in range(steps):
+        count += 1
+        if count == window:
+            is_check[i], lengths[i] = True, window
+            window, count = max(window - decrease, shortest), 0
+    return is_check, lengths
+
+
+def apgd_core(model, x0, label, target, key, cfg: APGDConfig, clean: Array, active: Array):
+    """APGD on one example (all runs). Returns (adv, adv logits [K], model calls, extras)."""
+    del target  # APGD-T picks its own targets; success is untargeted
+    is_check, window = (jnp.asarray(a) for a in checkpoint_schedule(cfg.steps))
+    ranked = jnp.argsort(-clean)  # classes by clean logit, most likely first
+
+    def loss_of(logits, label, run_target):
+        if cfg.loss == "ce":
+            return losses.cross_entropy(logits, label)
+        if cfg.loss == "dlr":
+            return losses.dlr(logits, label)
+        return losses.dlr_targeted(logits, label, run_target)
+
+    def success_of(logits):
+        return itf.succeeded(logits, label, label, False)
+
+    def one_run(carry):
+        run, best, calls = carry
+        run_target = ranked[1 + run // cfg.restarts]
+
+        def value_grad(x):
+            return model.value_and_grad(loss_of, x, label, run_target)
+
+        def step(i, s):
+            alpha = jnp.where(i == 0, 1.0, cfg.momentum)
+            x, x_prev = s["x"], s["x_prev"]
+            z = project(x + s["eta"] * normalized_step(s["grad"], cfg.norm), x0, cfg.eps, cfg.norm)
+            x_new = project(x + alpha * (z - x) + (1 - alpha) * (x - x_prev), x0, cfg.eps, cfg.norm)
+            loss, logits, grad = value_grad(x_new)
+            best = s["best"].update(x_new, logits, loss, success_of(logits))
+            improved = loss > s["loss_max"]
+            s = dict(
+                s,
+                x=x_new,
+                x_prev=x,
+                grad=grad,
+                best=best,
+                n_increase=s["n_increase"] + (loss > s["loss_prev"]),
+                loss_prev=loss,
+                x_max=jnp.where(improved, x_new, s["x_max"]),
+                grad_max=jnp.where(improved, grad, s["grad_max"]),
+                loss_max=jnp.where(improved, loss, s["loss_max"]),
+            )
+            # Checkpoint: halve η and go back to the best point when progress stalled.
+            stalled = s["n_increase"] <= window[i] * cfg.rho
+            no_gain = ~s["reduced_last"] & (s["loss_max_last"] >= s["loss_max"])
+            halve = is_check[i] & (stalled | no_gain)
+            return dict(
+                s,
+                eta=jnp.where(halve, s["eta"] / 2, s["eta"]),
+                x=jnp.where(halve, s["x_max"], s["x"]),
+                grad=jnp.where(halve, s["grad_max"], s["grad"]),
+                reduced_last=jnp.where(is_check[i], halve, s["reduced_last"]),
+                loss_max_last=jnp.where(is_check[i], s["loss_max"], s["loss_max_last"]),
+                n_increase=jnp.where(is_check[i], 0, s["n_increase"]),
+            )
+
+        x = boundary_start(jax.random.fold_in(key, run), x0, cfg.eps, cfg.norm)
+        loss, logits, grad = value_grad(x)
+        state = dict(
+            x=x,
+            x_prev=x,
+            grad=grad,
+            eta=jnp.float32(2 * cfg.eps),
+            best=best.update(x, logits, loss, success_of(logits)),
+            n_increase=jnp.int32(0),
+            loss_prev=loss,
+            x_max=x,
+            grad_max=grad,
+            loss_max=loss,
+            loss_max_last=loss,
+            reduced_last=jnp.bool_(True),
+        )
+        state = lax.fori_loop(0, cfg.steps, step, state)
+        return run + 1, state["best"], calls + cfg.steps + 1
+
+    def more(carry):
+        run, best, _ = carry
+        return active & (run < cfg.runs) & ~best.success
+
+    best = Best(x0, clean, loss_of(clean, label, ranked[1]), success_of(clean))
+    _, best, calls = lax.while_loop(more, one_run, (0, best, jnp.int32(0)))
+    return best.x, best.logits, calls, {}
+
+
+def _apgd_single(model, x0, label, target, key, cfg):
+    clean = model(x0)
+    adv, logits, calls, extras = apgd_core(model, x0, label, target, key, cfg, clean, True)
+    return adv, logits, clean, calls + 1, extras
+
+
+def apgd(model_fn, images, labels, key, config: APGDConfig, *, ids=None):
+    """Run APGD (CE, DLR or targeted DLR) on a batch; untargeted success.
+
+    Args: as :func:`diffjax.attacks.pgd.pgd` (no targets: APGD-T chooses them).
+
+    Returns:
+      :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + (steps + 1) per run.
+    """
+    return itf.run_attack(
+        _apgd_single,
+        model_fn,
+        images,
+        labels,
+        key,
+        config,
+        ids=ids,
+        min_classes=config.min_classes,
+    )
