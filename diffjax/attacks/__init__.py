@@ -13,6 +13,12 @@ from diffjax.attacks.accounting import Summary, summarize, summarize_result, wil
 from diffjax.attacks.apgd import APGDConfig, apgd
 from diffjax.attacks.autoattack import AutoAttackConfig, autoattack
 from diffjax.attacks.cw import CWConfig, cw_l2
+from diffjax.attacks.evaluate import (
+    AttackCheckError,
+    attack_dataset,
+    recheck,
+    summarize_records,
+)
 from diffjax.attacks.fab import FABConfig, fab_targeted
 from diffjax.attacks.interface import AttackResult, model_function
 from diffjax.attacks.losses import cross_entropy, dlr, dlr_targeted, margin
@@ -22,6 +28,7 @@ from diffjax.attacks.square import SquareConfig, square
 
 __all__ = [
     "APGDConfig",
+    "AttackCheckError",
     "AttackResult",
     "AutoAttackConfig",
     "CWConfig",
@@ -30,6 +37,7 @@ __all__ = [
     "SquareConfig",
     "Summary",
     "apgd",
+    "attack_dataset",
     "autoattack",
     "cross_entropy",
     "cw_l2",
@@ -40,8 +48,10 @@ __all__ = [
     "model_function",
     "pgd",
     "project",
+    "recheck",
     "square",
     "summarize",
+    "summarize_records",
     "summarize_result",
     "uniform_start",
     "wilson_interval",
