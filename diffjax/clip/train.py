@@ -28,10 +28,11 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from diffjax import sharding as shard
 from diffjax.clip.config import MAX_LOG_LOGIT_SCALE
 from diffjax.clip.model import CLIP
 from diffjax.clip.tokenizer import Tokenizer, default_tokenizer
-from diffjax.clip.zeroshot import check_templates, data_sharding
+from diffjax.clip.zeroshot import check_templates
 from diffjax.data import Dataset
 
 Array = jax.Array
@@ -127,7 +128,7 @@ def _batch(config: ContrastiveConfig, data, key: Array, step: Array):
     if config.flip:
         x = jnp.where(jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1)), x[:, :, ::-1], x)
     t = captions[labels[idx], jax.random.randint(k_cap, (b,), 0, captions.shape[1])]
-    sharding = data_sharding()
+    sharding = shard.batch_sharding(shard.data_mesh())
     return (
         jax.lax.with_sharding_constraint(x, sharding),
         jax.lax.with_sharding_constraint(t, sharding),

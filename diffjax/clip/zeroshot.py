@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
+from diffjax import sharding
 from diffjax.clip.model import CLIP, ImageTower, l2_normalize
 from diffjax.clip.tokenizer import Tokenizer, default_tokenizer
 from diffjax.vit import ViT
@@ -70,12 +70,6 @@ class ClassEmbeddings(nnx.Variable):
     """Fixed [classes, E] unit-norm class embeddings (not a trainable parameter)."""
 
 
-def data_sharding() -> NamedSharding:
-    """Batch-axis sharding over all devices (a 1-D ``data`` mesh)."""
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    return NamedSharding(mesh, PartitionSpec("data"))
-
-
 def batched_apply(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
     """``fn`` over ``x`` in fixed-size batches sharded over the devices; the last one padded.
 
@@ -92,14 +86,14 @@ def batched_apply(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
         raise ValueError("nothing to evaluate: empty input")
     devices = jax.device_count()
     batch_size = -(-max(1, min(batch_size, n)) // devices) * devices
-    sharding = data_sharding()
+    rows = sharding.batch_sharding(sharding.data_mesh())
     outs = []
     for start in range(0, n, batch_size):
         chunk = x[start : start + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        outs.append(np.asarray(fn(jax.device_put(chunk, sharding)))[: batch_size - pad])
+        outs.append(np.asarray(fn(jax.device_put(chunk, rows)))[: batch_size - pad])
     return np.concatenate(outs)
 
 
