@@ -252,8 +252,19 @@ def main(argv=None) -> dict:
             **kwargs,
         )
         result = jax.device_get(result)
+        # Norms, box and predictions re-measured outside the attack code.
+        checked = attacks.recheck(
+            model_fn,
+            images,
+            result.adv_images,
+            labels,
+            result.success,
+            getattr(config, "eps", None),
+            getattr(config, "norm", None),
+            targets,
+        )
         clean_pred = np.argmax(result.clean_logits, axis=1)
-        adv_pred = np.argmax(result.logits, axis=1)
+        adv_pred = checked["adv_pred"]
         for j, i in enumerate(index):
             rec = {
                 "index": int(i),
@@ -261,8 +272,8 @@ def main(argv=None) -> dict:
                 "clean_pred": int(clean_pred[j]),
                 "adv_pred": int(adv_pred[j]),
                 "success": bool(result.success[j]),
-                "linf": float(result.linf[j]),
-                "l2": float(result.l2[j]),
+                "linf": float(checked["linf"][j]),
+                "l2": float(checked["l2"][j]),
                 "model_calls": int(result.model_calls[j]),
             }
             if targets is not None:

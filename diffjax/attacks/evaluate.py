@@ -38,7 +38,8 @@ def recheck(model_fn, images, adv_images, labels, success, eps=None, norm=None, 
       images, adv_images: [B, H, W, C] clean and adversarial images.
       labels: [B] true classes; targets: [B] target classes for targeted attacks.
       success: [B] the attack's success flags.
-      eps, norm: the threat model to check (``None``: norms are only measured).
+      eps, norm: the threat model to check (``eps=None``: norms are only measured; ``norm=None``
+        means ℓ∞, the only norm of the attacks whose config has none, e.g. Square).
 
     Returns:
       ``{"adv_pred", "linf", "l2"}`` numpy arrays [B], recomputed here.
@@ -53,6 +54,7 @@ def recheck(model_fn, images, adv_images, labels, success, eps=None, norm=None, 
     if adv.min() < 0 or adv.max() > 1 or not np.all(np.isfinite(adv)):
         raise AttackCheckError(f"adversarial images leave [0, 1]: [{adv.min()}, {adv.max()}]")
     if eps is not None:
+        norm = norm or "linf"
         dist = {"linf": linf, "l2": l2}[norm]
         if np.any(dist > eps + NORM_SLACK):
             raise AttackCheckError(f"{norm} distance {dist.max()} exceeds eps {eps}")
