@@ -98,10 +98,10 @@ PRESETS = {
         dataset="cifar10",
         train_examples=None,
         eval_examples=1000,  # the exact test images 0..999 of the offline copy
-        attack_examples=500,
+        attack_examples=300,
         eps=(1 / 255, 2 / 255, 4 / 255),
         pgd_steps=10,
-        training=ContrastiveConfig(steps=500, batch_size=128, warmup_steps=50, steps_per_call=50),
+        training=ContrastiveConfig(steps=300, batch_size=64, warmup_steps=30, steps_per_call=50),
     ),
     "paper": Preset(
         clip="clip_b16",
