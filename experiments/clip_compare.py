@@ -219,8 +219,14 @@ def evaluate(model: CLIP, test: Dataset, preset: Preset, seed: int, quiet: bool)
                 on_batch=lambda done, total, bar=bar: bar.update(1),
             )  # fmt: skip
         summary = attacks.summarize_records(recs).as_dict()
-        out["attacks"].append({"eps": eps, "summary": summary,
-                               "fooled": recs["success"].astype(int).tolist()})  # fmt: skip
+        out["attacks"].append(
+            {
+                "eps": eps,
+                "summary": summary,
+                "clean_correct": (recs["clean_pred"] == recs["label"]).astype(int).tolist(),
+                "adv_correct": (recs["adv_pred"] == recs["label"]).astype(int).tolist(),
+            }
+        )
     return out
 
 
