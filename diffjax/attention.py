@@ -8,18 +8,20 @@ Differential Attention (Ye et al. 2024, arXiv 2410.05258), for each DIFF head h:
 
 with q/k sub-heads paired (2h, 2h+1) and value heads 2d wide. ``d = width / num_heads`` where
 ``num_heads`` is the head count of the parameter-matched softmax baseline; DA has ``num_heads / 2``
-DIFF heads. Softmaxes and λ are computed in float32 whatever the compute dtype.
+DIFF heads. Softmaxes, λ and the RMSNorm are computed in float32 (float64 when the input is float64)
+whatever the compute dtype.
 
 The pure functions :func:`softmax_attention` and :func:`diff_attention` take parameters as a plain
-mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect to
-the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
+mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect
+to the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
 parameters and call them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.struct
 import jax
@@ -63,11 +65,16 @@ class AttentionMaps:
         return self.a1 - self.lam * self.a2
 
 
-def _softmax_f32(logits: Array, mask: Array | None) -> Array:
-    logits = logits.astype(jnp.float32)
+def _wide(x: Array) -> Array:
+    """``x`` in at least float32: bfloat16 is widened, float64 (exact analyses) kept."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _softmax_wide(logits: Array, mask: Array | None) -> Array:
+    logits = _wide(logits)
     if mask is not None:
         # A finite fill keeps fully masked rows NaN-free; exp(min − max) underflows to exactly 0.
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -78,7 +85,8 @@ def _dense(x: Array, p: Mapping[str, Array]) -> Array:
     return y
 
 
-def _check_input(x: Array, width: int, num_heads: int) -> None:
+def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
+    width = params["q"]["kernel"].shape[0]
     if x.ndim != 3 or x.shape[-1] != width:
         raise ValueError(f"attention input must be [B, N, {width}], got shape {x.shape}")
     if width % num_heads:
@@ -104,25 +112,26 @@ def softmax_attention(
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
+    _check_input(x, params, num_heads)
     b, n, width = x.shape
-    _check_input(x, width, num_heads)
     d = width // num_heads
     q = _dense(x, params["q"]).reshape(b, n, num_heads, d)
     k = _dense(x, params["k"]).reshape(b, n, num_heads, d)
     v = _dense(x, params["v"]).reshape(b, n, num_heads, d)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
-    a = _softmax_f32(logits, mask)
+    a = _softmax_wide(logits, mask)
     o = jnp.einsum("bhqk,bkhd->bqhd", a.astype(v.dtype), v).reshape(b, n, width)
     out = _dense(o, params["out"])
     return (out, AttentionMaps(a1=a)) if return_maps else out
 
 
-def diff_lambda(params: Mapping[str, Any], lambda_init: float) -> Array:
-    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a float32 scalar."""
-    f32 = lambda name: params[name].astype(jnp.float32)  # noqa: E731
+def diff_lambda(params: Mapping[str, Any], lambda_init: float, dtype=jnp.float32) -> Array:
+    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, a scalar computed in ``dtype``."""
+    names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+    w = {name: params[name].astype(dtype) for name in names}
     return (
-        jnp.exp(jnp.dot(f32("lambda_q1"), f32("lambda_k1")))
-        - jnp.exp(jnp.dot(f32("lambda_q2"), f32("lambda_k2")))
+        jnp.exp(jnp.dot(w["lambda_q1"], w["lambda_k1"]))
+        - jnp.exp(jnp.dot(w["lambda_q2"], w["lambda_k2"]))
         + lambda_init
     )
 
@@ -150,8 +159,8 @@ def diff_attention(
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
+    _check_input(x, params, num_heads)
     b, n, width = x.shape
-    _check_input(x, width, num_heads)
     if num_heads % 2:
         raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
     h, d = num_heads // 2, width // num_heads
@@ -159,13 +168,13 @@ def diff_attention(
     k = _dense(x, params["k"]).reshape(b, n, 2 * h, d)
     v = _dense(x, params["v"]).reshape(b, n, h, 2 * d)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
-    p = _softmax_f32(logits, mask).reshape(b, h, 2, n, n)  # sub-heads (2h, 2h+1) pair up
+    p = _softmax_wide(logits, mask).reshape(b, h, 2, n, n)  # sub-heads (2h, 2h+1) pair up
     a1, a2 = p[:, :, 0], p[:, :, 1]
-    lam = diff_lambda(params, lambda_init)
+    lam = diff_lambda(params, lambda_init, a1.dtype)
     a = a1 - lam * a2
-    o = jnp.einsum("bhqk,bkhd->bhqd", a, v.astype(jnp.float32))
+    o = jnp.einsum("bhqk,bkhd->bhqd", a, v.astype(a.dtype))
     o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + RMS_EPS)
-    o = o * params["subln_scale"].astype(jnp.float32) * (1.0 - lambda_init)
+    o = o * params["subln_scale"].astype(a.dtype) * (1.0 - lambda_init)
     o = o.astype(x.dtype).transpose(0, 2, 1, 3).reshape(b, n, width)
     out = _dense(o, params["out"])
     return (out, AttentionMaps(a1=a1, a2=a2, lam=lam)) if return_maps else out
@@ -206,8 +215,8 @@ class SoftmaxAttention(nnx.Module):
 class DiffAttention(nnx.Module):
     """Differential Attention over [B, N, D], parameter-matched to ``SoftmaxAttention(D, H_base)``.
 
-    Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the shared
-    RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
+    Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the
+    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
     """
 
     def __init__(
@@ -240,6 +249,4 @@ class DiffAttention(nnx.Module):
         return p
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
-        return diff_attention(
-            self.params(), x, self.num_heads, self.lambda_init, mask, return_maps
-        )
+        return diff_attention(self.params(), x, self.num_heads, self.lambda_init, mask, return_maps)

@@ -35,8 +35,9 @@ class ViTConfig:
       layer_norm_eps: LayerNorm epsilon (timm ViT: 1e-6; DiffCLIP: 1e-5).
       dropout: dropout rate after attention and MLP (0 = off; always off in eval mode).
       mean, std: per-channel normalisation applied inside the model to [0, 1] pixels.
-      dtype: compute dtype of matmuls (``"float32"`` or ``"bfloat16"``); parameters, softmax, λ
-        and norms stay float32.
+      dtype: compute dtype of matmuls: ``"float32"``, ``"bfloat16"`` (accelerators; parameters,
+        softmax, λ, norms and the residual stream stay float32) or ``"float64"`` (exact analyses;
+        needs ``jax_enable_x64``).
     """
 
     image_size: int = 32
@@ -98,8 +99,10 @@ class ViTConfig:
             raise ValueError("mean and std need one entry per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "float64"):
+            raise ValueError(
+                f"dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -109,6 +112,11 @@ class ViTConfig:
     def num_tokens(self) -> int:
         """Patches plus the CLS token."""
         return self.num_patches + 1
+
+    @property
+    def accum_dtype(self) -> str:
+        """Dtype of residual stream, norms and softmaxes: float64 in float64 mode, else float32."""
+        return "float64" if self.dtype == "float64" else "float32"
 
     def is_diff_layer(self, layer: int) -> bool:
         if self.attention != "diff":

@@ -9,7 +9,8 @@ layer, the block input h_l and the attention maps, which is the hook the analysi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -27,16 +28,19 @@ class Intermediates:
     """What ``ViT(..., capture=True)`` returns besides the logits.
 
     Attributes:
-      layer_inputs: per layer, the block input h_l, [B, N, D] float32 (N = patches + 1).
-      maps: per layer, the :class:`AttentionMaps` (float32).
+      layer_inputs: per layer, the block input h_l, [B, N, D] (N = patches + 1), in the
+        accumulation dtype (float32; float64 in float64 mode).
+      maps: per layer, the :class:`AttentionMaps` (same dtype).
     """
 
     layer_inputs: tuple[Array, ...]
     maps: tuple[AttentionMaps, ...]
 
 
-def _layer_norm(width: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(width, epsilon=eps, dtype=jnp.float32, rngs=rngs)
+def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.width, epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs
+    )
 
 
 class Block(nnx.Module):
@@ -45,14 +49,15 @@ class Block(nnx.Module):
     def __init__(self, config: ViTConfig, layer: int, *, rngs: nnx.Rngs):
         c = config
         self.dtype = jnp.dtype(c.dtype)
-        self.norm1 = _layer_norm(c.width, c.layer_norm_eps, rngs)
+        self.accum_dtype = jnp.dtype(c.accum_dtype)
+        self.norm1 = _layer_norm(c, rngs)
         if c.is_diff_layer(layer):
             self.attn = DiffAttention(
                 c.width, c.num_heads, c.layer_lambda_init(layer), use_bias=c.qkv_bias, rngs=rngs
             )
         else:
             self.attn = SoftmaxAttention(c.width, c.num_heads, use_bias=c.qkv_bias, rngs=rngs)
-        self.norm2 = _layer_norm(c.width, c.layer_norm_eps, rngs)
+        self.norm2 = _layer_norm(c, rngs)
         hidden = int(round(c.width * c.mlp_ratio))
         dense = dict(
             kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
@@ -71,12 +76,12 @@ class Block(nnx.Module):
         return self.norm1(h).astype(self.dtype)
 
     def __call__(self, h: Array, *, rngs: nnx.Rngs | None = None, return_maps: bool = False):
-        """Args: h [B, N, D] float32. Returns h_next [B, N, D] (and the maps if asked)."""
+        """h [B, N, D] (accumulation dtype) → h_next [B, N, D], and the maps if asked."""
         a = self.attn(self.attention_input(h), return_maps=return_maps)
         a, maps = a if return_maps else (a, None)
-        h = h + self._dropout(a.astype(jnp.float32), rngs)
+        h = h + self._dropout(a.astype(self.accum_dtype), rngs)
         m = self.fc2(jax.nn.gelu(self.fc1(self.norm2(h).astype(self.dtype)), approximate=False))
-        h = h + self._dropout(m.astype(jnp.float32), rngs)
+        h = h + self._dropout(m.astype(self.accum_dtype), rngs)
         return (h, maps) if return_maps else h
 
 
@@ -84,23 +89,25 @@ class ViT(nnx.Module):
     """ViT (``attention="softmax"``) or DiffViT (``attention="diff"``) classifier.
 
     Call with images [B, H, W, C] (or one image [H, W, C]) float in [0, 1]; returns logits
-    [B, num_classes] (or [num_classes]) float32.
+    [B, num_classes] (or [num_classes]) in float32 (float64 in float64 mode).
     """
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
         c = self.config = config
-        self.dtype = jnp.dtype(c.dtype)
+        self.accum_dtype = jnp.dtype(c.accum_dtype)
         patch_dim = c.patch_size * c.patch_size * c.channels
         dense = dict(kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init())
         # A Dense over (ph, pw, c)-flattened patches is a stride-p convolution with an HWIO kernel.
-        self.patch_embed = nnx.Linear(patch_dim, c.width, rngs=rngs, **dense)
+        self.patch_embed = nnx.Linear(
+            patch_dim, c.width, dtype=self.accum_dtype, rngs=rngs, **dense
+        )
         self.cls_token = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
         self.pos_embed = nnx.Param(
             DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
         )
         self.blocks = nnx.List([Block(c, i, rngs=rngs) for i in range(c.depth)])
-        self.norm = _layer_norm(c.width, c.layer_norm_eps, rngs)
-        self.head = nnx.Linear(c.width, c.num_classes, rngs=rngs, **dense)
+        self.norm = _layer_norm(c, rngs)
+        self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
 
     def _check_images(self, images: Array) -> None:
         c = self.config
@@ -120,19 +127,20 @@ class ViT(nnx.Module):
         """Normalise, patchify, embed, prepend CLS, add positions: [B, H, W, C] → h_0 [B, N, D]."""
         c = self.config
         self._check_images(images)
-        mean = jnp.asarray(c.mean, jnp.float32)
-        std = jnp.asarray(c.std, jnp.float32)
-        x = (images.astype(jnp.float32) - mean) / std
+        mean = jnp.asarray(c.mean, self.accum_dtype)
+        std = jnp.asarray(c.std, self.accum_dtype)
+        x = (images.astype(self.accum_dtype) - mean) / std
         b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
         x = x.reshape(b, g, p, g, p, c.channels).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, g * g, p * p * c.channels)
         tokens = self.patch_embed(x)
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c.width))
-        return jnp.concatenate([cls, tokens], axis=1) + self.pos_embed[...]
+        h = jnp.concatenate([cls, tokens], axis=1) + self.pos_embed[...]
+        return h.astype(self.accum_dtype)
 
     def classify(self, h: Array) -> Array:
         """Final LN and linear head on the CLS token: h_L [B, N, D] → logits [B, classes]."""
-        return self.head(self.norm(h)[:, 0]).astype(jnp.float32)
+        return self.head(self.norm(h)[:, 0])
 
     def __call__(
         self,
