@@ -1,0 +1,521 @@
+"""Exact sensitivity analysis of a checkpoint: branch alignment, the paper's theorems, local
+Lipschitz constants (exact, empirical) and depth/noise cancellation.
+
+    python -m experiments.analyse --checkpoint runs/diffvit --base-checkpoint runs/vit \\
+        --dataset synthetic --num-examples 32 --out runs/diffvit/analysis
+
+Writes OUT/settings.json, one OUT/examples/NNNNNN.json per example (atomically, so an interrupted
+run resumes where it stopped with the same settings) and OUT/summary.json, recomputed from all
+example files. Definitions: docs/readme/analysis.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from diffjax import analysis as an
+from diffjax.checkpoint import CheckpointError, load_model, write_json_atomic
+from diffjax.data import load_dataset
+
+PARTS = ("alignment", "lipschitz", "empirical", "depth")
+QUANTILES = {
+    "min": 0.0,
+    "q05": 0.05,
+    "q25": 0.25,
+    "median": 0.5,
+    "q75": 0.75,
+    "q95": 0.95,
+    "max": 1.0,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.analyse",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="model directory (diffjax save_model)")
+    p.add_argument(
+        "--base-checkpoint",
+        help="standard-attention model of the same shape, for γ and Theorems 2-3 (optional)",
+    )
+    p.add_argument("--dataset", default="synthetic", help="dataset name (default: synthetic)")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--data-dir", help="dataset directory, if the dataset needs one")
+    p.add_argument("--num-examples", type=int, default=32, help="examples analysed (default 32)")
+    p.add_argument("--start", type=int, default=0, help="index of the first example (default 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    p.add_argument(
+        "--wrt",
+        choices=an.WRT,
+        default="image",
+        help="input the attention maps are differentiated w.r.t. (default: image)",
+    )
+    p.add_argument("--head", type=int, help="one DIFF head (head pair for ViT); default all")
+    p.add_argument(
+        "--row", default="all", help="query row: 'all' (default), 'cls' (= 0) or an index"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float64", "float32"),
+        default="float64",
+        help="evaluation precision of the float32 weights (default float64: exact checks)",
+    )
+    p.add_argument(
+        "--lipschitz-method",
+        choices=("auto", "svd", "lanczos", "power"),
+        default="auto",
+        help="exact local Lipschitz: full Jacobian + SVD, Lanczos, power iteration, or auto "
+        "(SVD when the Jacobian has <= 2^22 entries); default auto",
+    )
+    p.add_argument("--max-iters", type=int, default=100, help="Lanczos/power steps at most")
+    p.add_argument("--tol", type=float, help="Lanczos/power relative residual tolerance")
+    p.add_argument(
+        "--radius",
+        type=float,
+        default=1e-3,
+        help="‖ξ‖ of the empirical estimates (pixels) and of the depth perturbation (h_0)",
+    )
+    p.add_argument("--samples", type=int, default=64, help="random ξ of the sampling estimate")
+    p.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD-maximised ratio")
+    p.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated parts to skip, from {','.join(PARTS)}",
+    )
+    p.add_argument("--chunk", type=int, default=64, help="JVPs/VJPs per chunk of the Grams")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (per example: fold_in(index))")
+    p.add_argument("--out", help="output directory (default: CHECKPOINT/analysis)")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    keys = (
+        "checkpoint",
+        "base_checkpoint",
+        "dataset",
+        "split",
+        "data_dir",
+        "wrt",
+        "head",
+        "row",
+        "precision",
+        "lipschitz_method",
+        "max_iters",
+        "tol",
+        "radius",
+        "samples",
+        "pgd_steps",
+        "skip",
+        "chunk",
+        "seed",
+    )
+    s = {k: getattr(args, k) for k in keys}
+    for k in ("checkpoint", "base_checkpoint", "data_dir"):
+        s[k] = None if s[k] is None else str(pathlib.Path(s[k]).absolute())
+    return s
+
+
+def _parse_row(row: str, num_tokens: int) -> int | None:
+    if row == "all":
+        return None
+    if row == "cls":
+        return 0
+    try:
+        r = int(row)
+    except ValueError:
+        raise ValueError(f"--row must be 'all', 'cls' or an integer, got {row!r}") from None
+    if not 0 <= r < num_tokens:
+        raise ValueError(f"--row {r} outside 0..{num_tokens - 1}")
+    return r
+
+
+def _validate(args: argparse.Namespace) -> list[str]:
+    for name in ("num_examples", "batch_size", "max_iters", "samples", "pgd_steps", "chunk"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.start < 0:
+        raise ValueError("--start must be >= 0")
+    if not args.radius > 0:
+        raise ValueError(f"--radius must be > 0, got {args.radius}")
+    if args.tol is not None and not args.tol > 0:
+        raise ValueError(f"--tol must be > 0, got {args.tol}")
+    skip = [s for s in args.skip.split(",") if s]
+    bad = sorted(set(skip) - set(PARTS))
+    if bad:
+        raise ValueError(f"--skip: unknown parts {bad}; choose from {list(PARTS)}")
+    return skip
+
+
+def _check_base(model, base) -> None:
+    c, b = model.config, base.config
+    if b.attention != "softmax":
+        raise ValueError("--base-checkpoint must be a standard-attention (softmax) ViT")
+    if c.attention != "diff":
+        raise ValueError("--base-checkpoint is for a DiffViT --checkpoint")
+    for f in ("image_size", "patch_size", "channels", "depth", "num_heads"):
+        if getattr(c, f) != getattr(b, f):
+            raise ValueError(
+                f"model and base differ in {f}: {getattr(c, f)} vs {getattr(b, f)}; γ needs the "
+                "same token layout, depth and head pairing"
+            )
+
+
+def _analyse_fn(model, base, skip, opts):
+    """The jitted step: a batch of images [B, H, W, C] and keys [B] → a pytree of [B, ...]."""
+    depth = model.config.depth
+    gram_kw = dict(wrt=opts["wrt"], head=opts["head"], row=opts["row"], chunk=opts["chunk"])
+    lip_kw = dict(method=opts["method"], max_iters=opts["max_iters"], tol=opts["tol"])
+
+    def step(model, base, images, keys):
+        out = {"logits": model(images)}
+        layer_keys = jax.vmap(lambda k: jax.random.split(k, depth + 4))(keys)
+        if "alignment" not in skip:
+            out["layers"] = []
+            for layer in range(depth):
+                z = an.layer_input(model, images, layer, opts["wrt"])
+                gram = an.branch_grams(model, z, layer, **gram_kw)
+                rec = {"gram": gram, "layer_alignment": an.alignment(an.reduce_gram(gram, "all"))}
+                if model.config.is_diff_layer(layer):
+                    gram_base = None
+                    if base is not None:
+                        zb = an.layer_input(base, images, layer, opts["wrt"])
+                        gram_base = an.branch_grams(base, zb, layer, **gram_kw)
+                        rec["gamma"] = an.gamma(gram, gram_base)
+                    rec["theory"] = an.check_theory(gram, gram_base)
+                out["layers"].append(rec)
+        if "lipschitz" not in skip:
+            out["lipschitz"] = []
+            for layer in range(depth):
+                u = an.layer_input(model, images, layer, "attention_input")
+                out["lipschitz"].append(
+                    jax.vmap(
+                        lambda x, k, layer=layer: an.exact_local_lipschitz(
+                            lambda v: an.attention_layer(model, v, layer), x, key=k, **lip_kw
+                        )
+                    )(u, layer_keys[:, layer])
+                )
+            out["logits_exact"] = jax.vmap(
+                lambda x, k: an.exact_local_lipschitz(
+                    lambda v: an.logits(model, v), x, key=k, **lip_kw
+                )
+            )(images, layer_keys[:, depth])
+        if "empirical" not in skip:
+            out["logits_sampling"] = jax.vmap(
+                lambda x, k: an.sampled_lipschitz(
+                    lambda v: an.logits(model, v),
+                    x,
+                    radius=opts["radius"],
+                    num_samples=opts["samples"],
+                    key=k,
+                )
+            )(images, layer_keys[:, depth + 1])
+            out["logits_pgd"] = jax.vmap(
+                lambda x, k: an.pgd_lipschitz(
+                    lambda v: an.logits(model, v),
+                    x,
+                    radius=opts["radius"],
+                    steps=opts["pgd_steps"],
+                    key=k,
+                )[0]
+            )(images, layer_keys[:, depth + 3])
+        if "depth" not in skip:
+            out["depth"] = jax.vmap(
+                lambda x, k: an.depth_profile(model, x, key=k, radius=opts["radius"], **lip_kw)
+            )(images, layer_keys[:, depth + 2])
+        return out
+
+    return jax.jit(step)
+
+
+def _clean(x):
+    """JSON-ready: arrays to lists, NaN/inf to None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.ndarray, np.generic)):
+        return _clean(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _lipschitz_record(e, i) -> dict:
+    return {
+        "kind": e.kind,
+        "method": e.method,
+        "value": e.value[i],
+        "bound": e.bound[i],
+        "products": e.products[i],
+    }
+
+
+def _example_record(out, i: int, index: int, label: int, model) -> dict:
+    logits = out["logits"][i]
+    rec = {"index": index, "label": label, "prediction": int(np.argmax(logits)), "logits": logits}
+    if "layers" in out:
+        rec["layers"] = []
+        for layer, lo in enumerate(out["layers"]):
+            a = an.alignment(jax.tree.map(lambda t: t[i], lo["gram"]))
+            la = jax.tree.map(lambda t: t[i], lo["layer_alignment"])
+            lr = {
+                "layer": layer,
+                "attention": "diff" if model.config.is_diff_layer(layer) else "softmax",
+                "lambda": la.lam,
+                "cos": a.cos,
+                "rho": a.rho,
+                "norm1": a.norm1,
+                "norm2": a.norm2,
+                "norm_da": a.norm_da,
+                "layer_cos": la.cos,
+                "layer_rho": la.rho,
+            }
+            if "theory" in lo:
+                t = jax.tree.map(lambda x: x[i], lo["theory"])
+                lr.update(
+                    lemma1_rel_err=t.lemma1_rel_err,
+                    theorem1_holds=t.theorem1_holds,
+                    theorem1_position=t.theorem1_position,
+                    ratio=t.ratio,
+                    theorem2=t.theorem2,
+                    theorem2_rel_err=t.theorem2_rel_err,
+                    theorem3_predicted=t.theorem3_predicted,
+                    theorem3_measured=t.theorem3_measured,
+                )
+            if "gamma" in lo:
+                lr["gamma"] = lo["gamma"][i]
+            rec["layers"].append(lr)
+    if "lipschitz" in out:
+        rec["attention_lipschitz"] = [_lipschitz_record(e, i) for e in out["lipschitz"]]
+        rec["logits_lipschitz"] = {"exact_local": _lipschitz_record(out["logits_exact"], i)}
+    if "logits_sampling" in out:
+        lips = rec.setdefault("logits_lipschitz", {})
+        lips["empirical_sampling"] = _lipschitz_record(out["logits_sampling"], i)
+        lips["empirical_pgd"] = _lipschitz_record(out["logits_pgd"], i)
+    if "depth" in out:
+        rec["depth"] = {k: v[i] for k, v in vars(out["depth"]).items()}
+    return _clean(jax.tree.map(np.asarray, rec))
+
+
+def _stats(values) -> dict | None:
+    v = np.asarray(
+        [x for x in np.ravel(np.asarray(values, dtype=object)) if x is not None], dtype=np.float64
+    )
+    if v.size == 0:
+        return None
+    return {
+        "count": int(v.size),
+        "mean": float(v.mean()),
+        **{k: float(np.quantile(v, q)) for k, q in QUANTILES.items()},
+    }
+
+
+def _frequency(values) -> float | None:
+    v = [x for x in np.ravel(np.asarray(values, dtype=object)) if x is not None]
+    return None if not v else float(np.mean(np.asarray(v, np.float64) < 0))
+
+
+def summarise(records: list[dict], settings: dict) -> dict:
+    """Aggregate per-example records (as written to disk) into the summary."""
+    summary: dict = {
+        "settings": settings,
+        "num_examples": len(records),
+        "accuracy": float(np.mean([r["prediction"] == r["label"] for r in records])),
+    }
+    if records and "layers" in records[0]:
+        layers = []
+        for layer, first in enumerate(records[0]["layers"]):
+            per = [r["layers"][layer] for r in records]
+            s = {
+                "layer": layer,
+                "attention": first["attention"],
+                "lambda": first["lambda"],
+                "negative_alignment_frequency": _frequency([p["cos"] for p in per]),
+                "negative_alignment_frequency_layer": _frequency([p["layer_cos"] for p in per]),
+                "cos": _stats([p["cos"] for p in per]),
+                "rho": _stats([p["rho"] for p in per]),
+            }
+            if "lemma1_rel_err" in first:
+                s["lemma1_max_rel_err"] = _stats([p["lemma1_rel_err"] for p in per])["max"]
+                s["theorem1_violations"] = int(
+                    sum(np.sum(~np.asarray(p["theorem1_holds"], bool)) for p in per)
+                )
+            if "gamma" in first:
+                s["gamma"] = _stats([p["gamma"] for p in per])
+                s["ratio_da_over_base"] = _stats([p["ratio"] for p in per])
+                s["theorem2_max_rel_err"] = _stats([p["theorem2_rel_err"] for p in per])["max"]
+                pred = np.concatenate([np.ravel(p["theorem3_predicted"]) for p in per])
+                meas = np.concatenate([np.ravel(p["theorem3_measured"]) for p in per])
+                s["theorem3_agreement"] = float(np.mean(pred == meas))
+                s["da_more_sensitive_fraction"] = float(np.mean(meas))
+            layers.append(s)
+        summary["layers"] = layers
+    if records and "attention_lipschitz" in records[0]:
+        summary["attention_lipschitz"] = [
+            {
+                "layer": layer,
+                "kind": "exact_local",
+                "method": first["method"],
+                "value": _stats([r["attention_lipschitz"][layer]["value"] for r in records]),
+                "max_bound": _stats([r["attention_lipschitz"][layer]["bound"] for r in records])[
+                    "max"
+                ],
+            }
+            for layer, first in enumerate(records[0]["attention_lipschitz"])
+        ]
+    if records and "logits_lipschitz" in records[0]:
+        lips = {
+            k: _stats([r["logits_lipschitz"][k]["value"] for r in records])
+            for k in records[0]["logits_lipschitz"]
+        }
+        if "exact_local" in lips and "empirical_pgd" in lips:
+            for k in ("empirical_sampling", "empirical_pgd"):
+                lips[f"{k}_over_exact"] = _stats(
+                    [
+                        r["logits_lipschitz"][k]["value"]
+                        / r["logits_lipschitz"]["exact_local"]["value"]
+                        for r in records
+                    ]
+                )
+        summary["logits_lipschitz"] = lips
+    if records and "depth" in records[0]:
+        depth = {}
+        for k in records[0]["depth"]:
+            arr = np.asarray(
+                [[np.nan if x is None else x for x in r["depth"][k]] for r in records], np.float64
+            )
+            depth[k] = [None if np.all(np.isnan(c)) else float(np.nanmean(c)) for c in arr.T]
+        amp = np.asarray([r["depth"]["amplification"] for r in records], np.float64)
+        bound = np.asarray([r["depth"]["paper_bound"] for r in records], np.float64)
+        depth["paper_bound_holds_fraction"] = np.mean(amp <= bound, axis=0).tolist()
+        summary["depth_mean"] = depth
+    return _clean(summary)
+
+
+def _load_records(directory: pathlib.Path, indices) -> list[dict]:
+    records = []
+    for i in indices:
+        path = directory / f"{i:06d}.json"
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise RuntimeError(f"cannot read example record {path}: {e}") from e
+    return records
+
+
+def _place(model, mesh):
+    """Replicate a model's arrays over the mesh (a restored checkpoint sits on one device)."""
+    if model is not None:
+        state = nnx.state(model)
+        nnx.update(model, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
+    return model
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Analyse, write the example files and the summary; return the summary."""
+    skip = _validate(args)
+    model = load_model(args.checkpoint)
+    base = None if args.base_checkpoint is None else load_model(args.base_checkpoint)
+    if base is not None:
+        _check_base(model, base)
+    c = model.config
+    row = _parse_row(args.row, c.num_tokens)
+    ds = load_dataset(args.dataset, args.split, args.data_dir)
+    want = (c.image_size, c.image_size, c.channels)
+    if tuple(ds.images.shape[1:]) != want:
+        raise ValueError(
+            f"dataset images are {tuple(ds.images.shape[1:])}, the model takes {want} (NHWC)"
+        )
+    if args.start + args.num_examples > len(ds):
+        raise ValueError(
+            f"--start {args.start} + --num-examples {args.num_examples} exceeds the "
+            f"{len(ds)} examples of {args.dataset}/{args.split}"
+        )
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint) / "analysis")
+    settings = _settings(args)
+    settings_path = out / "settings.json"
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        if old != _clean(settings):
+            raise ValueError(
+                f"{out} holds an analysis with other settings; use another --out.\n"
+                f"stored: {old}\nnow:    {_clean(settings)}"
+            )
+    write_json_atomic(settings_path, _clean(settings))
+    examples = out / "examples"
+    indices = list(range(args.start, args.start + args.num_examples))
+    todo = [i for i in indices if not (examples / f"{i:06d}.json").exists()]
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    with jax.enable_x64(args.precision == "float64"):
+        model = _place(an.with_dtype(model, args.precision), mesh)
+        base = None if base is None else _place(an.with_dtype(base, args.precision), mesh)
+        opts = dict(
+            wrt=args.wrt,
+            head=args.head,
+            row=row,
+            chunk=args.chunk,
+            method=args.lipschitz_method,
+            max_iters=args.max_iters,
+            tol=args.tol,
+            radius=args.radius,
+            samples=args.samples,
+            pgd_steps=args.pgd_steps,
+        )
+        step = _analyse_fn(model, base, skip, opts)
+        bs = -(-args.batch_size // jax.device_count()) * jax.device_count()
+        root = jax.random.key(args.seed)
+        with tqdm(
+            total=len(indices), initial=len(indices) - len(todo), desc="analyse", unit="ex"
+        ) as bar:
+            for s in range(0, len(todo), bs):
+                idx = todo[s : s + bs]
+                padded = idx + [idx[-1]] * (bs - len(idx))  # one compiled shape for every batch
+                images = ds.images[padded].astype(args.precision) / 255.0
+                keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(padded))
+                images, keys = jax.device_put((images, keys), batch_sharding)
+                res = jax.tree.map(np.asarray, step(model, base, images, keys))
+                for j, i in enumerate(idx):
+                    rec = _example_record(res, j, i, int(ds.labels[i]), model)
+                    write_json_atomic(examples / f"{i:06d}.json", rec)
+                bar.update(len(idx))
+    summary = summarise(_load_records(examples, indices), _clean(settings))
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"analyse: error: {e}")
+    for s in summary.get("layers", []):
+        print(
+            f"layer {s['layer']} ({s['attention']}): negative-alignment frequency "
+            f"{s['negative_alignment_frequency']:.4f}"
+        )
+    for s in summary.get("attention_lipschitz", []):
+        print(
+            f"layer {s['layer']}: exact local Lipschitz (attention layer, {s['method']}) "
+            f"mean {s['value']['mean']:.6g} max {s['value']['max']:.6g}"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The analyse command: outputs, independent re-checks of its numbers, resume, and bad input."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import diffjax as dj
+from diffjax import analysis as an
+from diffjax.checkpoint import load_model, save_model
+from diffjax.data import load_dataset
+from experiments import analyse
+
+# 5 tokens (the synthetic images are 32 × 32); one layer keeps the compile of the command short.
+CONFIG = dict(image_size=32, patch_size=16, depth=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    for attention in ("diff", "softmax"):
+        model = dj.ViT(dj.preset("tiny", attention=attention, **CONFIG), rngs=nnx.Rngs(0))
+        save_model(root / attention, model)
+    return root
+
+
+def args(checkpoints, out, *extra):
+    return [
+        "--checkpoint", str(checkpoints / "diff"), "--base-checkpoint",
+        str(checkpoints / "softmax"), "--num-examples", "3", "--batch-size", "2",
+        "--samples", "4", "--pgd-steps", "3", "--max-iters", "30", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path):
+    out = tmp_path / "an"
+    summary = analyse.main(args(checkpoints, out))
+    files = sorted((out / "examples").glob("*.json"))
+    assert [f.name for f in files] == ["000000.json", "000001.json", "000002.json"]
+    records = [json.loads(f.read_text()) for f in files]
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+    # The summary is what the example files say.
+    for layer, s in enumerate(summary["layers"]):
+        cos = np.concatenate([np.ravel(r["layers"][layer]["cos"]) for r in records])
+        assert s["negative_alignment_frequency"] == pytest.approx(np.mean(cos < 0))
+        assert s["lemma1_max_rel_err"] < 1e-10 and s["theorem2_max_rel_err"] < 1e-10
+        assert s["theorem1_violations"] == 0 and s["theorem3_agreement"] == 1.0
+
+    # Re-check one exact local Lipschitz value outside the command: NumPy SVD of the Jacobian.
+    ds = load_dataset("synthetic", "test")
+    with jax.enable_x64(True):
+        model = an.with_dtype(load_model(checkpoints / "diff"), "float64")
+        image = ds.images[1].astype(np.float64) / 255.0
+        u = an.layer_input(model, image[None], 0, "attention_input")[0]
+        jac = an.jacobian_matrix(lambda v: an.attention_layer(model, v, 0), u)
+        sigma = np.linalg.svd(np.asarray(jac), compute_uv=False)[0]
+        logits = np.asarray(model(image[None])[0])
+    assert records[1]["attention_lipschitz"][0]["value"] == pytest.approx(sigma, rel=1e-9)
+    assert records[1]["prediction"] == int(np.argmax(logits))
+    lips = records[1]["logits_lipschitz"]
+    assert lips["empirical_pgd"]["value"] <= lips["exact_local"]["value"] * (1 + 1e-2)
+    assert {v["kind"] for v in lips.values()} == {
+        "exact_local", "empirical_sampling", "empirical_pgd"
+    }  # fmt: skip
+    d = records[1]["depth"]
+    assert np.all(np.asarray(d["stack_lipschitz"]) <= np.asarray(d["product_bound"]) * (1 + 1e-9))
+
+    # Resume: nothing is recomputed, the summary is the same; other settings are refused.
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert analyse.main(args(checkpoints, out)) == summary
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    with pytest.raises(SystemExit, match="other settings"):
+        analyse.main(args(checkpoints, out, "--radius", "0.01"))
+
+
+def test_analyse_a_vit_alignment_only(checkpoints, tmp_path):
+    summary = analyse.main(
+        ["--checkpoint", str(checkpoints / "softmax"), "--num-examples", "2", "--row", "cls",
+         "--skip", "lipschitz,empirical,depth", "--out", str(tmp_path / "vit")]
+    )  # fmt: skip
+    assert [s["attention"] for s in summary["layers"]] == ["softmax"]
+    assert all("lemma1_max_rel_err" not in s for s in summary["layers"])
+    assert summary["layers"][0]["cos"]["count"] == 2 * 2  # examples × head pairs, CLS row
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--checkpoint", "/nonexistent/run"], "does not exist"),
+        (["--radius", "-1"], "radius"),
+        (["--skip", "everything"], "unknown parts"),
+        (["--row", "9"], "row"),
+        (["--num-examples", "100000"], "exceeds"),
+    ],
+)
+def test_analyse_rejects_bad_input(checkpoints, tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        analyse.main(args(checkpoints, tmp_path / "bad", *extra))
+
+
+def test_analyse_rejects_a_mismatched_base(checkpoints, tmp_path):
+    other = tmp_path / "deeper"
+    save_model(other, dj.ViT(dj.preset("tiny", **{**CONFIG, "depth": 2}), rngs=nnx.Rngs(0)))
+    with pytest.raises(SystemExit, match="depth"):
+        analyse.main(args(checkpoints, tmp_path / "x", "--base-checkpoint", str(other)))
+
+
+def test_analyse_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        analyse.main(["--help"])
+    assert e.value.code == 0 and "--checkpoint" in capsys.readouterr().out
