@@ -8,7 +8,6 @@ classification and small contrastive training.
 """
 
 from diffjax.clip.attack import (
-    attack_success,
     prompt_classifier,
     prompt_cosine_loss,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "PHOTO_TEMPLATES",
     "TEMPLATE_SETS",
     "TextTower",
-    "attack_success",
     "Tokenizer",
     "ZeroShotClassifier",
     "class_embeddings",

@@ -7,11 +7,12 @@ image embedding and the embedding t_y of its true class's prompt:
 
 Success is judged on the zero-shot prediction argmax_c cos(f_img(x'), t_c).
 
-With PGD that *ascends* ``loss_fn(logits, labels) -> [B]``:
+With the toolkit's PGD, which *ascends* ``loss(logits, labels) -> [B]``:
 
-    model = prompt_classifier(clip, class_names)      # images -> cos [B, classes]
-    adv = pgd(model, images, labels, loss_fn=prompt_cosine_loss, ...)
-    rates = attack_success(model(images), model(adv), labels)
+    clf = prompt_classifier(clip, class_names)        # images -> cos [B, classes]
+    config = attacks.PGDConfig(eps=4 / 255, loss=prompt_cosine_loss)
+    records = attacks.attack_dataset(attacks.pgd, attacks.model_function(clf), x, y, key, config)
+    summary = attacks.summarize_records(records)      # zero-shot clean accuracy, ASR, …
 
 ``model`` is a :class:`ZeroShotClassifier`, so the toolkit's other attacks (cross-entropy PGD, CW,
 …) apply to it unchanged. Give it ``scale=exp(logit_scale)`` for CE-based attacks that need
@@ -24,7 +25,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.clip.model import CLIP
 from diffjax.clip.tokenizer import Tokenizer
@@ -56,33 +56,3 @@ def prompt_cosine_loss(logits: Array, labels: Array) -> Array:
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"need logits [B, C] and labels [B], got {logits.shape}, {labels.shape}")
     return -jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
-
-
-def attack_success(clean_logits, adv_logits, labels) -> dict[str, float]:
-    """Zero-shot accuracies and the attack success rate.
-
-    ASR is the fraction of the examples classified correctly before the attack that are
-    misclassified after it (NaN when none was correct).
-
-    Args:
-      clean_logits, adv_logits: [N, classes] logits before and after the attack.
-      labels: [N] true classes.
-
-    Returns:
-      ``{"clean_accuracy", "adversarial_accuracy", "asr", "num_clean_correct"}``.
-    """
-    clean, adv, labels = np.asarray(clean_logits), np.asarray(adv_logits), np.asarray(labels)
-    if clean.shape != adv.shape or clean.ndim != 2 or labels.shape != clean.shape[:1]:
-        raise ValueError(
-            f"need clean/adv logits [N, C] of one shape and labels [N], got {clean.shape}, "
-            f"{adv.shape}, {labels.shape}"
-        )
-    correct = clean.argmax(-1) == labels
-    fooled = adv.argmax(-1) != labels
-    n = int(correct.sum())
-    return {
-        "clean_accuracy": float(correct.mean()),
-        "adversarial_accuracy": float((~fooled).mean()),
-        "asr": float((correct & fooled).sum() / n) if n else float("nan"),
-        "num_clean_correct": n,
-    }
