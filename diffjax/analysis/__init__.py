@@ -47,6 +47,7 @@ from diffjax.analysis.lipschitz import (
     sampled_lipschitz,
     top_singular_values,
 )
+from diffjax.analysis.summary import layer_summary
 from diffjax.analysis.theory import (
     TheoryCheck,
     check_theory,
@@ -57,6 +58,7 @@ from diffjax.analysis.theory import (
 )
 
 __all__ = [
+    "layer_summary",
     "WRT",
     "Alignment",
     "Branches",
