@@ -28,6 +28,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from diffjax import attacks, records
+from diffjax.analysis import layer_summary
 from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip import (
     CIFAR_TEMPLATES,
@@ -61,6 +62,7 @@ class Preset:
       pgd_steps: PGD iterations per budget (step size 2.5·ε/steps, one random start).
       training: contrastive training hyper-parameters.
       templates: ``"cifar"`` (18 SLIP templates) or ``"imagenet"`` (7) for zero-shot accuracy.
+      analysis_examples: per-layer alignment and exact σmax on the first n test images.
       seeds: model initialisation seeds (one trained pair per seed).
       batch_size: evaluation and attack batch size.
     """
@@ -75,6 +77,7 @@ class Preset:
     pgd_steps: int
     training: ContrastiveConfig
     templates: str = "cifar"
+    analysis_examples: int = 16
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 100
 
@@ -90,6 +93,7 @@ PRESETS = {
         eps=(4 / 255,),
         pgd_steps=2,
         training=ContrastiveConfig(steps=6, batch_size=16, warmup_steps=2, steps_per_call=3),
+        analysis_examples=2,
         batch_size=8,
     ),
     "cpu": Preset(
@@ -114,6 +118,7 @@ PRESETS = {
         pgd_steps=20,
         training=ContrastiveConfig(),
         templates="imagenet",
+        analysis_examples=32,
         batch_size=50,
     ),
 }
@@ -227,6 +232,10 @@ def evaluate(model: CLIP, test: Dataset, preset: Preset, seed: int, quiet: bool)
                 "adv_correct": (recs["adv_pred"] == recs["label"]).astype(int).tolist(),
             }
         )
+    # Image tower through the zero-shot head: the ViT analysis applies unchanged.
+    n_an = min(preset.analysis_examples, len(test))
+    out["layers"] = layer_summary(classifier, test.images[:n_an], key=jax.random.key(seed),
+                                  batch_size=min(8, n_an))  # fmt: skip
     return out
 
 

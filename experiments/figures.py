@@ -30,8 +30,8 @@ def _asr_errorbar(ax, eps255, asr, lo, hi, name):
 
 
 def clip_compare(result: dict, path: pathlib.Path) -> None:
-    """ASR vs ε (with 95 % Wilson intervals) and zero-shot accuracy, CLIP vs DiffCLIP."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    """ASR vs ε (95 % Wilson intervals), zero-shot accuracy and per-layer negative alignment."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
     accs = {}
     for run, res in result["models"].items():
         name = run.split("_seed")[0]
@@ -42,6 +42,9 @@ def clip_compare(result: dict, path: pathlib.Path) -> None:
         _asr_errorbar(ax1, eps, [x["asr"] for x in s], [c[0] for c in ci], [c[1] for c in ci],
                       name)  # fmt: skip
         accs.setdefault(name, []).append(res["zeroshot_accuracy"])
+        layers = res.get("layers") or []
+        ax3.plot([r["layer"] for r in layers], [r["negative_alignment"] for r in layers],
+                 marker="o", color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
     ax1.set_xlabel("PGD ℓ∞ budget ε (×1/255)")
     ax1.set_ylabel("attack success rate")
     ax1.set_ylim(0, 1.02)
@@ -53,6 +56,11 @@ def clip_compare(result: dict, path: pathlib.Path) -> None:
     ax2.set_ylabel("zero-shot accuracy")
     ax2.set_ylim(0, 1)
     ax2.set_title(f"zero-shot, {result['dataset']}")
+    ax3.set_xlabel("image-tower layer (0-based)")
+    ax3.set_ylabel("fraction with cos θ < 0")
+    ax3.set_ylim(0, 1)
+    ax3.set_title("negative gradient alignment (CLS row)")
+    ax3.legend()
     fig.suptitle(f"CLIP vs DiffCLIP ({result['preset']} preset)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -72,8 +72,9 @@ def main(argv=None) -> None:
     train_pixels = np.stack(
         [
             decode_image(blob[e - n : e], f"train[{i}]", 32)
-            for i, (n, e) in enumerate(tqdm.tqdm(list(zip(lengths, ends, strict=True)),
-                                                 desc="decoding JPEGs"))
+            for i, (n, e) in enumerate(
+                tqdm.tqdm(list(zip(lengths, ends, strict=True)), desc="decoding JPEGs")
+            )
         ]
     )
 

@@ -15,6 +15,9 @@ def test_clip_compare_smoke_runs_resumes_and_draws(tmp_path):
     for res in out["models"].values():
         assert 0 <= res["zeroshot_accuracy"] <= 1
         assert res["training"]["steps"] == clip_compare.PRESETS["smoke"].training.steps
+        layers = res["layers"]
+        assert len(layers) == 2 and all(0 <= r["negative_alignment"] <= 1 for r in layers)
+        assert all(r["sigma_max_mean"] > 0 for r in layers)
         for attack in res["attacks"]:
             s = attack["summary"]
             clean, adv = np.array(attack["clean_correct"]), np.array(attack["adv_correct"])
