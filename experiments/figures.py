@@ -67,7 +67,33 @@ def clip_compare(result: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-FIGURES = {"clip_compare": clip_compare}
+def vit_compare(result: dict, path: pathlib.Path) -> None:
+    """ViT vs DiffViT: PGD ASR vs ε (95 % Wilson), negative alignment and σmax per layer."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, res in result["models"].items():
+        s = [a["summary"] for a in res["pgd"]]
+        ci = [x["asr_ci"] or (None, None) for x in s]
+        _asr_errorbar(ax1, [a["eps"] * 255 for a in res["pgd"]], [x["asr"] for x in s],
+                      [c[0] for c in ci], [c[1] for c in ci], name)  # fmt: skip
+        layers = res["layers"]
+        kw = dict(marker="o", color=COLORS.get(name), label=LABELS.get(name, name))
+        ax2.plot([r["layer"] for r in layers], [r["negative_alignment"] for r in layers], **kw)
+        ax3.plot([r["layer"] for r in layers], [r["sigma_max_mean"] for r in layers], **kw)
+    ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
+            title="PGD attack success")  # fmt: skip
+    ax2.set(xlabel="layer (0-based)", ylabel="fraction with cos θ < 0", ylim=(0, 1),
+            title="negative gradient alignment")  # fmt: skip
+    ax3.set(xlabel="layer (0-based)", ylabel="σmax(∂attn/∂u), mean over images",
+            title="exact local Lipschitz (attention)")  # fmt: skip
+    for ax in (ax1, ax2, ax3):
+        ax.legend()
+    fig.suptitle(f"ViT vs DiffViT ({result['experiment']}, {result['preset']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FIGURES = {"clip_compare": clip_compare, "main": vit_compare}
 
 
 def make_figures(results_root="results", figures_root="figures", preset=None) -> list[str]:
