@@ -163,7 +163,7 @@ class TrainConfig:
 
 
 # The `cpu` preset is sized from measured train-step throughput on a 2-core CPU (see
-# docs/readme/data_training.md); `paper` is the GPU-scale recipe for the project's CIFAR model.
+# the README, "Data and training"); `paper` is the GPU-scale recipe for the project's CIFAR model.
 _PRESETS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
         model=ViTConfig(width=32, depth=2, num_heads=4, patch_size=8, mlp_ratio=2.0),

@@ -6,7 +6,7 @@ Lipschitz constants (exact, empirical) and depth/noise cancellation.
 
 Writes OUT/settings.json, one OUT/examples/NNNNNN.json per example (atomically, so an interrupted
 run resumes where it stopped with the same settings) and OUT/summary.json, recomputed from all
-example files. Definitions: docs/readme/analysis.md.
+example files. Definitions: README, "Exact sensitivity analysis".
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Exact sensitivity analysis: per-branch Jacobians, alignment, the paper's theorems, Lipschitz
 constants (exact local, spectra, empirical) and depth/noise cancellation.
 
-See docs/readme/analysis.md for definitions and decisions.
+See the README, section "Exact sensitivity analysis", for definitions and decisions.
 """
 
 from diffjax.analysis.alignment import (
