@@ -49,8 +49,9 @@ def measure(config, steps: int, repeats: int) -> tuple[float, float, float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", choices=TRAIN_PRESETS, default="cpu")
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats (best is reported)")
@@ -58,22 +59,31 @@ def main(argv=None) -> None:
     p.add_argument("--depth", type=int)
     p.add_argument("--heads", type=int)
     args = p.parse_args(argv)
-    print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs")
-    print(f"| model | params | img/s | img per CPU-s | compile s | min / 50k epoch | "
-          f"min / {args.preset} run |")
+    print(
+        f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"| model | params | img/s | img per CPU-s | compile s | min / 50k epoch | "
+        f"min / {args.preset} run |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, attention in (("ViT", "softmax"), ("DiffViT", "diff")):
         config = train_preset(args.preset, attention=attention)
-        changes = {k: v for k, v in (("width", args.width), ("depth", args.depth),
-                                      ("num_heads", args.heads)) if v is not None}
+        changes = {
+            k: v
+            for k, v in (("width", args.width), ("depth", args.depth), ("num_heads", args.heads))
+            if v is not None
+        }
         config = config.replace(model=config.model.replace(**changes))
         config = fit_to_data(config, synthetic(1, image_size=32))
         n = count_params(nnx.eval_shape(lambda c=config: ViT(c.model, rngs=nnx.Rngs(0))))
         ips, cpu_ips, compile_s = measure(config, args.steps, args.repeats)
         epoch_min = 50_000 / ips / 60
-        print(f"| {name} | {n:,} | {ips:.0f} | {cpu_ips:.0f} | {compile_s:.1f} | "
-              f"{epoch_min:.1f} | {epoch_min * config.epochs:.1f} |", flush=True)
+        print(
+            f"| {name} | {n:,} | {ips:.0f} | {cpu_ips:.0f} | {compile_s:.1f} | "
+            f"{epoch_min:.1f} | {epoch_min * config.epochs:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

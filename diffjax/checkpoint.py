@@ -54,8 +54,10 @@ class _DropExpectedOrbaxWarnings(logging.Filter):
         return not (
             message.startswith(_EXPECTED_ORBAX_WARNINGS)
             # item folders inside a training step keep their metadata one level up
-            or (message.startswith("Metadata file does not exist")
-                and message.endswith("_CHECKPOINT_METADATA"))
+            or (
+                message.startswith("Metadata file does not exist")
+                and message.endswith("_CHECKPOINT_METADATA")
+            )
         )
 
 
@@ -126,9 +128,7 @@ def read_config(directory: str | os.PathLike, cls: type = ViTConfig):
 
 def _abstract(tree):
     """Shape, dtype and sharding of every array: the restore target orbax needs."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
-    )
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def _check_fits(item_dir: pathlib.Path, target) -> None:
@@ -155,8 +155,9 @@ def _check_fits(item_dir: pathlib.Path, target) -> None:
             for k in sorted(wanted.keys() & saved.keys())
             if saved[k] != wanted[k]
         ]
-        shown = "; ".join(problems[:5]) + (f"; … {len(problems) - 5} more" if len(problems) > 5
-                                          else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; … {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
         raise CheckpointError(f"checkpoint {item_dir} does not fit: {shown}")
 
 
@@ -288,8 +289,7 @@ class TrainCheckpoints:
             )
         except Exception as e:  # orbax raises many types for truncated or mismatched trees
             raise CheckpointError(
-                f"cannot restore training checkpoint {self.step_dir(step)}: "
-                f"{type(e).__name__}: {e}"
+                f"cannot restore training checkpoint {self.step_dir(step)}: {type(e).__name__}: {e}"
             ) from e
         return restored[PARAMS_DIR], restored[OPT_STATE_DIR]
 

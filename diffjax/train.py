@@ -113,8 +113,14 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
             raise TypeError(f"model must be a ViTConfig, got {type(self.model).__name__}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every_epochs",
-                     "keep_checkpoints", "log_every_steps"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "eval_every_epochs",
+            "keep_checkpoints",
+            "log_every_steps",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -136,8 +142,9 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
-            raise ValueError(f"adam_b1, adam_b2 must be in [0, 1), got {self.adam_b1}, "
-                             f"{self.adam_b2}")
+            raise ValueError(
+                f"adam_b1, adam_b2 must be in [0, 1), got {self.adam_b1}, {self.adam_b2}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -195,8 +202,7 @@ _PRESETS: dict[str, TrainConfig] = {
         log_every_steps=20,
     ),
     "paper": TrainConfig(
-        model=ViTConfig(width=192, depth=6, num_heads=6, patch_size=4, mlp_ratio=2.0,
-                        dropout=0.1),
+        model=ViTConfig(width=192, depth=6, num_heads=6, patch_size=4, mlp_ratio=2.0, dropout=0.1),
         dataset="cifar10",
         epochs=200,
         batch_size=256,
@@ -501,8 +507,9 @@ def _check_data(config: TrainConfig, train_data: Dataset, test_data: Dataset) ->
                 "use fit_to_data(config, dataset)"
             )
         if ds.num_classes > m.num_classes:
-            raise ValueError(f"{split} data has {ds.num_classes} classes, the model "
-                             f"{m.num_classes}")
+            raise ValueError(
+                f"{split} data has {ds.num_classes} classes, the model {m.num_classes}"
+            )
 
 
 def train(
@@ -569,8 +576,7 @@ def train(
             state = TrainState(sharding.replicate(jnp.int32(start), mesh), params, opt_state)
         if writer:  # records past the checkpoint are recomputed below
             _truncate_metrics(metrics_path, start)
-        emit({"kind": "start", "step": start, "total_steps": total_steps,
-              "steps_per_epoch": spe})
+        emit({"kind": "start", "step": start, "total_steps": total_steps, "steps_per_epoch": spe})
 
         batches = train_batches(train_data, config.batch_size, config.seed, start, rows)
         pending: list[dict] = []
@@ -579,9 +585,7 @@ def train(
         interval_start = time.perf_counter()
         for step in range(start + 1, total_steps + 1):
             images, labels = sharding.shard_batch(next(batches), mesh)
-            state, metrics = train_step(
-                state, images, labels, config=config, steps_per_epoch=spe
-            )
+            state, metrics = train_step(state, images, labels, config=config, steps_per_epoch=spe)
             pending.append(metrics)
             if step == start + 1:  # keep compilation out of the throughput
                 jax.block_until_ready(metrics)
@@ -596,14 +600,22 @@ def train(
             if pending and (logged or saved):  # never log or save a diverged state
                 check_finite(jax.device_get(pending), step)
             if logged or step == total_steps:
-                means = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                         for k in pending[0]}
+                means = {
+                    k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
+                }
                 elapsed = time.perf_counter() - interval_start
                 timed_images += interval_images
                 timed_seconds += elapsed
-                record({"kind": "train", "step": step, "epoch": step / spe, **means,
+                record(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": step / spe,
+                        **means,
                         "img_per_s": interval_images / elapsed if interval_images else None,
-                        "lambda": layer_lambdas(state.params, config.model)})
+                        "lambda": layer_lambdas(state.params, config.model),
+                    }
+                )
                 pending, interval_images = [], 0
             if evaluated:
                 final_eval = evaluate_params(

@@ -65,8 +65,11 @@ def cifar_files(name: str, seed: int = 0) -> tuple[dict[str, bytes], dict]:
     rng = np.random.default_rng(seed)
     k = 10 if name == "cifar10" else 100
     class_names = [f"name{i}" for i in range(k)]
-    sizes = {"train": [3, 2, 4, 1, 2], "test": [5]} if name == "cifar10" else {
-        "train": [7], "test": [4]}
+    sizes = (
+        {"train": [3, 2, 4, 1, 2], "test": [5]}
+        if name == "cifar10"
+        else {"train": [7], "test": [4]}
+    )
     files, expected = {}, {}
     for split, batches in sizes.items():
         images, labels = [], []
@@ -77,12 +80,21 @@ def cifar_files(name: str, seed: int = 0) -> tuple[dict[str, bytes], dict]:
             rows = np.stack([np.concatenate([im[:, :, c].ravel() for c in range(3)]) for im in hwc])
             if name == "cifar10":
                 fname = "test_batch" if split == "test" else f"data_batch_{j + 1}"
-                d = {b"batch_label": f"batch {j}", b"labels": y, b"data": rows,
-                     b"filenames": [f"f{i}.png" for i in range(n)]}
+                d = {
+                    b"batch_label": f"batch {j}",
+                    b"labels": y,
+                    b"data": rows,
+                    b"filenames": [f"f{i}.png" for i in range(n)],
+                }
             else:
                 fname = split
-                d = {b"filenames": [f"f{i}.png" for i in range(n)], b"batch_label": split,
-                     b"fine_labels": y, b"coarse_labels": [v // 5 for v in y], b"data": rows}
+                d = {
+                    b"filenames": [f"f{i}.png" for i in range(n)],
+                    b"batch_label": split,
+                    b"fine_labels": y,
+                    b"coarse_labels": [v // 5 for v in y],
+                    b"data": rows,
+                }
             files[fname] = py2_pickle(d)
             images.append(hwc)
             labels += y
@@ -93,8 +105,7 @@ def cifar_files(name: str, seed: int = 0) -> tuple[dict[str, bytes], dict]:
         )
     else:
         files["meta"] = py2_pickle(
-            {b"fine_label_names": class_names,
-             b"coarse_label_names": [f"c{i}" for i in range(20)]}
+            {b"fine_label_names": class_names, b"coarse_label_names": [f"c{i}" for i in range(20)]}
         )
     expected["class_names"] = tuple(class_names)
     return files, expected
@@ -153,8 +164,9 @@ def test_cifar_pickle_refuses_code(tmp_path):
 
 def test_cifar_corrupt_files_raise_clear_errors(tmp_path):
     files, _ = cifar_files("cifar10")
-    bad = dict(files, data_batch_2=py2_pickle({b"labels": [1], b"data": np.zeros((1, 100),
-                                                                              np.uint8)}))
+    bad = dict(
+        files, data_batch_2=py2_pickle({b"labels": [1], b"data": np.zeros((1, 100), np.uint8)})
+    )
     folder = write_folder(tmp_path / "a", "cifar-10-batches-py", bad)
     with pytest.raises(DatasetFormatError, match=r"data_batch_2.*uint8 \[N, 3072\]"):
         cifar.read_cifar(folder, "cifar10", "train")
@@ -266,8 +278,13 @@ def test_offline_error_says_which_file_to_put_where(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "cifar-100-python.tar.gz" in msg and "cifar-100-python/" in msg and str(tmp_path) in msg
     # A failed download gives the same advice and leaves nothing behind.
-    remote = download.Remote("Tiny ImageNet", (tmp_path / "nowhere.zip").as_uri(),
-                             "tiny-imagenet-200.zip", "md5:0", "tiny-imagenet-200")
+    remote = download.Remote(
+        "Tiny ImageNet",
+        (tmp_path / "nowhere.zip").as_uri(),
+        "tiny-imagenet-200.zip",
+        "md5:0",
+        "tiny-imagenet-200",
+    )
     monkeypatch.setattr(tiny_imagenet, "TINY_IMAGENET_REMOTE", remote)
     root = tmp_path / "data"
     with pytest.raises(DatasetUnavailableError, match="download failed.*tiny-imagenet-200.zip"):
@@ -278,10 +295,20 @@ def test_offline_error_says_which_file_to_put_where(tmp_path, monkeypatch):
 def test_download_verifies_checksum_and_extracts_atomically(tmp_path, monkeypatch):
     files, expected = cifar_files("cifar10", seed=3)
     archive = write_tar_gz(tmp_path / "served.tar.gz", "cifar-10-batches-py", files)
-    good = download.Remote("CIFAR-10", archive.as_uri(), "cifar-10-python.tar.gz",
-                           f"sha256:{sha256_of(archive)}", "cifar-10-batches-py")
-    bad = download.Remote("CIFAR-10", archive.as_uri(), "cifar-10-python.tar.gz",
-                          "sha256:" + "0" * 64, "cifar-10-batches-py")
+    good = download.Remote(
+        "CIFAR-10",
+        archive.as_uri(),
+        "cifar-10-python.tar.gz",
+        f"sha256:{sha256_of(archive)}",
+        "cifar-10-batches-py",
+    )
+    bad = download.Remote(
+        "CIFAR-10",
+        archive.as_uri(),
+        "cifar-10-python.tar.gz",
+        "sha256:" + "0" * 64,
+        "cifar-10-batches-py",
+    )
 
     monkeypatch.setitem(cifar._LAYOUTS, "cifar10", (bad, *cifar._LAYOUTS["cifar10"][1:]))
     root = tmp_path / "data"
@@ -314,8 +341,12 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download.urllib.request, "urlopen", lambda url, timeout: Broken())
     with pytest.raises(urllib.error.URLError):
-        download.fetch("https://example.invalid/a.tar.gz", tmp_path / "a.tar.gz", "sha256:0",
-                       progress=lambda done, total: None)
+        download.fetch(
+            "https://example.invalid/a.tar.gz",
+            tmp_path / "a.tar.gz",
+            "sha256:0",
+            progress=lambda done, total: None,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -323,9 +354,12 @@ def test_fetch_md5_and_progress(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(bytes(range(256)) * 10)
     seen = []
-    out = download.fetch(src.as_uri(), tmp_path / "d" / "out.bin",
-                         f"md5:{hashlib.md5(src.read_bytes()).hexdigest()}",
-                         progress=lambda done, total: seen.append((done, total)))
+    out = download.fetch(
+        src.as_uri(),
+        tmp_path / "d" / "out.bin",
+        f"md5:{hashlib.md5(src.read_bytes()).hexdigest()}",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert out.read_bytes() == src.read_bytes()
     assert seen[-1] == (2560, 2560)
 
@@ -340,8 +374,9 @@ def test_embedded_sample_is_real_cifar10():
     card = json.loads((embedded._asset(embedded.CARD)).read_text())
     # The test pixels are exact: they decode to the bytes the data card was made from.
     assert hashlib.sha256(test.images.tobytes()).hexdigest() == card["test"]["decoded_sha256"]
-    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10),
-                                  card["train"]["label_counts"])
+    np.testing.assert_array_equal(
+        np.bincount(train.labels, minlength=10), card["train"]["label_counts"]
+    )
     assert (embedded._asset(embedded.ASSET)).stat().st_size <= 8 * 1024 * 1024
     with pytest.raises(ValueError):
         train.images[0, 0, 0, 0] = 1  # the cached arrays are shared: read-only
@@ -387,16 +422,19 @@ def fake_tfds(prepared: bool, records: list[dict]):
 
 def test_tfds_adapter(monkeypatch):
     rng = np.random.default_rng(0)
-    same = [{"image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "label": i % 3}
-            for i in range(4)]
+    same = [
+        {"image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "label": i % 3} for i in range(4)
+    ]
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds(True, same))
     ds = load_dataset("tfds:fake", "train")
     np.testing.assert_array_equal(ds.images, np.stack([r["image"] for r in same]))
     np.testing.assert_array_equal(ds.labels, [0, 1, 2, 0])
     assert ds.class_names == ("a", "b", "c")
 
-    mixed = [{"image": np.full((8, 12, 1), 7, np.uint8), "label": 1},
-             {"image": np.full((10, 10, 3), 9, np.uint8), "label": 2}]
+    mixed = [
+        {"image": np.full((8, 12, 1), 7, np.uint8), "label": 1},
+        {"image": np.full((10, 10, 3), 9, np.uint8), "label": 2},
+    ]
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds(True, mixed))
     with pytest.raises(DatasetFormatError, match="image_size"):
         load_dataset("tfds:fake", "train")

@@ -100,8 +100,13 @@ def test_augment_draws_valid_crops_and_flips():
     # Recover each example's crop and flip by search: exactly one candidate must match.
     matches = []
     for image, got in zip(np.asarray(images), out, strict=True):
-        hits = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
-                if np.array_equal(got, reference_crop_flip(image[None], [(dy, dx)], [f], 2)[0])]
+        hits = [
+            (dy, dx, f)
+            for dy in range(5)
+            for dx in range(5)
+            for f in (False, True)
+            if np.array_equal(got, reference_crop_flip(image[None], [(dy, dx)], [f], 2)[0])
+        ]
         assert len(hits) == 1
         matches.append(hits[0])
     assert {f for _, _, f in matches} == {False, True}
@@ -122,8 +127,9 @@ def test_augment_does_not_depend_on_sharding():
 
 def test_to_unit_range():
     x = jnp.asarray(np.array([0, 1, 128, 255], np.uint8))
-    np.testing.assert_array_equal(np.asarray(to_unit_range(x)),
-                                  np.array([0, 1, 128, 255], np.float32) / np.float32(255))
+    np.testing.assert_array_equal(
+        np.asarray(to_unit_range(x)), np.array([0, 1, 128, 255], np.float32) / np.float32(255)
+    )
 
 
 def test_shard_batch_places_rows_on_the_data_axis():

@@ -33,8 +33,14 @@ from diffjax.train import (
 # The smoke preset, shrunk to 16 steps (2 epochs of 8), with dropout on so that its PRNG
 # stream is part of what the resume test checks. Every test here uses it: one compilation.
 CONFIG = train_preset(
-    "smoke", attention="diff", train_examples=256, test_examples=128, epochs=2,
-    checkpoint_every_steps=3, log_every_steps=1, learning_rate=2e-3,
+    "smoke",
+    attention="diff",
+    train_examples=256,
+    test_examples=128,
+    epochs=2,
+    checkpoint_every_steps=3,
+    log_every_steps=1,
+    learning_rate=2e-3,
 )
 CONFIG = CONFIG.replace(model=CONFIG.model.replace(dropout=0.1))
 STEPS = 16
@@ -173,8 +179,9 @@ def test_smoothed_cross_entropy_matches_formula():
 
 
 def test_learning_rate_schedule_closed_form():
-    config = TrainConfig(model=preset("tiny"), epochs=4, learning_rate=1e-3,
-                         end_learning_rate=1e-5, warmup_epochs=1)
+    config = TrainConfig(
+        model=preset("tiny"), epochs=4, learning_rate=1e-3, end_learning_rate=1e-5, warmup_epochs=1
+    )
     spe = 10
     schedule = learning_rate_schedule(config, spe)
     for step in (0, 3, 10, 17, 25, 39, 40):
@@ -187,9 +194,14 @@ def test_learning_rate_schedule_closed_form():
 
 
 def test_weight_decay_only_on_kernels():
-    config = TrainConfig(model=preset("tiny", attention="diff"), learning_rate=0.1,
-                         end_learning_rate=0.1, warmup_epochs=0, weight_decay=0.5,
-                         grad_clip=None)
+    config = TrainConfig(
+        model=preset("tiny", attention="diff"),
+        learning_rate=0.1,
+        end_learning_rate=0.1,
+        warmup_epochs=0,
+        weight_decay=0.5,
+        grad_clip=None,
+    )
     rng = np.random.default_rng(0)
     shapes = nnx.split(nnx.eval_shape(lambda: init_model(config)), nnx.Param)[1]
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
@@ -207,8 +219,14 @@ def test_weight_decay_only_on_kernels():
 def test_gradient_clipping_acts_before_adam():
     # A gradient of norm 200 is scaled to norm 1, one of norm 0.5 is not: Adam's second update
     # then differs from unclipped Adam's and equals Adam's on the clipped gradients.
-    config = TrainConfig(model=preset("tiny"), learning_rate=0.1, end_learning_rate=0.1,
-                         warmup_epochs=0, weight_decay=0.0, grad_clip=1.0)
+    config = TrainConfig(
+        model=preset("tiny"),
+        learning_rate=0.1,
+        end_learning_rate=0.1,
+        warmup_epochs=0,
+        weight_decay=0.0,
+        grad_clip=1.0,
+    )
     rng = np.random.default_rng(1)
     params = {"dense": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=4)}}
     params = jax.tree.map(np.float32, params)
@@ -224,7 +242,8 @@ def test_gradient_clipping_acts_before_adam():
         norm = float(optax.tree.norm(g))
         u, state = clipped.update(g, state, params)
         u_ref, ref_state = reference.update(
-            jax.tree.map(lambda x, norm=norm: x / max(norm, 1.0), g), ref_state, params)
+            jax.tree.map(lambda x, norm=norm: x / max(norm, 1.0), g), ref_state, params
+        )
     for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
@@ -245,8 +264,12 @@ def test_config_validation_presets_and_fit_to_data(tmp_path):
     tiny = fit_to_data(train_preset("cpu"), synthetic(2, image_size=64, num_classes=200))
     assert (tiny.model.image_size, tiny.model.patch_size, tiny.model.num_classes) == (64, 8, 200)
     with pytest.raises(ValueError, match="fit_to_data"):
-        train(CONFIG, tmp_path, train_data=synthetic(64, image_size=16),
-              test_data=synthetic(8, image_size=16))
+        train(
+            CONFIG,
+            tmp_path,
+            train_data=synthetic(64, image_size=16),
+            test_data=synthetic(8, image_size=16),
+        )
     assert not any(tmp_path.iterdir())  # nothing written for a run that cannot start
 
 

@@ -12,15 +12,42 @@ def test_help_lists_every_option(capsys):
         cli.parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model", "--preset", "--dataset", "--data-dir", "--epochs", "--bf16",
-                   "--distributed", "--lambda-init", "--no-download", "--workdir"):
+    for option in (
+        "--model",
+        "--preset",
+        "--dataset",
+        "--data-dir",
+        "--epochs",
+        "--bf16",
+        "--distributed",
+        "--lambda-init",
+        "--no-download",
+        "--workdir",
+    ):
         assert option in out
 
 
 def test_options_override_the_preset():
-    args = cli.parse_args(["--model", "diffvit", "--preset", "cpu", "--depth", "2",
-                           "--lambda-init", "schedule", "--grad-clip", "0", "--epochs", "3",
-                           "--bf16", "--no-flip", "--lr", "5e-4"])
+    args = cli.parse_args(
+        [
+            "--model",
+            "diffvit",
+            "--preset",
+            "cpu",
+            "--depth",
+            "2",
+            "--lambda-init",
+            "schedule",
+            "--grad-clip",
+            "0",
+            "--epochs",
+            "3",
+            "--bf16",
+            "--no-flip",
+            "--lr",
+            "5e-4",
+        ]
+    )
     config = cli.build_config(args)
     assert config.model.attention == "diff" and config.model.depth == 2
     assert config.model.lambda_init == "schedule" and config.model.dtype == "bfloat16"

@@ -1,8 +1,8 @@
 """Dataset files: read them from an extracted folder, a .tar.gz or a .zip alike; decode images.
 
-    with open_tree(path, "cifar-10-batches-py") as tree:
-        raw = tree.read("data_batch_1")          # bytes of <folder>/data_batch_1
-        names = tree.names()                     # every file, relative to <folder>/
+with open_tree(path, "cifar-10-batches-py") as tree:
+    raw = tree.read("data_batch_1")          # bytes of <folder>/data_batch_1
+    names = tree.names()                     # every file, relative to <folder>/
 """
 
 from __future__ import annotations
@@ -57,9 +57,7 @@ def open_tree(path: str | os.PathLike, folder: str) -> Iterator[FileTree]:
     """
     path = pathlib.Path(path)
     if path.is_dir():
-        files = {
-            p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file()
-        }
+        files = {p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file()}
         yield FileTree(str(path), files, lambda p: p.read_bytes())
         return
     if not path.is_file():

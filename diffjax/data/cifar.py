@@ -79,9 +79,7 @@ def unpickle(raw: bytes, source: str) -> dict:
     try:
         d = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # pickle raises many types on corrupt input
-        raise DatasetFormatError(
-            f"{source}: not a CIFAR pickle ({type(e).__name__}: {e})"
-        ) from e
+        raise DatasetFormatError(f"{source}: not a CIFAR pickle ({type(e).__name__}: {e})") from e
     if not isinstance(d, dict):
         raise DatasetFormatError(f"{source}: expected a dict, got {type(d).__name__}")
     return {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}

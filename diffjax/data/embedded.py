@@ -54,8 +54,10 @@ def _split(split: str) -> Dataset:
         starts = ends - z["train_jpeg_lengths"]
         blob = z["train_jpeg"].tobytes()
         images = np.stack(
-            [decode_image(blob[s:e], f"{ASSET}:train[{i}]", 32) for i, (s, e) in
-             enumerate(zip(starts, ends, strict=True))]
+            [
+                decode_image(blob[s:e], f"{ASSET}:train[{i}]", 32)
+                for i, (s, e) in enumerate(zip(starts, ends, strict=True))
+            ]
         )
         labels = z["train_labels"]
     else:

@@ -44,8 +44,9 @@ def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def _as_rgb_uint8(image, source: str) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise DatasetFormatError(f"{source}: expected uint8 [H, W, 1|3] images, got "
-                                 f"{image.dtype} {image.shape}")
+        raise DatasetFormatError(
+            f"{source}: expected uint8 [H, W, 1|3] images, got {image.dtype} {image.shape}"
+        )
     return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
