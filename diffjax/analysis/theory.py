@@ -1,8 +1,7 @@
 """The paper's formal results on branch sensitivity: formulas, and checks on measured Jacobians.
 
 Notation (README, "Exact sensitivity analysis"): J1, J2, J_DA are the Jacobians of A1, A2 and
-A1 − λA2 with
-respect to the input, flattened; norms are Frobenius; cos θ and ρ = ‖J2‖/‖J1‖ as in
+A1 − λA2 with respect to the input, flattened; norms are Frobenius; cos θ and ρ = ‖J2‖/‖J1‖ as in
 :mod:`.alignment`; γ = ‖J1‖/‖J_base‖ with per-head RMS norms.
 
 * Lemma 1: ‖J_DA‖² = ‖J1‖² + λ²‖J2‖² − 2λ‖J1‖‖J2‖ cos θ.
