@@ -43,6 +43,25 @@ def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     )
 
 
+def run_blocks(blocks, h: Array, *, capture: bool, **kwargs) -> tuple[Array, Intermediates | None]:
+    """``h`` [B, N, D] through ``blocks``; with ``capture`` also each block's input and maps."""
+    inputs, maps = [], []
+    for block in blocks:
+        if capture:
+            inputs.append(h)
+            h, m = block(h, return_maps=True, **kwargs)
+            maps.append(m)
+        else:
+            h = block(h, **kwargs)
+    captured = Intermediates(layer_inputs=tuple(inputs), maps=tuple(maps)) if capture else None
+    return h, captured
+
+
+def unbatch(captured: Intermediates) -> Intermediates:
+    """Drop the batch axis (of size 1) of captured inputs and maps; λ is a scalar already."""
+    return jax.tree.map(lambda t: t[0] if t.ndim else t, captured)
+
+
 class Block(nnx.Module):
     """Pre-norm transformer block: LN → attention → residual; LN → MLP (exact GELU) → residual."""
 
@@ -159,22 +178,12 @@ class ViT(nnx.Module):
         h = self.embed(images)
         if rngs is not None:
             h = self.blocks[0]._dropout(h, rngs)
-        inputs, maps = [], []
-        for block in self.blocks:
-            if capture:
-                inputs.append(h)
-                h, m = block(h, rngs=rngs, return_maps=True)
-                maps.append(m)
-            else:
-                h = block(h, rngs=rngs)
+        h, captured = run_blocks(self.blocks, h, capture=capture, rngs=rngs)
         logits = self.classify(h)
         if single:
             logits = logits[0]
-            inputs = [t[0] for t in inputs]
-            maps = [jax.tree.map(lambda t: t[0] if t.ndim else t, m) for m in maps]
-        if capture:
-            return logits, Intermediates(layer_inputs=tuple(inputs), maps=tuple(maps))
-        return logits
+            captured = captured and unbatch(captured)
+        return (logits, captured) if capture else logits
 
 
 def count_params(model: nnx.Module) -> int:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffjax.attention import DENSE_INIT, AttentionMaps, DiffAttention, SoftmaxAttention
+from diffjax.attention import DENSE_INIT, DiffAttention, SoftmaxAttention
 from diffjax.clip.config import CLIPConfig
-from diffjax.vit import ViT
+from diffjax.vit import ViT, run_blocks, unbatch
 
 Array = jax.Array
 
@@ -93,19 +92,6 @@ class TextBlock(nnx.Module):
         return (h, maps) if return_maps else h
 
 
-@flax.struct.dataclass
-class TextIntermediates:
-    """What ``TextTower(..., capture=True)`` returns besides the features.
-
-    Attributes:
-      layer_inputs: per layer, the block input h_l, [B, context, D] float32.
-      maps: per layer, the causal :class:`AttentionMaps` (float32).
-    """
-
-    layer_inputs: tuple[Array, ...]
-    maps: tuple[AttentionMaps, ...]
-
-
 class TextTower(nnx.Module):
     """Causal text transformer: token ids [B, context] → unnormalised text features [B, E]."""
 
@@ -156,28 +142,19 @@ class TextTower(nnx.Module):
     def __call__(self, tokens: Array, *, capture: bool = False):
         """Text features of ``tokens`` [B, context] (or one sequence [context]).
 
-        With ``capture=True`` returns ``(features, TextIntermediates)``.
+        With ``capture=True`` returns ``(features, Intermediates)`` (block inputs h_l
+        [B, context, D] and causal :class:`AttentionMaps`, as for :class:`ViT`).
         """
         single = tokens.ndim == 1
         if single:
             tokens = tokens[None]
         h = self.embed(tokens)
-        inputs, maps = [], []
-        for block in self.blocks:
-            if capture:
-                inputs.append(h)
-                h, m = block(h, return_maps=True)
-                maps.append(m)
-            else:
-                h = block(h)
+        h, captured = run_blocks(self.blocks, h, capture=capture)
         features = self.pool(h, tokens)
         if single:
             features = features[0]
-            inputs = [t[0] for t in inputs]
-            maps = [jax.tree.map(lambda t: t[0] if t.ndim else t, m) for m in maps]
-        if capture:
-            return features, TextIntermediates(layer_inputs=tuple(inputs), maps=tuple(maps))
-        return features
+            captured = captured and unbatch(captured)
+        return (features, captured) if capture else features
 
 
 def l2_normalize(x: Array, axis: int = -1) -> Array:
