@@ -1,0 +1,238 @@
+"""The performance suite: diffjax against a PyTorch eager reference of the same models.
+
+    python -m benchmarks.suite                        # depths 1, 6, 12; batch 128 (minutes)
+    python -m benchmarks.suite --depths 1 --batch 16 --repeats 2     # a quick look
+
+For ViT and DiffViT (width 192, 6 heads, patch 4, CIFAR shapes) at each depth it times, as the
+median over ``--repeats`` runs after a warm-up (compile time reported separately):
+
+* train: forward, cross-entropy, backward and an AdamW update (jitted, buffers donated; PyTorch:
+  ``torch.optim.AdamW``);
+* eval: a forward pass;
+* PGD: one ℓ∞ PGD step (input gradient, signed step, projection), from ``diffjax.attacks.pgd``
+  with ``--attack-steps`` steps, divided by the steps; PyTorch: the same loop by hand;
+* CW: one CW-L2 Adam iteration in tanh space (``diffjax.attacks.cw_l2`` with one binary-search
+  step and no early abort), divided by the iterations; PyTorch: the same iteration by hand;
+* σmax: the exact local Lipschitz constant of the first attention layer at one example by
+  Lanczos (``diffjax.analysis``; no PyTorch counterpart).
+
+It prints img/s for both, the ratio diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost
+analysis of the compiled step) as a fraction of this machine's measured float32 matmul peak.
+PyTorch is the optional ``bench`` extra; the reference is checked against diffjax on shared
+weights in ``tests/test_torch_reference.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import diffjax as dj
+from diffjax import analysis as an
+from diffjax import attacks
+
+try:
+    import torch
+
+    from benchmarks.torch_reference import from_diffjax
+except ImportError:  # the suite still reports diffjax alone
+    torch = None
+
+
+def _median_time(fn, repeats: int) -> tuple[float, float]:
+    """(compile-and-first-run seconds, median seconds of the next ``repeats`` runs)."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul GFLOP/s of this machine through XLA."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    _, s = _median_time(lambda: jax.block_until_ready(f(a)), repeats)
+    return 2 * n**3 / s / 1e9
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return None if not cost else cost.get("flops")
+
+
+def jax_cases(model, x, y, args) -> dict[str, tuple[float, float, float | None]]:
+    """name → (compile s, median s per image-batch step, flops per step)."""
+    apply, params = dj.functional(model)
+    tx = optax.adamw(1e-3)
+    opt = tx.init(params)
+
+    def loss(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+    def train_step(p, o, x, y):
+        g = jax.grad(loss)(p, x, y)
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o
+
+    out = {}
+    step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt, x, y).compile()
+    state = [jax.tree.map(jnp.copy, params), opt]  # donated: keep the model's own arrays
+
+    def run_train():
+        state[0], state[1] = step(state[0], state[1], x, y)
+        jax.block_until_ready(state[0])
+
+    out["train"] = (*_median_time(run_train, args.repeats), _flops(step))
+    fwd = jax.jit(apply).lower(params, x).compile()
+    out["eval"] = (*_median_time(lambda: jax.block_until_ready(fwd(params, x)), args.repeats),
+                   _flops(fwd))  # fmt: skip
+    model_fn = attacks.model_function(model)
+    key, k = jax.random.key(0), args.attack_steps
+    pgd = attacks.PGDConfig(eps=4 / 255, steps=k)
+    c, s = _median_time(lambda: jax.block_until_ready(
+        attacks.pgd(model_fn, x, y, key, pgd).adv_images), args.repeats)  # fmt: skip
+    out["pgd"] = (c, s / k, None)
+    cw = attacks.CWConfig(binary_search_steps=1, max_iterations=k, abort_early=False)
+    c, s = _median_time(lambda: jax.block_until_ready(
+        attacks.cw_l2(model_fn, x, y, key, cw).adv_images), args.repeats)  # fmt: skip
+    out["cw"] = (c, s / k, None)
+    u = an.layer_input(model, x[:1], 0, "attention_input")[0]
+    sigma = jax.jit(lambda u: an.exact_local_lipschitz(
+        lambda v: an.attention_layer(model, v, 0), u, method="lanczos", key=key).value)  # fmt: skip
+    c, s = _median_time(lambda: jax.block_until_ready(sigma(u)), args.repeats)
+    out["sigma_max"] = (c, s, None)
+    return out
+
+
+def torch_cases(model, x, y, args) -> dict[str, float]:
+    """name → median seconds per step of the PyTorch eager reference."""
+    net = from_diffjax(model)
+    xt, yt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)).long()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    ce = torch.nn.functional.cross_entropy
+
+    def train():
+        opt.zero_grad()
+        ce(net(xt), yt).backward()
+        opt.step()
+
+    def evaluate():
+        with torch.no_grad():
+            net(xt)
+
+    eps, k = 4 / 255, args.attack_steps
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def pgd():
+        adv = (xt + torch.empty_like(xt).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(k):
+            adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(ce(net(adv), yt), adv)
+            adv = torch.min(torch.max(adv.detach() + 2.5 * eps / k * g.sign(), xt - eps), xt + eps)
+            adv = adv.clamp(0, 1)
+
+    def cw():
+        w = torch.atanh((xt * 2 - 1) * 0.999999).requires_grad_(True)
+        adam = torch.optim.Adam([w], lr=1e-2)
+        onehot = torch.nn.functional.one_hot(yt, model.config.num_classes).bool()
+        for _ in range(k):
+            adv = (torch.tanh(w) + 1) / 2
+            z = net(adv)
+            other = z.masked_fill(onehot, -1e9).amax(1)
+            hinge = (z[onehot] - other).clamp(min=0)
+            loss = ((adv - xt) ** 2).flatten(1).sum(1) + 1e-3 * hinge
+            adam.zero_grad()
+            loss.sum().backward()
+            adam.step()
+
+    out = {}
+    for name, fn, per in (
+        ("train", train, 1),
+        ("eval", evaluate, 1),
+        ("pgd", pgd, k),
+        ("cw", cw, k),
+    ):
+        if name == "train":
+            for p in net.parameters():
+                p.requires_grad_(True)
+        elif name == "eval":
+            for p in net.parameters():
+                p.requires_grad_(False)
+        out[name] = _median_time(fn, args.repeats)[1] / per
+    return out
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--depths", type=int, nargs="+", default=[1, 6, 12])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--attack-steps", type=int, default=5, help="PGD steps / CW iterations timed")
+    p.add_argument("--no-torch", action="store_true", help="diffjax only")
+    args = p.parse_args(argv)
+    use_torch = torch is not None and not args.no_torch
+    if use_torch:
+        torch.manual_seed(0)
+        torch.set_num_threads(os.cpu_count() or 1)
+    peak = matmul_peak()
+    print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f}; "
+          f"float32 matmul peak {peak:.1f} GFLOP/s (XLA, 2048²)")  # fmt: skip
+    print("| model | depth | kind | diffjax img/s | PyTorch img/s | ratio | GFLOP/s | of peak | "
+          "compile s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for depth in args.depths:
+        for name, attention in (("ViT", "softmax"), ("DiffViT", "diff")):
+            config = dj.preset("cifar", attention=attention, depth=depth, width=args.width,
+                               num_heads=args.heads)  # fmt: skip
+            model = dj.ViT(config, rngs=nnx.Rngs(0))
+            x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+            y = jnp.arange(args.batch, dtype=jnp.int32) % config.num_classes
+            ours = jax_cases(model, x, y, args)
+            ref = torch_cases(model, x, y, args) if use_torch else {}
+            for kind, (compile_s, sec, flops) in ours.items():
+                n = 1 if kind == "sigma_max" else args.batch
+                ips = n / sec
+                t_ips = n / ref[kind] if kind in ref else None
+                gflops = flops / sec / 1e9 if flops else None
+                row = {"model": name, "depth": depth, "kind": kind, "img_per_s": ips,
+                       "torch_img_per_s": t_ips, "ratio": t_ips and ips / t_ips,
+                       "gflops": gflops, "peak_fraction": gflops and gflops / peak,
+                       "compile_s": compile_s}  # fmt: skip
+                rows.append(row)
+                f = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
+                cells = [
+                    name,
+                    depth,
+                    kind,
+                    f"{ips:.1f}",
+                    f(t_ips, ".1f"),
+                    f(row["ratio"], ".2f"),
+                    f(gflops, ".1f"),
+                    f(row["peak_fraction"], ".0%"),
+                    f"{compile_s:.1f}",
+                ]
+                print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
