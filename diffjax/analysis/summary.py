@@ -9,7 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from diffjax import sharding
 from diffjax.analysis.alignment import alignment, negative_frequency, reduce_gram
 from diffjax.analysis.functions import attention_layer, layer_input
 from diffjax.analysis.jacobians import branch_grams
@@ -60,6 +62,8 @@ def layer_summary(
       batch_size: examples per jitted call.
       max_iters: Lanczos iterations (the reported ``sigma_bound`` says how accurate it got).
 
+    The model's arrays are placed, in place, replicated over all devices.
+
     Returns:
       One dict per layer: ``kind`` ("diff"/"softmax"), ``negative_alignment`` (fraction of
       (example, head) pairs with cos θ < 0 — softmax heads paired (2h, 2h+1)), ``cos_median``,
@@ -70,12 +74,22 @@ def layer_summary(
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     n = len(images)
+    # The model is replicated and each batch split over all devices; every collective then
+    # runs on every device (a model left replicated by training, fed inputs on one device,
+    # can otherwise stall the sharded while-loops of Lanczos).
+    mesh = sharding.data_mesh()
+    nnx.update(model, jax.device_put(nnx.state(model), sharding.replicated(mesh)))
+    devices = mesh.devices.size
+    batch_size = -(-min(batch_size, n) // devices) * devices
     parts = []
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(idx))
-        parts.append(jax.device_get(_step_jit(model, jnp.asarray(images[idx]), keys, row, wrt,
-                                              max_iters)))  # fmt: skip
+        padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(padded))
+        x, keys = jax.device_put((images[padded], keys), sharding.batch_sharding(mesh))
+        out = jax.device_get(_step_jit(model, x, keys, row, wrt, max_iters))
+        k = len(idx)
+        parts.append(jax.tree.map(lambda t: t[:k] if t.ndim else t, out))  # noqa: B023
     rows = []
     for layer in range(model.config.depth):
         cos = np.concatenate([np.asarray(p[layer]["cos"]).reshape(len(p[layer]["sigma"]), -1)
