@@ -182,24 +182,27 @@ def _analyse_fn(model, base, skip, opts):
     def step(model, base, images, keys):
         out = {"logits": model(images)}
         layer_keys = jax.vmap(lambda k: jax.random.split(k, depth + 4))(keys)
+        token = out["logits"]  # every loop waits for the previous one (see an.after)
         if "alignment" not in skip:
             out["layers"] = []
             for layer in range(depth):
-                z = an.layer_input(model, images, layer, opts["wrt"])
+                z = an.after(token, an.layer_input(model, images, layer, opts["wrt"]))
                 gram = an.branch_grams(model, z, layer, **gram_kw)
+                token = gram.g11
                 rec = {"gram": gram, "layer_alignment": an.alignment(an.reduce_gram(gram, "all"))}
                 if model.config.is_diff_layer(layer):
                     gram_base = None
                     if base is not None:
-                        zb = an.layer_input(base, images, layer, opts["wrt"])
+                        zb = an.after(token, an.layer_input(base, images, layer, opts["wrt"]))
                         gram_base = an.branch_grams(base, zb, layer, **gram_kw)
+                        token = gram_base.g11
                         rec["gamma"] = an.gamma(gram, gram_base)
                     rec["theory"] = an.check_theory(gram, gram_base)
                 out["layers"].append(rec)
         if "lipschitz" not in skip:
             out["lipschitz"] = []
             for layer in range(depth):
-                u = an.layer_input(model, images, layer, "attention_input")
+                u = an.after(token, an.layer_input(model, images, layer, "attention_input"))
                 out["lipschitz"].append(
                     jax.vmap(
                         lambda x, k, layer=layer: an.exact_local_lipschitz(
@@ -207,11 +210,13 @@ def _analyse_fn(model, base, skip, opts):
                         )
                     )(u, layer_keys[:, layer])
                 )
+                token = out["lipschitz"][-1].value
             out["logits_exact"] = jax.vmap(
                 lambda x, k: an.exact_local_lipschitz(
                     lambda v: an.logits(model, v), x, key=k, **lip_kw
                 )
-            )(images, layer_keys[:, depth])
+            )(an.after(token, images), layer_keys[:, depth])
+            token = out["logits_exact"].value
         if "empirical" not in skip:
             out["logits_sampling"] = jax.vmap(
                 lambda x, k: an.sampled_lipschitz(
@@ -221,7 +226,8 @@ def _analyse_fn(model, base, skip, opts):
                     num_samples=opts["samples"],
                     key=k,
                 )
-            )(images, layer_keys[:, depth + 1])
+            )(an.after(token, images), layer_keys[:, depth + 1])
+            token = out["logits_sampling"].value
             out["logits_pgd"] = jax.vmap(
                 lambda x, k: an.pgd_lipschitz(
                     lambda v: an.logits(model, v),
@@ -230,11 +236,12 @@ def _analyse_fn(model, base, skip, opts):
                     steps=opts["pgd_steps"],
                     key=k,
                 )[0]
-            )(images, layer_keys[:, depth + 3])
+            )(an.after(token, images), layer_keys[:, depth + 3])
+            token = out["logits_pgd"].value
         if "depth" not in skip:
             out["depth"] = jax.vmap(
                 lambda x, k: an.depth_profile(model, x, key=k, radius=opts["radius"], **lip_kw)
-            )(images, layer_keys[:, depth + 2])
+            )(an.after(token, images), layer_keys[:, depth + 2])
         return out
 
     return jax.jit(step)

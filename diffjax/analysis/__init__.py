@@ -15,6 +15,7 @@ from diffjax.analysis.alignment import (
 from diffjax.analysis.depth import DepthProfile, cancellation, depth_profile, paper_bound
 from diffjax.analysis.functions import (
     WRT,
+    after,
     attention_layer,
     attention_maps,
     block,
@@ -58,6 +59,7 @@ from diffjax.analysis.theory import (
 )
 
 __all__ = [
+    "after",
     "layer_summary",
     "WRT",
     "Alignment",

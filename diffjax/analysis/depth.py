@@ -31,7 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from diffjax.analysis.functions import block, stack
+from diffjax.analysis.functions import after, block, stack
 from diffjax.analysis.jacobians import branch_grams, branch_jvp
 from diffjax.analysis.lipschitz import Method, exact_local_lipschitz
 from diffjax.vit import ViT
@@ -115,8 +115,9 @@ def depth_profile(
     xi = xi / jnp.linalg.norm(xi)
     delta = xi
     nan = jnp.asarray(jnp.nan, h0.dtype)
-    h, rows = h0, []
+    h, rows, token = h0, [], h0
     for layer in range(depth):
+        h = after(token, h)  # one Lanczos loop at a time (see functions.after)
         lip = exact_local_lipschitz(
             lambda x, layer=layer: block(model, x, layer),
             h,
@@ -136,7 +137,7 @@ def depth_profile(
         h_next, delta_next = jax.jvp(lambda x, layer=layer: block(model, x, layer), (h,), (delta,))
         gain = jnp.linalg.norm(delta_next) / jnp.linalg.norm(delta)
         rows.append((alpha, alpha_f, lip.value, lip.bound, gain, jnp.linalg.norm(delta_next)))
-        h, delta = h_next, delta_next
+        h, delta, token = h_next, delta_next, lip.value
     alpha, alpha_f, lip, lip_bound, gain, amp = (jnp.stack(c) for c in zip(*rows, strict=True))
     # Each prefix stack is re-run from h_0: an independent check of the linearised amplification.
     finite = jnp.stack(
@@ -146,19 +147,20 @@ def depth_profile(
         ]
     )
     if with_stack_lipschitz:
-        stack_lip = jnp.stack(
-            [
+        values = []
+        for d in range(1, depth + 1):
+            values.append(
                 exact_local_lipschitz(
                     lambda x, d=d: stack(model, x, d),
-                    h0,
+                    after(token, h0),
                     method=method,
                     key=keys[depth + d],
                     max_iters=max_iters,
                     tol=tol,
                 ).value
-                for d in range(1, depth + 1)
-            ]
-        )
+            )
+            token = values[-1]
+        stack_lip = jnp.stack(values)
     else:
         stack_lip = jnp.full((depth,), jnp.nan, h0.dtype)
     return DepthProfile(

@@ -128,3 +128,14 @@ def stack(model: ViT, h0: Array, depth: int) -> Array:
 def logits(model: ViT, image: Array) -> Array:
     """Logits of one image [H, W, C] in [0, 1]: [num_classes]."""
     return model(image[None])[0]
+
+
+def after(token, x):
+    """``x``, available only once ``token`` is computed.
+
+    XLA:CPU can deadlock when several independent while loops of one computation (Lanczos,
+    chunked Jacobian products) run at once on a small thread pool (seen with 2 cores); feeding
+    each loop's input through ``after(previous loop's output, input)`` makes them run in turn.
+    """
+    _, x = jax.lax.optimization_barrier((token, x))
+    return x

@@ -13,17 +13,17 @@ from flax import nnx
 
 from diffjax import sharding
 from diffjax.analysis.alignment import alignment, negative_frequency, reduce_gram
-from diffjax.analysis.functions import attention_layer, layer_input
+from diffjax.analysis.functions import after, attention_layer, layer_input
 from diffjax.analysis.jacobians import branch_grams
 from diffjax.analysis.lipschitz import exact_local_lipschitz
 
 
 def _step(model, images, keys, row, wrt, max_iters):
-    out = []
+    out, token = [], images
     for layer in range(model.config.depth):
-        z = layer_input(model, images, layer, wrt)
+        z = after(token, layer_input(model, images, layer, wrt))
         a = alignment(reduce_gram(branch_grams(model, z, layer, wrt=wrt, row=row), "none"))
-        u = layer_input(model, images, layer, "attention_input")
+        u = after(a.cos, layer_input(model, images, layer, "attention_input"))
         lip = jax.vmap(
             lambda x, k, layer=layer: exact_local_lipschitz(
                 lambda v: attention_layer(model, v, layer),
@@ -33,6 +33,7 @@ def _step(model, images, keys, row, wrt, max_iters):
                 max_iters=max_iters,
             )  # fmt: skip
         )(u, jax.vmap(lambda k, layer=layer: jax.random.fold_in(k, layer))(keys))
+        token = lip.value
         out.append({"cos": a.cos, "lam": a.lam, "sigma": lip.value, "bound": lip.bound})
     return out
 
