@@ -25,9 +25,8 @@ import pathlib
 import jax
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
-from diffjax import attacks, records
+from diffjax import records
 from diffjax.analysis import layer_summary
 from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip import (
@@ -42,6 +41,7 @@ from diffjax.clip import (
 from diffjax.clip.attack import DEFAULT_PROMPT, prompt_classifier, prompt_cosine_loss
 from diffjax.clip.train import ContrastiveConfig, train_contrastive
 from diffjax.data import Dataset, load_dataset
+from experiments.common import pgd_asr
 
 MODELS = ("clip", "diffclip")
 LOSSES_FILE = "train_losses.json"
@@ -210,28 +210,13 @@ def evaluate(model: CLIP, test: Dataset, preset: Preset, seed: int, quiet: bool)
     classifier = prompt_classifier(model, names, DEFAULT_PROMPT)
     single = zeroshot_accuracy(classifier, test.images[:n_eval], test.labels[:n_eval],
                                preset.batch_size)  # fmt: skip
-    model_fn = attacks.model_function(classifier)
     n_att = min(preset.attack_examples, len(test))
     out = {"zeroshot_accuracy": ensemble, "single_prompt_accuracy": single,
-           "eval_examples": n_eval, "attacks": []}  # fmt: skip
-    for eps in preset.eps:
-        config = attacks.PGDConfig(eps=eps, steps=preset.pgd_steps, loss=prompt_cosine_loss)
-        with tqdm(total=-(-n_att // preset.batch_size), desc=f"PGD eps={eps * 255:.0f}/255",
-                  disable=quiet, leave=False) as bar:  # fmt: skip
-            recs = attacks.attack_dataset(
-                attacks.pgd, model_fn, test.images[:n_att], test.labels[:n_att],
-                jax.random.key(seed), config, batch_size=preset.batch_size,
-                on_batch=lambda done, total, bar=bar: bar.update(1),
-            )  # fmt: skip
-        summary = attacks.summarize_records(recs).as_dict()
-        out["attacks"].append(
-            {
-                "eps": eps,
-                "summary": summary,
-                "clean_correct": (recs["clean_pred"] == recs["label"]).astype(int).tolist(),
-                "adv_correct": (recs["adv_pred"] == recs["label"]).astype(int).tolist(),
-            }
-        )
+           "eval_examples": n_eval}  # fmt: skip
+    out["attacks"] = pgd_asr(
+        classifier, test.take(n_att), preset.eps, steps=preset.pgd_steps, key=jax.random.key(seed),
+        batch_size=preset.batch_size, loss=prompt_cosine_loss, quiet=quiet,
+    )  # fmt: skip
     # Image tower through the zero-shot head: the ViT analysis applies unchanged.
     n_an = min(preset.analysis_examples, len(test))
     out["layers"] = layer_summary(classifier, test.images[:n_an], key=jax.random.key(seed),

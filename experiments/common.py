@@ -42,8 +42,8 @@ def trained_model(config: TrainConfig, run_dir, train_data: Dataset, test_data: 
 
 
 def pgd_asr(model, data: Dataset, eps_list, *, steps: int, key, batch_size: int = 100,
-            desc: str = "PGD", quiet: bool = False) -> list[dict]:  # fmt: skip
-    """PGD-ℓ∞ (cross-entropy, one random start, step 2.5·ε/steps) at each ε: re-checked summaries.
+            loss="ce", desc: str = "PGD", quiet: bool = False) -> list[dict]:  # fmt: skip
+    """PGD-ℓ∞ (``loss``, one random start, step 2.5·ε/steps) at each ε: re-checked summaries.
 
     Returns one ``{"eps", "summary", "clean_correct", "adv_correct"}`` per ε (per-example 0/1
     lists), with every adversarial example re-checked (:func:`attacks.attack_dataset`).
@@ -52,7 +52,7 @@ def pgd_asr(model, data: Dataset, eps_list, *, steps: int, key, batch_size: int 
     batch_size = min(batch_size, -(-len(data) // jax.device_count()) * jax.device_count())
     out = []
     for eps in eps_list:
-        config = attacks.PGDConfig(eps=eps, steps=steps)
+        config = attacks.PGDConfig(eps=eps, steps=steps, loss=loss)
         with tqdm(total=-(-len(data) // batch_size), desc=f"{desc} ε={eps * 255:g}/255",
                   disable=quiet, leave=False) as bar:  # fmt: skip
             recs = attacks.attack_dataset(

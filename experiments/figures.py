@@ -25,7 +25,9 @@ LABELS = {"vit": "ViT", "diffvit": "DiffViT", "clip": "CLIP", "diffclip": "DiffC
 
 def _asr_errorbar(ax, eps255, asr, lo, hi, name):
     asr, lo, hi = (np.array([np.nan if v is None else v for v in x], float) for x in (asr, lo, hi))
-    ax.errorbar(eps255, asr, yerr=[asr - lo, hi - asr], marker="o", capsize=3,
+    # Undefined rates (nothing classified correctly) draw as gaps without error bars.
+    yerr = np.clip(np.nan_to_num(np.stack([asr - lo, hi - asr])), 0, None)
+    ax.errorbar(eps255, asr, yerr=yerr, marker="o", capsize=3,
                 color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
 
 

@@ -76,6 +76,7 @@ def main(argv=None) -> dict:
     per_model = {}
     for name, attention in MODELS.items():
         config = dataclasses.replace(TRAIN, epochs=args.epochs, seed=args.seed,
+                                     warmup_epochs=min(TRAIN.warmup_epochs, args.epochs / 2),
                                      model=TRAIN.model.replace(attention=attention))  # fmt: skip
         run_dir = pathlib.Path(args.runs) / "main" / f"{name}_seed{args.seed}_e{args.epochs}"
 

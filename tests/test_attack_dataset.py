@@ -61,3 +61,11 @@ def test_recheck_rejects_images_outside_the_box(setup):
     x = data.images[:4].astype(np.float32) / 255
     with pytest.raises(attacks.AttackCheckError, match=r"leave \[0, 1\]"):
         attacks.recheck(model_fn, x, x + 2.0, data.labels[:4], np.zeros(4, bool))
+
+
+def test_wilson_interval_contains_the_rate_at_the_edges():
+    lo, hi = attacks.wilson_interval(0, 8)
+    assert lo == 0.0 < hi < 1
+    lo, hi = attacks.wilson_interval(8, 8)
+    assert 0 < lo < hi == 1.0
+    assert attacks.wilson_interval(0, 0) is None

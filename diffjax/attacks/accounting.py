@@ -36,7 +36,8 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
     denom = 1 + z**2 / trials
     center = (p + z**2 / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # The interval always contains p; clamping removes rounding (e.g. 5.6e-17 above p = 0).
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
 
 
 @dataclasses.dataclass(frozen=True)
