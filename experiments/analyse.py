@@ -12,6 +12,7 @@ example files. Definitions: README, "Exact sensitivity analysis".
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import pathlib
@@ -174,77 +175,115 @@ def _check_base(model, base) -> None:
 
 
 def _analyse_fn(model, base, skip, opts):
-    """The jitted step: a batch of images [B, H, W, C] and keys [B] → a pytree of [B, ...]."""
+    """The analysis of a batch of images [B, H, W, C] and keys [B] → a pytree of [B, ...].
+
+    Each part, and each layer of a part, is its own jitted computation, and each one finishes
+    before the next starts: XLA:CPU can deadlock on a small thread pool when while loops
+    (Lanczos, chunked Jacobian products) of one computation, or of computations dispatched
+    together, run at once (README, "Known issue"). The pieces are compiled once and reused.
+    """
     depth = model.config.depth
+
+    def in_turn(fn):
+        return lambda *a: jax.block_until_ready(fn(*a))
+
     gram_kw = dict(wrt=opts["wrt"], head=opts["head"], row=opts["row"], chunk=opts["chunk"])
     lip_kw = dict(method=opts["method"], max_iters=opts["max_iters"], tol=opts["tol"])
 
+    @in_turn
+    @jax.jit
+    def logits(model, images):
+        return model(images)
+
+    @in_turn
+    @functools.partial(jax.jit, static_argnums=2)
+    def grams(model, images, layer):
+        z = an.layer_input(model, images, layer, opts["wrt"])
+        return an.branch_grams(model, z, layer, **gram_kw)
+
+    @in_turn
+    @functools.partial(jax.jit, static_argnums=2)
+    def layer_record(gram, gram_base, diff):
+        rec = {"gram": gram, "layer_alignment": an.alignment(an.reduce_gram(gram, "all"))}
+        if diff:
+            if gram_base is not None:
+                rec["gamma"] = an.gamma(gram, gram_base)
+            rec["theory"] = an.check_theory(gram, gram_base)
+        return rec
+
+    @in_turn
+    @functools.partial(jax.jit, static_argnums=2)
+    def layer_lipschitz(model, images, layer, keys):
+        u = an.layer_input(model, images, layer, "attention_input")
+        return jax.vmap(
+            lambda x, k: an.exact_local_lipschitz(
+                lambda v: an.attention_layer(model, v, layer), x, key=k, **lip_kw
+            )
+        )(u, keys)
+
+    @in_turn
+    @jax.jit
+    def logits_exact(model, images, keys):
+        return jax.vmap(
+            lambda x, k: an.exact_local_lipschitz(lambda v: an.logits(model, v), x, key=k, **lip_kw)
+        )(images, keys)
+
+    @in_turn
+    @jax.jit
+    def logits_sampling(model, images, keys):
+        return jax.vmap(
+            lambda x, k: an.sampled_lipschitz(
+                lambda v: an.logits(model, v),
+                x,
+                radius=opts["radius"],
+                num_samples=opts["samples"],
+                key=k,
+            )
+        )(images, keys)
+
+    @in_turn
+    @jax.jit
+    def logits_pgd(model, images, keys):
+        return jax.vmap(
+            lambda x, k: an.pgd_lipschitz(
+                lambda v: an.logits(model, v),
+                x,
+                radius=opts["radius"],
+                steps=opts["pgd_steps"],
+                key=k,
+            )[0]
+        )(images, keys)
+
+    @in_turn
+    @jax.jit
+    def depth_profile(model, images, keys):
+        return jax.vmap(
+            lambda x, k: an.depth_profile(model, x, key=k, radius=opts["radius"], **lip_kw)
+        )(images, keys)
+
     def step(model, base, images, keys):
-        out = {"logits": model(images)}
+        out = {"logits": logits(model, images)}
         layer_keys = jax.vmap(lambda k: jax.random.split(k, depth + 4))(keys)
-        token = out["logits"]  # every loop waits for the previous one (see an.after)
         if "alignment" not in skip:
             out["layers"] = []
             for layer in range(depth):
-                z = an.after(token, an.layer_input(model, images, layer, opts["wrt"]))
-                gram = an.branch_grams(model, z, layer, **gram_kw)
-                token = gram.g11
-                rec = {"gram": gram, "layer_alignment": an.alignment(an.reduce_gram(gram, "all"))}
-                if model.config.is_diff_layer(layer):
-                    gram_base = None
-                    if base is not None:
-                        zb = an.after(token, an.layer_input(base, images, layer, opts["wrt"]))
-                        gram_base = an.branch_grams(base, zb, layer, **gram_kw)
-                        token = gram_base.g11
-                        rec["gamma"] = an.gamma(gram, gram_base)
-                    rec["theory"] = an.check_theory(gram, gram_base)
-                out["layers"].append(rec)
+                diff = model.config.is_diff_layer(layer)
+                gram_base = grams(base, images, layer) if diff and base is not None else None
+                out["layers"].append(layer_record(grams(model, images, layer), gram_base, diff))
         if "lipschitz" not in skip:
-            out["lipschitz"] = []
-            for layer in range(depth):
-                u = an.after(token, an.layer_input(model, images, layer, "attention_input"))
-                out["lipschitz"].append(
-                    jax.vmap(
-                        lambda x, k, layer=layer: an.exact_local_lipschitz(
-                            lambda v: an.attention_layer(model, v, layer), x, key=k, **lip_kw
-                        )
-                    )(u, layer_keys[:, layer])
-                )
-                token = out["lipschitz"][-1].value
-            out["logits_exact"] = jax.vmap(
-                lambda x, k: an.exact_local_lipschitz(
-                    lambda v: an.logits(model, v), x, key=k, **lip_kw
-                )
-            )(an.after(token, images), layer_keys[:, depth])
-            token = out["logits_exact"].value
+            out["lipschitz"] = [
+                layer_lipschitz(model, images, layer, layer_keys[:, layer])
+                for layer in range(depth)
+            ]
+            out["logits_exact"] = logits_exact(model, images, layer_keys[:, depth])
         if "empirical" not in skip:
-            out["logits_sampling"] = jax.vmap(
-                lambda x, k: an.sampled_lipschitz(
-                    lambda v: an.logits(model, v),
-                    x,
-                    radius=opts["radius"],
-                    num_samples=opts["samples"],
-                    key=k,
-                )
-            )(an.after(token, images), layer_keys[:, depth + 1])
-            token = out["logits_sampling"].value
-            out["logits_pgd"] = jax.vmap(
-                lambda x, k: an.pgd_lipschitz(
-                    lambda v: an.logits(model, v),
-                    x,
-                    radius=opts["radius"],
-                    steps=opts["pgd_steps"],
-                    key=k,
-                )[0]
-            )(an.after(token, images), layer_keys[:, depth + 3])
-            token = out["logits_pgd"].value
+            out["logits_sampling"] = logits_sampling(model, images, layer_keys[:, depth + 1])
+            out["logits_pgd"] = logits_pgd(model, images, layer_keys[:, depth + 3])
         if "depth" not in skip:
-            out["depth"] = jax.vmap(
-                lambda x, k: an.depth_profile(model, x, key=k, radius=opts["radius"], **lip_kw)
-            )(an.after(token, images), layer_keys[:, depth + 2])
+            out["depth"] = depth_profile(model, images, layer_keys[:, depth + 2])
         return out
 
-    return jax.jit(step)
+    return step
 
 
 def _clean(x):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import pathlib
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffjax import attacks
+from diffjax import attacks, records
+from diffjax.checkpoint import write_json_atomic
 from diffjax.data import Dataset
 from diffjax.train import TrainConfig, train
 
@@ -41,31 +44,81 @@ def trained_model(config: TrainConfig, run_dir, train_data: Dataset, test_data: 
                  progress=bar)  # fmt: skip
 
 
+def run_attack(model_fn, data: Dataset, attack_fn, config, *, key, batch_size: int = 100,
+               desc: str = "attack", quiet: bool = False) -> dict:  # fmt: skip
+    """One attack over ``data``; every adversarial example is re-checked (``attack_dataset``).
+
+    Returns ``{"summary", "clean_correct", "adv_correct", "l2", "linf"}``: the summary dict and
+    per-example lists (0/1 correctness before and after, re-measured perturbation norms).
+    """
+    batch_size = min(batch_size, -(-len(data) // jax.device_count()) * jax.device_count())
+    with tqdm(total=-(-len(data) // batch_size), desc=desc, disable=quiet, leave=False) as bar:
+        recs = attacks.attack_dataset(
+            attack_fn, model_fn, data.images, data.labels, key, config, batch_size=batch_size,
+            on_batch=lambda done, total: bar.update(1),
+        )  # fmt: skip
+    return {
+        "summary": attacks.summarize_records(recs).as_dict(),
+        "clean_correct": (recs["clean_pred"] == recs["label"]).astype(int).tolist(),
+        "adv_correct": (recs["adv_pred"] == recs["label"]).astype(int).tolist(),
+        "l2": recs["l2"].astype(float).tolist(),
+        "linf": recs["linf"].astype(float).tolist(),
+    }
+
+
 def pgd_asr(model, data: Dataset, eps_list, *, steps: int, key, batch_size: int = 100,
             loss="ce", desc: str = "PGD", quiet: bool = False) -> list[dict]:  # fmt: skip
     """PGD-ℓ∞ (``loss``, one random start, step 2.5·ε/steps) at each ε: re-checked summaries.
 
-    Returns one ``{"eps", "summary", "clean_correct", "adv_correct"}`` per ε (per-example 0/1
-    lists), with every adversarial example re-checked (:func:`attacks.attack_dataset`).
+    Returns one ``{"eps", "summary", "clean_correct", "adv_correct", …}`` per ε
+    (:func:`run_attack`).
     """
     model_fn = attacks.model_function(model)
-    batch_size = min(batch_size, -(-len(data) // jax.device_count()) * jax.device_count())
-    out = []
-    for eps in eps_list:
-        config = attacks.PGDConfig(eps=eps, steps=steps, loss=loss)
-        with tqdm(total=-(-len(data) // batch_size), desc=f"{desc} ε={eps * 255:g}/255",
-                  disable=quiet, leave=False) as bar:  # fmt: skip
-            recs = attacks.attack_dataset(
-                attacks.pgd, model_fn, data.images, data.labels, key, config,
-                batch_size=batch_size, on_batch=lambda done, total, bar=bar: bar.update(1),
-            )  # fmt: skip
-        out.append({
+    return [
+        {
             "eps": eps,
-            "summary": attacks.summarize_records(recs).as_dict(),
-            "clean_correct": (recs["clean_pred"] == recs["label"]).astype(int).tolist(),
-            "adv_correct": (recs["adv_pred"] == recs["label"]).astype(int).tolist(),
-        })  # fmt: skip
-    return out
+            **run_attack(
+                model_fn,
+                data,
+                attacks.pgd,
+                attacks.PGDConfig(eps=eps, steps=steps, loss=loss),
+                key=key,
+                batch_size=batch_size,
+                desc=f"{desc} ε={eps * 255:g}/255",
+                quiet=quiet,
+            ),
+        }  # fmt: skip
+        for eps in eps_list
+    ]
+
+
+def experiment_parser(prog: str, doc: str, presets) -> argparse.ArgumentParser:
+    """The flags every paper-result script takes."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--preset", choices=sorted(presets), default="smoke")
+    p.add_argument("--data-dir", help="dataset directory (default: $DIFFJAX_DATA_DIR, cache)")
+    p.add_argument("--results", default="results", help="results root")
+    p.add_argument("--runs", default="runs", help="trained-model root (shared zoo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def write_results(out_dir, experiment: str, preset: str, config, body: dict,
+                  rows: list[dict]) -> dict:  # fmt: skip
+    """results.json (config, environment, ``body``) and summary.csv (``rows``), atomically."""
+    out_dir = pathlib.Path(out_dir)
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    result = {"experiment": experiment, "preset": preset, "config": config,
+              "environment": records.environment(), **body}  # fmt: skip
+    write_json_atomic(out_dir / "results.json", result)
+    records.write_csv_atomic(out_dir / "summary.csv", rows)
+    return result
+
+
+def nan_to_none(d: dict) -> dict:
+    """``d`` with NaN values as ``None`` (JSON has no NaN; e.g. the std of one seed)."""
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in d.items()}
 
 
 def fmt(x, spec=".3f") -> str:

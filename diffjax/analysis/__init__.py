@@ -48,7 +48,7 @@ from diffjax.analysis.lipschitz import (
     sampled_lipschitz,
     top_singular_values,
 )
-from diffjax.analysis.summary import layer_summary
+from diffjax.analysis.summary import layer_lipschitz, layer_summary
 from diffjax.analysis.theory import (
     TheoryCheck,
     check_theory,
@@ -60,6 +60,7 @@ from diffjax.analysis.theory import (
 
 __all__ = [
     "after",
+    "layer_lipschitz",
     "layer_summary",
     "WRT",
     "Alignment",

@@ -1,0 +1,241 @@
+"""Paper result (a): the ASR table, ViT vs DiffViT, under PGD-ℓ∞, CW-ℓ2 and AutoAttack.
+
+    python -m experiments.asr_table --preset smoke                     # seconds (tests)
+    python -m experiments.asr_table --preset cpu --data-dir DIR        # CIFAR-10, 2-core CPU
+    python -m experiments.asr_table --preset paper --datasets cifar10,cifar100,tiny_imagenet
+
+For every dataset, model (ViT, DiffViT from the shared zoo, :mod:`experiments.zoo`) and seed:
+clean accuracy; PGD-ℓ∞ ASR at each ε; CW-L2 minimal perturbations and the ASR at each ℓ2
+budget (an example counts at budget b when CW fooled it with ‖δ‖₂ ≤ b); AutoAttack ASR at its
+ε. ASR is over the initially correct examples, with a 95 % Wilson interval per seed and the
+mean ± std and a 95 % t-interval over seeds. Every adversarial example is re-evaluated by the
+model and its norm and [0, 1] box are re-measured outside the attack code.
+
+Writes results/asr_table/<preset>/results.json and summary.csv; each (dataset, model, seed,
+attack) is a part file under parts/, so an interrupted run redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+from diffjax import attacks, records
+from diffjax.data import DatasetFormatError, DatasetUnavailableError
+from diffjax.train import evaluate
+from experiments.common import (
+    experiment_parser,
+    fmt,
+    nan_to_none,
+    pgd_asr,
+    run_attack,
+    write_results,
+)
+from experiments.zoo import NAMES, Zoo
+
+MODELS = ("softmax", "diff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One scale of the ASR table.
+
+    Attributes:
+      datasets: dataset names (each must be available; see ``diffjax.data.load_dataset``).
+      seeds: zoo training seeds (the attack key is the seed too).
+      attack_examples: PGD attacks the first n test images.
+      eps: PGD ℓ∞ budgets (pixels on the [0, 1] scale).
+      pgd_steps: PGD iterations (one random start, step 2.5·ε/steps, cross-entropy).
+      cw_examples, cw: CW-L2 on the first n test images with these settings.
+      l2_budgets: ℓ2 budgets at which the CW ASR is reported.
+      autoattack_examples, autoattack_eps: AutoAttack-ℓ∞ on the first n test images, per ε.
+      autoattack: AutoAttack settings other than ε (steps, targets, Square queries, stages).
+      batch_size: attack batch size.
+    """
+
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    attack_examples: int
+    eps: tuple[float, ...]
+    pgd_steps: int
+    cw_examples: int
+    cw: attacks.CWConfig
+    l2_budgets: tuple[float, ...]
+    autoattack_examples: int
+    autoattack_eps: tuple[float, ...]
+    autoattack: dict
+    batch_size: int = 100
+
+
+EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+PRESETS = {
+    "smoke": Preset(
+        datasets=("synthetic",),
+        seeds=(0,),
+        attack_examples=8,
+        eps=(1 / 255, 8 / 255),
+        pgd_steps=2,
+        cw_examples=4,
+        cw=attacks.CWConfig(binary_search_steps=2, max_iterations=5, initial_const=1.0),
+        l2_budgets=(0.1, 1.0),
+        autoattack_examples=4,
+        autoattack_eps=(8 / 255,),
+        autoattack=dict(steps=2, num_targets=3, square_queries=4),
+        batch_size=8,
+    ),
+    "cpu": Preset(
+        datasets=("cifar10",),
+        seeds=(0, 1, 2),
+        attack_examples=300,
+        eps=EPS,
+        pgd_steps=20,
+        cw_examples=50,
+        cw=attacks.CWConfig(
+            binary_search_steps=4, max_iterations=50, initial_const=0.1, learning_rate=0.02
+        ),
+        l2_budgets=(0.05, 0.1, 0.2, 0.5),
+        autoattack_examples=50,
+        autoattack_eps=(1 / 255, 4 / 255),
+        # A reduced AutoAttack (all four stages, fewer iterations/targets/queries): README.
+        autoattack=dict(steps=25, num_targets=3, square_queries=300),
+        batch_size=100,
+    ),
+    "paper": Preset(
+        datasets=("cifar10", "cifar100", "tiny_imagenet"),
+        seeds=(0, 1, 2),
+        attack_examples=1000,
+        eps=EPS,
+        pgd_steps=50,
+        cw_examples=1000,
+        cw=attacks.CWConfig(binary_search_steps=9, max_iterations=1000, initial_const=1e-3),
+        l2_budgets=(0.05, 0.1, 0.2, 0.5),
+        autoattack_examples=1000,
+        autoattack_eps=(1 / 255, 4 / 255),
+        autoattack=dict(),  # the standard version
+        batch_size=250,
+    ),
+}
+
+
+def cw_budget_asr(part: dict, budgets) -> list[dict]:
+    """CW ASR at each ℓ2 budget from the per-example records of a CW part."""
+    correct = np.asarray(part["clean_correct"], bool)
+    fooled = correct & ~np.asarray(part["adv_correct"], bool)
+    l2 = np.asarray(part["l2"], float)
+    n = int(correct.sum())
+    out = []
+    for b in budgets:
+        k = int(np.sum(fooled & (l2 <= b)))
+        out.append({"l2": b, "asr": k / n if n else None,
+                    "asr_ci": attacks.wilson_interval(k, n)})  # fmt: skip
+    return out
+
+
+def model_parts(zoo: Zoo, preset: Preset, dataset: str, train, test, attention: str, seed: int,
+                args, parts: pathlib.Path) -> dict:  # fmt: skip
+    """Every attack on one zoo model; each attack is a cached part file."""
+    tag = f"{dataset.replace(':', '_')}_{NAMES[attention]}_s{seed}"
+    state = {}
+
+    def model():
+        if "model" not in state:
+            state["model"], state["train"] = zoo.model(
+                dataset, train, test, attention, seed=seed, runs=args.runs, quiet=args.quiet
+            )
+        return state["model"]
+
+    key = jax.random.key(seed)
+    name = f"{NAMES[attention]} seed {seed}"
+    out = {"clean": records.cached(parts / f"{tag}_clean.json", lambda: {
+        **evaluate(model(), test), "train": state["train"]})}  # fmt: skip
+    out["pgd"] = records.cached(parts / f"{tag}_pgd.json", lambda: pgd_asr(
+        model(), test.take(preset.attack_examples), preset.eps, steps=preset.pgd_steps, key=key,
+        batch_size=preset.batch_size, desc=f"PGD {name}", quiet=args.quiet))  # fmt: skip
+    cw = records.cached(parts / f"{tag}_cw.json", lambda: run_attack(
+        attacks.model_function(model()), test.take(preset.cw_examples), attacks.cw_l2, preset.cw,
+        key=key, batch_size=preset.batch_size, desc=f"CW {name}", quiet=args.quiet))  # fmt: skip
+    out["cw"] = {**cw, "budgets": cw_budget_asr(cw, preset.l2_budgets)}
+    out["autoattack"] = [
+        {"eps": eps, **records.cached(parts / f"{tag}_aa{eps * 255:g}.json", lambda eps=eps: (
+            run_attack(attacks.model_function(model()), test.take(preset.autoattack_examples),
+                       attacks.autoattack, attacks.AutoAttackConfig(eps, **preset.autoattack),
+                       key=key, batch_size=preset.batch_size,
+                       desc=f"AutoAttack {name} ε={eps * 255:g}/255", quiet=args.quiet)))}
+        for eps in preset.autoattack_eps
+    ]  # fmt: skip
+    return out
+
+
+def aggregate(per_seed: list[dict], preset: Preset) -> list[dict]:
+    """Rows (attack, budget) with the mean ± std and 95 % t-interval of ASR over seeds."""
+
+    def row(attack, budget, unit, values, pooled=None):
+        values = [v for v in values if v is not None]
+        s = nan_to_none(records.mean_std_ci(values)) if values else {
+            "mean": None, "std": None, "ci": None, "n": 0}  # fmt: skip
+        return {"attack": attack, "budget": budget, "unit": unit, "asr_mean": s["mean"],
+                "asr_std": s["std"], "asr_ci95": s["ci"], "seeds": s["n"],
+                "per_seed": values, **(pooled or {})}  # fmt: skip
+
+    rows = [row("clean accuracy", None, None, [p["clean"]["test_accuracy"] for p in per_seed])]
+    for i, eps in enumerate(preset.eps):
+        rows.append(row(f"PGD-{preset.pgd_steps} ℓ∞", eps * 255, "/255",
+                        [p["pgd"][i]["summary"]["asr"] for p in per_seed]))  # fmt: skip
+    for i, b in enumerate(preset.l2_budgets):
+        rows.append(row("CW-L2", b, "ℓ2", [p["cw"]["budgets"][i]["asr"] for p in per_seed]))
+    rows.append(row("CW-L2 median ‖δ‖₂ (fooled)", None, "ℓ2",
+                    [p["cw"]["summary"]["median_l2"] for p in per_seed]))  # fmt: skip
+    for i, eps in enumerate(preset.autoattack_eps):
+        rows.append(row("AutoAttack ℓ∞", eps * 255, "/255",
+                        [p["autoattack"][i]["summary"]["asr"] for p in per_seed]))  # fmt: skip
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = experiment_parser("python -m experiments.asr_table", __doc__, PRESETS)
+    p.add_argument("--datasets", help="comma-separated datasets (default: the preset's)")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.datasets:
+        preset = dataclasses.replace(preset, datasets=tuple(args.datasets.split(",")))
+    zoo = Zoo.of(args.preset)
+    out_dir = pathlib.Path(args.results) / "asr_table" / args.preset
+    # Every dataset is loaded before any compute: a missing one fails at once, clearly.
+    data = {}
+    for dataset in preset.datasets:
+        try:
+            data[dataset] = zoo.data(dataset, args.data_dir)
+        except (DatasetUnavailableError, DatasetFormatError) as e:
+            sys.exit(f"asr_table: dataset {dataset} is not available here:\n{e}")
+    tables, csv_rows = {}, []
+    for dataset, (train, test) in data.items():
+        tables[dataset] = {}
+        for attention in MODELS:
+            per_seed = [model_parts(zoo, preset, dataset, train, test, attention, seed, args,
+                                    out_dir / "parts") for seed in preset.seeds]  # fmt: skip
+            rows = aggregate(per_seed, preset)
+            tables[dataset][NAMES[attention]] = {"rows": rows, "per_seed": per_seed}
+            csv_rows += [
+                {"dataset": dataset, "model": NAMES[attention]}
+                | {k: v for k, v in r.items() if k != "per_seed"}
+                for r in rows
+            ]
+    result = write_results(out_dir, "asr_table", args.preset, preset, {"tables": tables}, csv_rows)
+    for dataset, t in tables.items():
+        print(f"\nASR table, {dataset} ({args.preset}; mean ± std over {len(preset.seeds)} seeds)")
+        print(f"{'':<34}{'ViT':>18}{'DiffViT':>18}")
+        for rv, rd in zip(t["vit"]["rows"], t["diffvit"]["rows"], strict=True):
+            label = rv["attack"] + ("" if rv["budget"] is None else
+                                    f" {rv['budget']:g}{rv['unit']}")  # fmt: skip
+            cell = lambda r: f"{fmt(r['asr_mean'])} ± {fmt(r['asr_std'])}"  # noqa: E731
+            print(f"{label:<34}{cell(rv):>18}{cell(rd):>18}")
+    print(f"results: {out_dir / 'results.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Paper result (d): local Lipschitz constants of every attention layer, ViT vs DiffViT.
+
+    python -m experiments.lipschitz --preset smoke
+    python -m experiments.lipschitz --preset cpu --data-dir DIR
+
+For each zoo model (ViT, DiffViT; every seed), layer and test image, the attention layer's local
+Lipschitz constant at its input u = LN1(h_l), three ways
+(:func:`diffjax.analysis.layer_lipschitz`):
+
+* exact: σmax(∂attn/∂u) by Lanczos, with its residual bound;
+* sampled (the paper's estimator): max ‖attn(u+ξ) − attn(u)‖/‖ξ‖ over random ξ, ‖ξ‖ ≤ r;
+* PGD: that ratio maximised over ‖ξ‖ = r (Yang et al. 2020) — both empirical values are lower
+  bounds of the exact one.
+
+Reported per layer: means over images (mean ± std over seeds), the DiffViT/ViT ratio of the
+exact constants, and λ per DA layer (the paper: peaks in layers with larger λ).
+
+Writes results/lipschitz/<preset>/results.json and summary.csv (resumable parts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from diffjax import records
+from diffjax.analysis import layer_lipschitz
+from diffjax.data import DatasetFormatError, DatasetUnavailableError
+from diffjax.train import layer_lambdas
+from experiments.common import experiment_parser, fmt, nan_to_none, write_results
+from experiments.zoo import NAMES, Zoo
+
+MODELS = ("softmax", "diff")
+KINDS = ("exact", "sampled", "pgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One scale of the measurement.
+
+    Attributes:
+      dataset: dataset of the zoo models.
+      seeds: zoo seeds.
+      examples: the first n test images.
+      radius: ‖ξ‖ of the empirical estimates (units of u = LN1(h_l)).
+      samples: random ξ of the sampling estimate.
+      pgd_steps: ascent steps of the PGD estimate.
+      max_iters: Lanczos iterations of the exact value.
+      batch_size: images per jitted call.
+    """
+
+    dataset: str
+    seeds: tuple[int, ...]
+    examples: int
+    radius: float = 1e-3
+    samples: int = 64
+    pgd_steps: int = 20
+    max_iters: int = 60
+    batch_size: int = 8
+
+
+PRESETS = {
+    "smoke": Preset("synthetic", (0,), 4, samples=4, pgd_steps=3, max_iters=20, batch_size=4),
+    "cpu": Preset("cifar10", (0, 1, 2), 32),
+    "paper": Preset("cifar10", (0, 1, 2), 500, samples=1000, pgd_steps=50, batch_size=50),
+}
+
+
+def main(argv=None) -> dict:
+    args = experiment_parser("python -m experiments.lipschitz", __doc__, PRESETS).parse_args(argv)
+    preset = PRESETS[args.preset]
+    zoo = Zoo.of(args.preset)
+    out_dir = pathlib.Path(args.results) / "lipschitz" / args.preset
+    try:
+        train, test = zoo.data(preset.dataset, args.data_dir)
+    except (DatasetUnavailableError, DatasetFormatError) as e:
+        sys.exit(f"lipschitz: dataset {preset.dataset} is not available here:\n{e}")
+
+    def part(attention, seed):
+        model, _ = zoo.model(preset.dataset, train, test, attention, seed=seed, runs=args.runs,
+                             quiet=args.quiet)  # fmt: skip
+        layers = layer_lipschitz(
+            model, test.images[: preset.examples], key=jax.random.key(seed),
+            radius=preset.radius, samples=preset.samples, pgd_steps=preset.pgd_steps,
+            batch_size=preset.batch_size, max_iters=preset.max_iters,
+        )  # fmt: skip
+        lambdas = layer_lambdas(nnx.state(model, nnx.Param), model.config)
+        return [{**r, "lambda": lam} for r, lam in zip(layers, lambdas, strict=True)]
+
+    models, rows = {}, []
+    for attention in MODELS:
+        name = NAMES[attention]
+        per_seed = [
+            records.cached(
+                out_dir / "parts" / f"{name}_s{seed}.json", lambda a=attention, s=seed: part(a, s)
+            )  # fmt: skip
+            for seed in preset.seeds
+        ]
+        layers = []
+        for layer in range(len(per_seed[0])):
+            per = [p[layer] for p in per_seed]
+            row = {"model": name, "layer": layer, "seeds": len(per),
+                   "lambda_mean": None if per[0]["lambda"] is None
+                   else float(np.mean([r["lambda"] for r in per]))}  # fmt: skip
+            for kind in KINDS:
+                s = nan_to_none(records.mean_std_ci([np.mean(r[kind]) for r in per]))
+                row |= {f"{kind}_mean": s["mean"], f"{kind}_std": s["std"],
+                        f"{kind}_ci95": s["ci"]}  # fmt: skip
+            row["exact_max"] = float(max(np.max(r["exact"]) for r in per))
+            row["bound_max"] = float(max(np.max(r["bound"]) for r in per))
+            ratios = np.concatenate([np.asarray(r["pgd"]) / np.asarray(r["exact"]) for r in per])
+            row["pgd_over_exact_median"] = float(np.median(ratios))
+            ratios = np.concatenate(
+                [np.asarray(r["sampled"]) / np.asarray(r["exact"]) for r in per]
+            )
+            row["sampled_over_exact_median"] = float(np.median(ratios))
+            rows.append(row)
+            layers.append(row)
+        models[name] = {"layers": layers, "per_seed": per_seed}
+    pairs = list(zip(models["vit"]["layers"], models["diffvit"]["layers"], strict=True))
+    ratio = [d["exact_mean"] / v["exact_mean"] for v, d in pairs]
+    body = {"dataset": preset.dataset, "models": models, "diffvit_over_vit_exact": ratio}
+    result = write_results(out_dir, "lipschitz", args.preset, preset, body, rows)
+    print(f"\nLocal Lipschitz constant of the attention layers, {preset.dataset} ({args.preset}; "
+          f"mean over images, mean over {len(preset.seeds)} seeds)")  # fmt: skip
+    print(f"{'layer':<7}{'ViT exact':>11}{'sampled':>9}{'PGD':>8}{'DiffViT exact':>15}"
+          f"{'sampled':>9}{'PGD':>8}{'ratio':>7}{'λ':>7}")  # fmt: skip
+    for (v, d), r in zip(pairs, ratio, strict=True):
+        print(f"{v['layer']:<7}{fmt(v['exact_mean']):>11}{fmt(v['sampled_mean']):>9}"
+              f"{fmt(v['pgd_mean']):>8}{fmt(d['exact_mean']):>15}{fmt(d['sampled_mean']):>9}"
+              f"{fmt(d['pgd_mean']):>8}{fmt(r, '.2f'):>7}{fmt(d['lambda_mean']):>7}")  # fmt: skip
+    print(f"results: {out_dir / 'results.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
