@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
     data = {}
     for dataset in preset.datasets:
         try:
-            data[dataset] = zoo.data(dataset, args.data_dir)
+            data[dataset] = zoo.data(dataset, args.data_dir, not args.offline)
         except (DatasetUnavailableError, DatasetFormatError) as e:
             sys.exit(f"asr_table: dataset {dataset} is not available here:\n{e}")
     tables, csv_rows = {}, []

@@ -101,6 +101,7 @@ def experiment_parser(prog: str, doc: str, presets) -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root")
     p.add_argument("--runs", default="runs", help="trained-model root (shared zoo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--offline", action="store_true", help="never download a missing dataset")
     return p
 
 

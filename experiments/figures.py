@@ -95,7 +95,203 @@ def vit_compare(result: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-FIGURES = {"clip_compare": clip_compare, "main": vit_compare}
+def _mean_std(rows, key):
+    m = np.array([np.nan if r[f"{key}_mean"] is None else r[f"{key}_mean"] for r in rows], float)
+    s = np.array([np.nan if r.get(f"{key}_std") is None else r[f"{key}_std"] for r in rows], float)
+    return m, np.nan_to_num(s)
+
+
+def asr_table(result: dict, path: pathlib.Path) -> None:
+    """Per dataset: PGD ASR vs ε, CW ASR vs ℓ2 budget and AutoAttack ASR (mean ± std, seeds)."""
+    datasets = list(result["tables"])
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False)
+    for (ax1, ax2, ax3), dataset in zip(axes, datasets, strict=True):
+        for name, t in result["tables"][dataset].items():
+            kw = dict(marker="o", capsize=3, color=COLORS.get(name), label=LABELS.get(name, name))
+            for ax, attack in ((ax1, "PGD"), (ax2, "CW-L2"), (ax3, "AutoAttack")):
+                rows = [r for r in t["rows"] if r["attack"].startswith(attack)
+                        and r["budget"] is not None]  # fmt: skip
+                m, sd = _mean_std(rows, "asr")
+                ax.errorbar([r["budget"] for r in rows], m, yerr=sd, **kw)
+        ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
+                title=f"PGD, {dataset}")  # fmt: skip
+        ax2.set(xlabel="ℓ2 budget (pixels in [0, 1])", ylabel="attack success rate",
+                ylim=(0, 1.02), title="CW-L2 (minimal ‖δ‖₂ ≤ budget)")  # fmt: skip
+        ax3.set(xlabel="AutoAttack ℓ∞ budget ε (×1/255)", ylabel="attack success rate",
+                ylim=(0, 1.02), title="AutoAttack")  # fmt: skip
+        for ax in (ax1, ax2, ax3):
+            ax.legend()
+    fig.suptitle(f"ViT vs DiffViT ASR ({result['preset']} preset; mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lambda_sweep(result: dict, path: pathlib.Path) -> None:
+    """Clean accuracy and ASR vs λ_init, ours (mean ± std) next to the paper's Table T1."""
+    rows = [r for r in result["rows"] if r["lambda_init"] is not None]
+    vit = next(r for r in result["rows"] if r["lambda_init"] is None)
+    lams = [r["lambda_init"] for r in rows]
+    eps = result["config"]["eps"][0] * 255
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    m, sd = _mean_std(rows, "clean_accuracy")
+    ax1.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color="tab:red", label="DiffViT (ours)")
+    ax1.axhline(vit["clean_accuracy_mean"], color="tab:blue", ls="--", label="ViT (ours)")
+    m, sd = _mean_std(rows, f"asr_{eps:g}")
+    ax2.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color="tab:red", label="DiffViT (ours)")
+    ax2.axhline(vit[f"asr_{eps:g}_mean"], color="tab:blue", ls="--", label="ViT (ours)")
+    paper = [(r["lambda_init"], r["paper_clean_accuracy"], r["paper_asr"]) for r in rows
+             if r["paper_asr"] is not None]  # fmt: skip
+    if paper:
+        ax1.plot([p[0] for p in paper], [p[1] for p in paper], "s:", color="gray",
+                 label="paper T1")  # fmt: skip
+        ax2.plot([p[0] for p in paper], [p[2] for p in paper], "s:", color="gray",
+                 label="paper T1")  # fmt: skip
+    ax1.set(xlabel="λ_init", ylabel="clean accuracy", ylim=(0, 1), title="clean accuracy")
+    ax2.set(xlabel="λ_init", ylabel="attack success rate", ylim=(0, 1.02),
+            title=f"PGD ASR, ε = {eps:g}/255")  # fmt: skip
+    for ax in (ax1, ax2):
+        ax.legend()
+    fig.suptitle(f"λ_init sweep, {result['dataset']} D={result['config']['depth']} "
+                 f"({result['preset']})")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def alignment(result: dict, path: pathlib.Path) -> None:
+    """Negative-alignment frequency per layer (mean ± std) and cos θ histograms per layer."""
+    models = result["models"]
+    depth = len(next(iter(models.values()))["layers"])
+    fig, axes = plt.subplots(1, depth + 1, figsize=(3.3 * (depth + 1), 3.4))
+    edges = np.asarray(result["bins"])
+    centers = (edges[1:] + edges[:-1]) / 2
+    for name, m in models.items():
+        layers = m["layers"]
+        mean, sd = _mean_std(layers, "negative_alignment")
+        axes[0].errorbar([r["layer"] for r in layers], mean, yerr=sd, marker="o", capsize=3,
+                         color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
+        for ax, r in zip(axes[1:], layers, strict=True):
+            h = np.asarray(r["histogram"], float)
+            ax.step(centers, h / max(h.sum(), 1), where="mid", color=COLORS.get(name),
+                    label=LABELS.get(name, name))  # fmt: skip
+            ax.set(xlabel="cos θ", ylabel="fraction of (image, head)",
+                   title=f"layer {r['layer']}")  # fmt: skip
+            ax.axvline(0, color="k", lw=0.5)
+    axes[0].set(xlabel="layer (0-based)", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
+                title="negative alignment")  # fmt: skip
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Branch gradient alignment (CLS row, w.r.t. the image), {result['dataset']} "
+                 f"({result['preset']})")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lipschitz(result: dict, path: pathlib.Path) -> None:
+    """Exact, sampled and PGD local Lipschitz constants per layer (mean ± std over seeds)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    styles = {"exact": "o-", "sampled": "v:", "pgd": "^--"}
+    for name, m in result["models"].items():
+        layers = m["layers"]
+        x = [r["layer"] for r in layers]
+        for kind, style in styles.items():
+            mean, sd = _mean_std(layers, kind)
+            ax1.errorbar(x, mean, yerr=sd, fmt=style, capsize=3, color=COLORS.get(name),
+                         label=f"{LABELS.get(name, name)} {kind}")  # fmt: skip
+    ratio = result["diffvit_over_vit_exact"]
+    ax2.bar(range(len(ratio)), ratio, color="tab:purple")
+    ax2.axhline(1, color="k", lw=0.5)
+    ax1.set(xlabel="layer (0-based)", ylabel="local Lipschitz constant of attn at u",
+            yscale="log", title="exact (Lanczos σmax) vs empirical lower bounds")  # fmt: skip
+    ax2.set(xlabel="layer (0-based)", ylabel="DiffViT / ViT (exact, mean)",
+            title="Lipschitz ratio")  # fmt: skip
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"Local Lipschitz constants, {result['dataset']} ({result['preset']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def depth(result: dict, path: pathlib.Path) -> None:
+    """ASR vs depth at each ε, CW ℓ2 for 100 % ASR vs depth, and ᾱ, bound and amplification."""
+    rows = result["rows"]
+    eps = [e * 255 for e in result["config"]["eps"]]
+    fig, axes = plt.subplots(1, len(eps) + 2, figsize=(3.6 * (len(eps) + 2), 3.6))
+    for name in ("vit", "diffvit"):
+        rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["depth"])
+        d = [r["depth"] for r in rs]
+        kw = dict(marker="o", color=COLORS.get(name), label=LABELS.get(name, name))
+        for ax, e in zip(axes, eps, strict=False):
+            lo = np.array([np.nan if r[f"asr_{e:g}_seed0_ci_low"] is None
+                           else r[f"asr_{e:g}_seed0_ci_low"] for r in rs], float)  # fmt: skip
+            hi = np.array([np.nan if r[f"asr_{e:g}_seed0_ci_high"] is None
+                           else r[f"asr_{e:g}_seed0_ci_high"] for r in rs], float)  # fmt: skip
+            _asr_errorbar(ax, d, [r[f"asr_{e:g}_mean"] for r in rs], lo, hi, name)
+            ax.set(xlabel="depth D", ylabel="attack success rate", ylim=(0, 1.02),
+                   title=f"PGD ε = {e:g}/255", xscale="log", xticks=d, xticklabels=d)  # fmt: skip
+        cw = [np.nan if r["cw_l2_for_full_asr_mean"] is None else r["cw_l2_for_full_asr_mean"]
+              for r in rs]  # fmt: skip
+        axes[len(eps)].plot(d, cw, **kw)
+        axes[len(eps) + 1].plot(d, [r["paper_bound"] for r in rs], ls="--", **kw)
+        axes[len(eps) + 1].plot(d, [r["amplification_finite"] for r in rs], ls="-",
+                                marker="s", color=COLORS.get(name))  # fmt: skip
+    axes[len(eps)].set(xlabel="depth D", ylabel="ℓ2 (pixels in [0, 1])",
+                       title="CW ℓ2 needed for 100 % ASR", xscale="log")  # fmt: skip
+    axes[len(eps) + 1].set(xlabel="depth D", ylabel="‖Δ^(D)‖ / ‖ξ‖", yscale="log",
+                           xscale="log", title="bound (ᾱL̄)^D (dashed) vs measured")  # fmt: skip
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Depth crossover, {result['dataset']} ({result['preset']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lambda_training(result: dict, path: pathlib.Path) -> None:
+    """λ per DA layer over training; σmax per layer and ASR at the saved checkpoints."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.6))
+    cmap = plt.get_cmap("viridis")
+    for i, run in enumerate(result["models"]["diffvit"]):
+        lam = np.asarray(run["lambda_curve"]["lambda"], float)
+        for layer in range(lam.shape[1] if lam.ndim == 2 else 0):
+            ax1.plot(run["lambda_curve"]["step"], lam[:, layer],
+                     color=cmap(layer / max(lam.shape[1] - 1, 1)),
+                     label=f"layer {layer}" if i == 0 else None)  # fmt: skip
+    for name, runs in result["models"].items():
+        steps = [p["step"] for p in runs[0]["checkpoints"]]
+        sig = np.asarray([[p["sigma_max_mean"] for p in r["checkpoints"]] for r in runs], float)
+        asr = np.asarray([[np.nan if p["asr"] is None else p["asr"] for p in r["checkpoints"]]
+                          for r in runs], float)  # fmt: skip
+        ax2.errorbar(steps, sig.mean(2).mean(0), yerr=sig.mean(2).std(0), marker="o", capsize=3,
+                     color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
+        ax3.errorbar(steps, np.nanmean(asr, 0), yerr=np.nanstd(asr, 0), marker="o", capsize=3,
+                     color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
+    ax1.set(xlabel="training step", ylabel="λ", title="λ per DA layer (all seeds)")
+    ax2.set(xlabel="training step", ylabel="mean σmax(∂attn/∂u) (layers, images)",
+            title="exact local Lipschitz at checkpoints")  # fmt: skip
+    ax3.set(xlabel="training step", ylabel="attack success rate", ylim=(0, 1.02),
+            title=f"PGD ASR, ε = {result['eps'] * 255:g}/255")  # fmt: skip
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"λ during training, {result['dataset']} ({result['preset']}; mean ± std over "
+                 "seeds)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FIGURES = {
+    "clip_compare": clip_compare,
+    "main": vit_compare,
+    "asr_table": asr_table,
+    "lambda_sweep": lambda_sweep,
+    "alignment": alignment,
+    "lipschitz": lipschitz,
+    "depth": depth,
+    "lambda_training": lambda_training,
+}
 
 
 def make_figures(results_root="results", figures_root="figures", preset=None) -> list[str]:

@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     zoo = Zoo.of(args.preset)
     out_dir = pathlib.Path(args.results) / "lambda_sweep" / args.preset
     try:
-        train, test = zoo.data(preset.dataset, args.data_dir)
+        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
     except (DatasetUnavailableError, DatasetFormatError) as e:
         sys.exit(f"lambda_sweep: dataset {preset.dataset} is not available here:\n{e}")
     attacked = test.take(preset.attack_examples)

@@ -52,11 +52,15 @@ class Zoo:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(ZOOS)}")
         return ZOOS[preset]
 
-    def data(self, dataset: str, data_dir: str | None) -> tuple[Dataset, Dataset]:
-        """(train, test) splits, cut to the preset's sizes (``synthetic`` for smoke runs)."""
+    def data(self, dataset: str, data_dir: str | None, download: bool = True
+             ) -> tuple[Dataset, Dataset]:  # fmt: skip
+        """(train, test) splits, cut to the preset's sizes (``synthetic`` for smoke runs).
+
+        Raises the dataset errors of :func:`diffjax.data.load_dataset` (missing, corrupt).
+        """
         kwargs = {"n": 256} if dataset == "synthetic" else {}
-        train_data = load_dataset(dataset, "train", data_dir, **kwargs)
-        test_data = load_dataset(dataset, "test", data_dir, **kwargs)
+        train_data = load_dataset(dataset, "train", data_dir, download=download, **kwargs)
+        test_data = load_dataset(dataset, "test", data_dir, download=download, **kwargs)
         if self.train_examples is not None:
             train_data = train_data.take(self.train_examples)
         return train_data, test_data.take(self.test_examples)
