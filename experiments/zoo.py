@@ -102,7 +102,9 @@ class Zoo:
         lambda_init: float | None = None,
     ) -> pathlib.Path:
         depth = depth or self.recipe.model.depth
-        li = "" if lambda_init is None else f"_li{lambda_init:g}"
+        # The recipe's own λ_init names no variant: one model, whichever script asks first.
+        default = lambda_init is None or lambda_init == self.recipe.model.lambda_init
+        li = "" if default else f"_li{lambda_init:g}"
         name = f"{NAMES[attention]}_d{depth}{li}_s{seed}"
         return pathlib.Path(runs) / "zoo" / self.preset / dataset.replace(":", "_") / name
 
