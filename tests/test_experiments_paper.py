@@ -1,0 +1,199 @@
+"""The six paper-result scripts at their smoke presets: outputs, independent re-checks of the
+reported numbers from the per-example records, shared zoo models, resume, figures, bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from diffjax import attacks
+from experiments import (
+    alignment,
+    asr_table,
+    depth,
+    figures,
+    lambda_sweep,
+    lambda_training,
+    lipschitz,
+)
+
+SCRIPTS = {
+    "asr_table": asr_table,
+    "lambda_sweep": lambda_sweep,
+    "alignment": alignment,
+    "lipschitz": lipschitz,
+    "depth": depth,
+    "lambda_training": lambda_training,
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    flags = ["--preset", "smoke", "--results", str(root / "results"), "--runs",
+             str(root / "runs"), "--quiet", "--offline"]  # fmt: skip
+    out = {name: script.main(flags) for name, script in SCRIPTS.items()}
+    return root, flags, out
+
+
+def _saved(root, name):
+    result = json.loads((root / "results" / name / "smoke" / "results.json").read_text())
+    with open(root / "results" / name / "smoke" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    return result, rows
+
+
+def test_every_script_writes_results_config_environment_and_csv(smoke):
+    root, _, out = smoke
+    for name in SCRIPTS:
+        result, rows = _saved(root, name)
+        assert result["experiment"] == name and result["preset"] == "smoke"
+        assert {"config", "environment"} <= set(result)
+        assert result["environment"]["packages"]["jax"]
+        assert rows, name
+        # What main() returned is what it wrote (JSON round trip).
+        assert json.loads(json.dumps(out[name])) == result
+
+
+def test_asr_table_numbers_recomputed_from_the_example_records(smoke):
+    root, _, _ = smoke
+    result, _ = _saved(root, "asr_table")
+    preset = asr_table.PRESETS["smoke"]
+    for t in result["tables"]["synthetic"].values():
+        seed_parts = t["per_seed"]
+        for i, eps in enumerate(preset.eps):
+            per_seed = []
+            for p in seed_parts:
+                a = p["pgd"][i]
+                correct = np.asarray(a["clean_correct"], bool)
+                fooled = correct & ~np.asarray(a["adv_correct"], bool)
+                asr = fooled.sum() / correct.sum() if correct.any() else None
+                assert a["summary"]["asr"] == asr
+                # The re-measured perturbations respect the budget.
+                assert max(a["linf"]) <= eps + 1e-6
+                per_seed.append(asr)
+            row = next(r for r in t["rows"] if r["attack"].startswith("PGD")
+                       and r["budget"] == pytest.approx(eps * 255))  # fmt: skip
+            assert row["per_seed"] == [a for a in per_seed if a is not None]
+        for p in seed_parts:
+            cw = p["cw"]
+            correct = np.asarray(cw["clean_correct"], bool)
+            fooled = correct & ~np.asarray(cw["adv_correct"], bool)
+            for b in cw["budgets"]:
+                k = int(np.sum(fooled & (np.asarray(cw["l2"]) <= b["l2"])))
+                assert b["asr"] == (k / correct.sum() if correct.any() else None)
+        clean = next(r for r in t["rows"] if r["attack"] == "clean accuracy")
+        assert clean["per_seed"] == [p["clean"]["test_accuracy"] for p in seed_parts]
+
+
+def test_cw_budget_asr_on_a_constructed_record():
+    part = {"clean_correct": [1, 1, 1, 0], "adv_correct": [0, 0, 1, 0], "l2": [0.1, 0.3, 0.0, 0.0]}
+    out = asr_table.cw_budget_asr(part, (0.05, 0.2, 1.0))
+    assert [o["asr"] for o in out] == [0.0, 1 / 3, 2 / 3]
+    assert out[1]["asr_ci"] == attacks.wilson_interval(1, 3)
+
+
+def test_depth_l2_for_full_asr_is_defined_only_when_every_correct_example_falls():
+    fooled_all = {"clean_correct": [1, 1, 0], "adv_correct": [0, 0, 0], "l2": [0.2, 0.5, 9.0]}
+    assert depth.l2_for_full_asr(fooled_all) == 0.5
+    one_left = {"clean_correct": [1, 1], "adv_correct": [0, 1], "l2": [0.2, 0.0]}
+    assert depth.l2_for_full_asr(one_left) is None
+
+
+def test_zoo_models_are_shared_between_scripts(smoke):
+    root, _, _ = smoke
+    runs = sorted(p.name for p in (root / "runs" / "zoo" / "smoke" / "synthetic").iterdir())
+    # asr_table trains the D=2 pair; alignment, lipschitz and lambda_training reuse it; depth
+    # reuses the λ sweep's D=1 models (λ_init 0.8 is the recipe's own, so no variant).
+    assert runs == ["diffvit_d1_li0.5_s0", "diffvit_d1_s0", "diffvit_d2_s0", "vit_d1_s0",
+                    "vit_d2_s0"]  # fmt: skip
+
+
+def test_alignment_and_lipschitz_summaries_match_their_parts(smoke):
+    root, _, _ = smoke
+    result, _ = _saved(root, "alignment")
+    for name, m in result["models"].items():
+        for layer in m["layers"]:
+            per = [p[layer["layer"]] for p in m["per_seed"]]
+            cos = np.concatenate([np.ravel(r["cos"]) for r in per])
+            assert layer["per_seed"] == [float(np.mean(np.ravel(r["cos"]) < 0)) for r in per]
+            assert sum(layer["histogram"]) == np.sum(~np.isnan(cos))
+            assert (layer["lambda_mean"] is None) == (name == "vit")
+    result, _ = _saved(root, "lipschitz")
+    for m in result["models"].values():
+        for layer in m["layers"]:
+            exact = [np.mean(p[layer["layer"]]["exact"]) for p in m["per_seed"]]
+            assert layer["exact_mean"] == pytest.approx(np.mean(exact))
+    ratio = result["diffvit_over_vit_exact"]
+    vit, diff = result["models"]["vit"]["layers"], result["models"]["diffvit"]["layers"]
+    assert ratio == pytest.approx([d["exact_mean"] / v["exact_mean"]
+                                   for v, d in zip(vit, diff, strict=True)])  # fmt: skip
+
+
+def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(smoke):
+    root, _, _ = smoke
+    result, rows = _saved(root, "lambda_training")
+    run = result["models"]["diffvit"][0]
+    assert [p["step"] for p in run["checkpoints"]] == [4, 8]  # 2 epochs of 4 steps
+    logged = [json.loads(line) for line in (root / "runs" / "zoo" / "smoke" / "synthetic" /
+              "diffvit_d2_s0" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    train = [r for r in logged if r["kind"] == "train"]
+    assert run["lambda_curve"]["step"] == [r["step"] for r in train]
+    # λ read back from each checkpoint equals the λ logged at that step.
+    for point in run["checkpoints"]:
+        at = next(r for r in train if r["step"] == point["step"])
+        assert point["lambda"] == pytest.approx(at["lambda"], rel=1e-6)
+    assert all(p["lambda"] == [None, None] for p in result["models"]["vit"][0]["checkpoints"])
+    assert len(rows) == 4
+
+
+def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(smoke):
+    root, _, _ = smoke
+    result, _ = _saved(root, "lambda_sweep")
+    rows = {r["lambda_init"]: r for r in result["rows"]}
+    assert rows[0.8]["paper_asr"] == 0.8498 and rows[None]["paper_asr"] is None
+    for lam in (0.5, 0.8):
+        final = result["runs"][f"diffvit_li{lam:g}"][0]["final_lambda"]
+        # Trained λ moves away from, but starts at, λ_init + exp(λq1·λk1) − exp(λq2·λk2).
+        assert len(final) == 1 and abs(final[0] - lam) < 0.3
+
+
+def test_a_rerun_resumes_from_the_parts_and_computes_nothing(smoke, monkeypatch):
+    root, flags, out = smoke
+    parts = sorted((root / "results").glob("*/smoke/parts/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+
+    def fail(*a, **k):
+        raise AssertionError("a finished part was recomputed")
+
+    for script in (asr_table, depth):
+        monkeypatch.setattr(script, "pgd_asr", fail)
+        monkeypatch.setattr(script, "run_attack", fail)
+    again = asr_table.main(flags)
+    assert again["tables"] == out["asr_table"]["tables"]
+    assert depth.main(flags)["rows"] == out["depth"]["rows"]
+    assert {p: p.stat().st_mtime_ns for p in parts} == stamps
+
+
+def test_figures_are_drawn_from_saved_results_alone(smoke, tmp_path):
+    root, _, _ = smoke
+    written = figures.make_figures(root / "results", tmp_path, preset="smoke")
+    assert sorted(p.split("/")[-1] for p in written) == sorted(
+        f"{name}_smoke.png" for name in SCRIPTS
+    )
+    for p in written:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_a_missing_dataset_fails_clearly(name, tmp_path):
+    script = SCRIPTS[name]
+    extra = ["--datasets", "cifar100"] if name == "asr_table" else []
+    flags = ["--preset", "cpu", "--data-dir", str(tmp_path), "--results", str(tmp_path / "r"),
+             "--runs", str(tmp_path / "runs"), "--offline", "--quiet", *extra]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        script.main(flags)
+    assert "not available here" in str(e.value) and str(tmp_path) in str(e.value)
+    assert not (tmp_path / "runs").exists()
