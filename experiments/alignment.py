@@ -16,17 +16,14 @@ Writes results/alignment/<preset>/results.json and summary.csv (resumable parts)
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import jax
 import numpy as np
 
 from diffjax import records
 from diffjax.analysis import layer_summary
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
-from experiments.common import experiment_parser, fmt, nan_to_none, write_results
-from experiments.zoo import NAMES, Zoo
+from experiments.common import fmt, nan_to_none, write_results
+from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
 BINS = np.linspace(-1.0, 1.0, 41)  # cos θ histogram edges
@@ -67,14 +64,7 @@ def histogram(cos) -> list[int]:
 
 
 def main(argv=None) -> dict:
-    args = experiment_parser("python -m experiments.alignment", __doc__, PRESETS).parse_args(argv)
-    preset = PRESETS[args.preset]
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "alignment" / args.preset
-    try:
-        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
-    except (DatasetUnavailableError, DatasetFormatError) as e:
-        sys.exit(f"alignment: dataset {preset.dataset} is not available here:\n{e}")
+    args, preset, zoo, out_dir, train, test = start("alignment", __doc__, PRESETS, argv)
 
     def part(attention, seed):
         model, _ = zoo.model(preset.dataset, train, test, attention, seed=seed, runs=args.runs,

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 
 import jax
 import numpy as np
 
 from diffjax import attacks, records
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
 from diffjax.train import evaluate
 from experiments.common import (
     experiment_parser,
@@ -205,12 +203,7 @@ def main(argv=None) -> dict:
     zoo = Zoo.of(args.preset)
     out_dir = pathlib.Path(args.results) / "asr_table" / args.preset
     # Every dataset is loaded before any compute: a missing one fails at once, clearly.
-    data = {}
-    for dataset in preset.datasets:
-        try:
-            data[dataset] = zoo.data(dataset, args.data_dir, not args.offline)
-        except (DatasetUnavailableError, DatasetFormatError) as e:
-            sys.exit(f"asr_table: dataset {dataset} is not available here:\n{e}")
+    data = {d: zoo.data(d, args.data_dir, not args.offline) for d in preset.datasets}
     tables, csv_rows = {}, []
     for dataset, (train, test) in data.items():
         tables[dataset] = {}

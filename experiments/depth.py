@@ -18,25 +18,21 @@ Writes results/depth/<preset>/results.json and summary.csv (resumable parts).
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import jax
 import numpy as np
 
 from diffjax import analysis as an
 from diffjax import attacks, records
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
 from diffjax.train import evaluate
 from experiments.common import (
-    experiment_parser,
     fmt,
     nan_to_none,
     pgd_asr,
     run_attack,
     write_results,
 )
-from experiments.zoo import NAMES, Zoo
+from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
 
@@ -154,14 +150,7 @@ def profile(model, images, seed: int, preset: Preset) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = experiment_parser("python -m experiments.depth", __doc__, PRESETS).parse_args(argv)
-    preset = PRESETS[args.preset]
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "depth" / args.preset
-    try:
-        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
-    except (DatasetUnavailableError, DatasetFormatError) as e:
-        sys.exit(f"depth: dataset {preset.dataset} is not available here:\n{e}")
+    args, preset, zoo, out_dir, train, test = start("depth", __doc__, PRESETS, argv)
 
     def part(attention, depth, seed):
         model, summary = zoo.model(preset.dataset, train, test, attention, seed=seed, depth=depth,

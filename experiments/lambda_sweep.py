@@ -15,18 +15,15 @@ Writes results/lambda_sweep/<preset>/results.json and summary.csv (resumable par
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import jax
 import numpy as np
 from flax import nnx
 
 from diffjax import records
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
 from diffjax.train import evaluate, layer_lambdas
-from experiments.common import experiment_parser, fmt, nan_to_none, pgd_asr, write_results
-from experiments.zoo import NAMES, Zoo
+from experiments.common import fmt, nan_to_none, pgd_asr, write_results
+from experiments.zoo import NAMES, start
 
 LAMBDAS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
 # Table T1 of the paper as relayed by one summary (paper.md §3): CIFAR-10 DiffViT.
@@ -70,16 +67,7 @@ PRESETS = {
 
 
 def main(argv=None) -> dict:
-    args = experiment_parser("python -m experiments.lambda_sweep", __doc__, PRESETS).parse_args(
-        argv
-    )
-    preset = PRESETS[args.preset]
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "lambda_sweep" / args.preset
-    try:
-        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
-    except (DatasetUnavailableError, DatasetFormatError) as e:
-        sys.exit(f"lambda_sweep: dataset {preset.dataset} is not available here:\n{e}")
+    args, preset, zoo, out_dir, train, test = start("lambda_sweep", __doc__, PRESETS, argv)
     attacked = test.take(preset.attack_examples)
 
     def part(attention, lam, seed):

@@ -19,17 +19,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 
 import jax
 
 from diffjax import records
 from diffjax.analysis import layer_summary
 from diffjax.checkpoint import TrainCheckpoints, load_model
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
 from diffjax.train import METRICS_FILE
-from experiments.common import experiment_parser, fmt, pgd_asr, write_results
-from experiments.zoo import NAMES, Zoo
+from experiments.common import fmt, pgd_asr, write_results
+from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
 
@@ -76,15 +74,7 @@ def lambda_curve(run_dir: pathlib.Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = experiment_parser("python -m experiments.lambda_training", __doc__, PRESETS)
-    args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "lambda_training" / args.preset
-    try:
-        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
-    except (DatasetUnavailableError, DatasetFormatError) as e:
-        sys.exit(f"lambda_training: dataset {preset.dataset} is not available here:\n{e}")
+    args, preset, zoo, out_dir, train, test = start("lambda_training", __doc__, PRESETS, argv)
 
     def checkpoint_part(step_dir: pathlib.Path, metrics: dict, seed: int) -> dict:
         model = load_model(step_dir)

@@ -21,8 +21,6 @@ Writes results/lipschitz/<preset>/results.json and summary.csv (resumable parts)
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 
 import jax
 import numpy as np
@@ -30,10 +28,9 @@ from flax import nnx
 
 from diffjax import records
 from diffjax.analysis import layer_lipschitz
-from diffjax.data import DatasetFormatError, DatasetUnavailableError
 from diffjax.train import layer_lambdas
-from experiments.common import experiment_parser, fmt, nan_to_none, write_results
-from experiments.zoo import NAMES, Zoo
+from experiments.common import fmt, nan_to_none, write_results
+from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
 KINDS = ("exact", "sampled", "pgd")
@@ -72,14 +69,7 @@ PRESETS = {
 
 
 def main(argv=None) -> dict:
-    args = experiment_parser("python -m experiments.lipschitz", __doc__, PRESETS).parse_args(argv)
-    preset = PRESETS[args.preset]
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "lipschitz" / args.preset
-    try:
-        train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
-    except (DatasetUnavailableError, DatasetFormatError) as e:
-        sys.exit(f"lipschitz: dataset {preset.dataset} is not available here:\n{e}")
+    args, preset, zoo, out_dir, train, test = start("lipschitz", __doc__, PRESETS, argv)
 
     def part(attention, seed):
         model, _ = zoo.model(preset.dataset, train, test, attention, seed=seed, runs=args.runs,

@@ -17,13 +17,15 @@ and reuse it (an interrupted training resumes from its latest checkpoint). Every
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import pathlib
+import sys
 
 from diffjax.config import ViTConfig
-from diffjax.data import Dataset, load_dataset
+from diffjax.data import Dataset, DatasetFormatError, DatasetUnavailableError, load_dataset
 from diffjax.train import TrainConfig, fit_to_data, train
-from experiments.common import TrainBar
+from experiments.common import TrainBar, experiment_parser
 
 NAMES = {"softmax": "vit", "diff": "diffvit"}
 
@@ -56,8 +58,14 @@ class Zoo:
              ) -> tuple[Dataset, Dataset]:  # fmt: skip
         """(train, test) splits, cut to the preset's sizes (``synthetic`` for smoke runs).
 
-        Raises the dataset errors of :func:`diffjax.data.load_dataset` (missing, corrupt).
+        A missing or corrupt dataset exits with a message that says what to put where.
         """
+        try:
+            return self._data(dataset, data_dir, download)
+        except (DatasetUnavailableError, DatasetFormatError) as e:
+            sys.exit(f"dataset {dataset} is not available here:\n{e}")
+
+    def _data(self, dataset: str, data_dir: str | None, download: bool) -> tuple[Dataset, Dataset]:
         kwargs = {"n": 256} if dataset == "synthetic" else {}
         train_data = load_dataset(dataset, "train", data_dir, download=download, **kwargs)
         test_data = load_dataset(dataset, "test", data_dir, download=download, **kwargs)
@@ -134,6 +142,21 @@ class Zoo:
             config, run_dir, train_data=train_data, test_data=test_data, progress=bar
         )
         return model, {**summary, "run_dir": str(run_dir)}
+
+
+def start(experiment: str, doc: str, presets: dict, argv=None, parser=None):
+    """Parse the common flags and load the preset's data.
+
+    Returns:
+      (args, preset, zoo, results directory, train split, test split).
+    """
+    parser = parser or experiment_parser(f"python -m experiments.{experiment}", doc, presets)
+    args: argparse.Namespace = parser.parse_args(argv)
+    preset = presets[args.preset]
+    zoo = Zoo.of(args.preset)
+    out_dir = pathlib.Path(args.results) / experiment / args.preset
+    train, test = zoo.data(preset.dataset, args.data_dir, not args.offline)
+    return args, preset, zoo, out_dir, train, test
 
 
 ZOOS = {
