@@ -24,6 +24,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import scipy.stats
 from flax import nnx
 
 from diffjax import records
@@ -66,6 +67,27 @@ PRESETS = {
     "cpu": Preset("cifar10", (0, 1, 2), 32),
     "paper": Preset("cifar10", (0, 1, 2), 500, samples=1000, pgd_steps=50, batch_size=50),
 }
+
+
+def lambda_correlation(models: dict) -> dict:
+    """Spearman rank correlation, over (seed, DA layer) pairs, of λ with the DiffViT's mean
+    exact constant and with its ratio to the ViT of the same seed and layer (the paper: the
+    Lipschitz peaks are in the layers with larger λ)."""
+    lam, exact, ratio = [], [], []
+    for d_seed, v_seed in zip(models["diffvit"]["per_seed"], models["vit"]["per_seed"],
+                              strict=True):  # fmt: skip
+        for d, v in zip(d_seed, v_seed, strict=True):
+            if d["lambda"] is not None:
+                lam.append(d["lambda"])
+                exact.append(float(np.mean(d["exact"])))
+                ratio.append(float(np.mean(d["exact"]) / np.mean(v["exact"])))
+    if len(lam) < 3:
+        return {"pairs": len(lam), "exact": None, "ratio": None}
+    out = {"pairs": len(lam)}
+    for name, values in (("exact", exact), ("ratio", ratio)):
+        r = scipy.stats.spearmanr(lam, values)
+        out[name] = {"spearman": float(r.statistic), "p_value": float(r.pvalue)}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -114,7 +136,8 @@ def main(argv=None) -> dict:
         models[name] = {"layers": layers, "per_seed": per_seed}
     pairs = list(zip(models["vit"]["layers"], models["diffvit"]["layers"], strict=True))
     ratio = [d["exact_mean"] / v["exact_mean"] for v, d in pairs]
-    body = {"dataset": preset.dataset, "models": models, "diffvit_over_vit_exact": ratio}
+    body = {"dataset": preset.dataset, "models": models, "diffvit_over_vit_exact": ratio,
+            "lambda_correlation": lambda_correlation(models)}  # fmt: skip
     result = write_results(out_dir, "lipschitz", args.preset, preset, body, rows)
     print(f"\nLocal Lipschitz constant of the attention layers, {preset.dataset} ({args.preset}; "
           f"mean over images, mean over {len(preset.seeds)} seeds)")  # fmt: skip
@@ -124,6 +147,13 @@ def main(argv=None) -> dict:
         print(f"{v['layer']:<7}{fmt(v['exact_mean']):>11}{fmt(v['sampled_mean']):>9}"
               f"{fmt(v['pgd_mean']):>8}{fmt(d['exact_mean']):>15}{fmt(d['sampled_mean']):>9}"
               f"{fmt(d['pgd_mean']):>8}{fmt(r, '.2f'):>7}{fmt(d['lambda_mean']):>7}")  # fmt: skip
+    c = body["lambda_correlation"]
+    if c["exact"] is not None:
+        print(
+            f"λ vs DiffViT exact constant over {c['pairs']} (seed, layer) pairs: Spearman "
+            f"{c['exact']['spearman']:.2f} (p = {c['exact']['p_value']:.2g}); λ vs the "
+            f"DiffViT/ViT ratio: {c['ratio']['spearman']:.2f} (p = {c['ratio']['p_value']:.2g})"
+        )
     print(f"results: {out_dir / 'results.json'}")
     return result
 

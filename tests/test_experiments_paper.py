@@ -197,3 +197,21 @@ def test_a_missing_dataset_fails_clearly(name, tmp_path):
         script.main(flags)
     assert "not available here" in str(e.value) and str(tmp_path) in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_lambda_correlation_ranks_lambda_against_the_constants():
+    def layer(lam, exact):
+        return {"lambda": lam, "exact": [exact, exact]}
+
+    models = {
+        "diffvit": {"per_seed": [[layer(0.2, 1.0), layer(0.5, 2.0)], [layer(0.9, 3.0),
+                                                                      layer(0.1, 0.5)]]},
+        "vit": {"per_seed": [[layer(None, 1.0), layer(None, 1.0)], [layer(None, 4.0),
+                                                                    layer(None, 0.1)]]},
+    }  # fmt: skip
+    c = lipschitz.lambda_correlation(models)
+    assert c["pairs"] == 4
+    assert c["exact"]["spearman"] == pytest.approx(1.0)  # λ order 0.1 < 0.2 < 0.5 < 0.9
+    # Ratios 1.0, 2.0, 0.75, 5.0 (ranks 2, 3, 1, 4) against λ 0.2, 0.5, 0.9, 0.1 (ranks 2, 3, 4,
+    # 1): Σd² = 18, ρ = 1 − 6·18/(4·15) = −0.8.
+    assert c["ratio"]["spearman"] == pytest.approx(-0.8)
