@@ -34,6 +34,31 @@ Array = jax.Array
 MatVec = Callable[[Array], Array]
 
 
+def one_at_a_time(fn: Callable[[Array], object]) -> Callable[[Array], object]:
+    """``fn`` of one matrix that, when vmapped, loops over the batch (``lax.map``) instead of
+    making one batched call.
+
+    Why: jaxlib 0.10's CPU LAPACK kernels (SVD, eigh, …) split a batched call over XLA's intra-op
+    thread pool and block the calling pool thread until every piece is done. When as many such
+    calls run at once as the pool has threads (2 here: e.g. two vmapped Lanczos runs, or one
+    next to another computation), every thread waits and none is left to do the pieces: a
+    deadlock (README, "Known issue"). A call on one matrix always runs inline.
+    """
+    f = jax.custom_batching.custom_vmap(fn)
+
+    @f.def_vmap
+    def _rule(axis_size, in_batched, a):
+        del axis_size
+        out = jax.lax.map(f, a) if in_batched[0] else f(a)
+        return out, jax.tree.map(lambda _: bool(in_batched[0]), out)
+
+    return f
+
+
+svd = one_at_a_time(lambda a: jnp.linalg.svd(a))
+singular_values = one_at_a_time(lambda a: jnp.linalg.svd(a, compute_uv=False))
+
+
 @flax.struct.dataclass
 class SingularTriplets:
     """Top singular triplets of an operator, with explicit residual bounds.
@@ -143,7 +168,7 @@ def lanczos_svd(
     def ritz(alpha, beta, j):
         """SVD of B_{j+1} zero-padded to len(alpha)² (the padding adds zero singular values)."""
         above = jnp.where(jnp.arange(alpha.shape[0] - 1) < j, beta[:-1], 0)
-        return jnp.linalg.svd(jnp.diag(alpha) + jnp.diag(above, 1))
+        return svd(jnp.diag(alpha) + jnp.diag(above, 1))
 
     # The convergence check needs only the top k Ritz values and the last row of P. An SVD of
     # the smallest leading block (from a ladder of static sizes) that holds B_{j+1} keeps the

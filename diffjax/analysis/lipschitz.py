@@ -29,6 +29,7 @@ from diffjax.analysis.lanczos import (
     lanczos_svd,
     linear_operator,
     power_iteration,
+    singular_values,
 )
 
 Array = jax.Array
@@ -92,7 +93,7 @@ def exact_local_lipschitz(
         method = choose_method(f, x, max_entries)
     if method == "svd":
         m = jax.eval_shape(f, x).size
-        s = jnp.linalg.svd(jacobian_matrix(f, x), compute_uv=False)
+        s = singular_values(jacobian_matrix(f, x))
         return LipschitzEstimate(
             s[0], jnp.zeros((), s.dtype), jnp.asarray(min(m, x.size)), "exact_local", "svd"
         )
@@ -129,7 +130,7 @@ def top_singular_values(
 
 def jacobian_spectrum(f: Fn, x: Array) -> Array:
     """All min(m, n) singular values of ∂f/∂x at ``x``, descending, by a full SVD (small cases)."""
-    return jnp.linalg.svd(jacobian_matrix(f, x), compute_uv=False)
+    return singular_values(jacobian_matrix(f, x))
 
 
 def _ratio(f: Fn, x: Array, fx: Array, xi: Array) -> Array:
