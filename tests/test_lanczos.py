@@ -4,6 +4,7 @@ test_lipschitz.py)."""
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,3 +100,28 @@ def test_matrix_free_sigma_max_of_a_vit_b16_sized_layer():
     # σ̃ is ‖Jṽ‖ for unit ṽ, and the largest gain seen: more than random directions give.
     assert float(jnp.linalg.norm(jv)) == pytest.approx(sigma, rel=1e-4)
     assert np.all(np.asarray(gains) < sigma)
+
+
+def _svd_operand_ranks(jaxpr):
+    """Ranks of every SVD operand in a jaxpr, sub-jaxprs (loops, maps) included."""
+    ranks = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "svd":
+            ranks.append(eqn.invars[0].aval.ndim)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            ranks += _svd_operand_ranks(sub)
+    return ranks
+
+
+def test_vmapped_small_svds_run_one_matrix_at_a_time():
+    """Under (nested) vmap the SVD is still exact, and LAPACK only ever sees single matrices
+    (batched LAPACK calls can deadlock XLA:CPU's thread pool; README, "Known issue")."""
+    from diffjax.analysis.lanczos import singular_values, svd
+
+    b = np.random.default_rng(0).normal(size=(2, 3, 5, 4))
+    s = jax.vmap(jax.vmap(singular_values))(jnp.asarray(b))
+    np.testing.assert_allclose(s, np.linalg.svd(b, compute_uv=False), rtol=1e-5)
+    u, s, vt = jax.vmap(svd)(jnp.asarray(b[0]))
+    np.testing.assert_allclose((u[..., :4] * s[:, None, :]) @ vt, b[0], atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.vmap(jax.vmap(singular_values)))(jnp.asarray(b)).jaxpr
+    assert _svd_operand_ranks(jaxpr) and set(_svd_operand_ranks(jaxpr)) == {2}
