@@ -95,9 +95,12 @@ def vit_compare(result: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def _mean_std(rows, key):
-    m = np.array([np.nan if r[f"{key}_mean"] is None else r[f"{key}_mean"] for r in rows], float)
-    s = np.array([np.nan if r.get(f"{key}_std") is None else r[f"{key}_std"] for r in rows], float)
+def _mean_std(rows, key=None):
+    """Arrays of ``{key}_mean`` and ``{key}_std`` (``mean``/``std`` without a key); None → NaN,
+    a missing std → 0."""
+    mk, sk = ("mean", "std") if key is None else (f"{key}_mean", f"{key}_std")
+    m = np.array([np.nan if r[mk] is None else r[mk] for r in rows], float)
+    s = np.array([np.nan if r.get(sk) is None else r[sk] for r in rows], float)
     return m, np.nan_to_num(s)
 
 
@@ -111,7 +114,7 @@ def asr_table(result: dict, path: pathlib.Path) -> None:
             for ax, attack in ((ax1, "PGD"), (ax2, "CW-L2"), (ax3, "AutoAttack")):
                 rows = [r for r in t["rows"] if r["attack"].startswith(attack)
                         and r["budget"] is not None]  # fmt: skip
-                m, sd = _mean_std(rows, "asr")
+                m, sd = _mean_std(rows)
                 ax.errorbar([r["budget"] for r in rows], m, yerr=sd, **kw)
         ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
                 title=f"PGD, {dataset}")  # fmt: skip
@@ -200,13 +203,21 @@ def lipschitz(result: dict, path: pathlib.Path) -> None:
             mean, sd = _mean_std(layers, kind)
             ax1.errorbar(x, mean, yerr=sd, fmt=style, capsize=3, color=COLORS.get(name),
                          label=f"{LABELS.get(name, name)} {kind}")  # fmt: skip
-    ratio = result["diffvit_over_vit_exact"]
-    ax2.bar(range(len(ratio)), ratio, color="tab:purple")
+    lam, ratio = [], []
+    for d_seed, v_seed in zip(result["models"]["diffvit"]["per_seed"],
+                              result["models"]["vit"]["per_seed"], strict=True):  # fmt: skip
+        for d, v in zip(d_seed, v_seed, strict=True):
+            if d["lambda"] is not None:
+                lam.append(d["lambda"])
+                ratio.append(np.mean(d["exact"]) / np.mean(v["exact"]))
+    ax2.scatter(lam, ratio, color="tab:purple")
     ax2.axhline(1, color="k", lw=0.5)
+    c = result.get("lambda_correlation") or {}
+    rho = f", Spearman {c['ratio']['spearman']:.2f}" if c.get("ratio") else ""
+    ax2.set(xlabel="λ of the DA layer", ylabel="DiffViT / ViT exact σmax (same seed, layer)",
+            yscale="log", title=f"ratio vs λ per (seed, layer){rho}")  # fmt: skip
     ax1.set(xlabel="layer (0-based)", ylabel="local Lipschitz constant of attn at u",
             yscale="log", title="exact (Lanczos σmax) vs empirical lower bounds")  # fmt: skip
-    ax2.set(xlabel="layer (0-based)", ylabel="DiffViT / ViT (exact, mean)",
-            title="Lipschitz ratio")  # fmt: skip
     ax1.legend(fontsize=7)
     fig.suptitle(f"Local Lipschitz constants, {result['dataset']} ({result['preset']})")
     fig.tight_layout()
