@@ -178,9 +178,9 @@ def _analyse_fn(model, base, skip, opts):
     """The analysis of a batch of images [B, H, W, C] and keys [B] → a pytree of [B, ...].
 
     Each part, and each layer of a part, is its own jitted computation, and each one finishes
-    before the next starts: XLA:CPU can deadlock on a small thread pool when while loops
-    (Lanczos, chunked Jacobian products) of one computation, or of computations dispatched
-    together, run at once (README, "Known issue"). The pieces are compiled once and reused.
+    before the next starts, so their while loops (Lanczos, chunked Jacobian products) never
+    compete for XLA:CPU's thread pool (README, "Known issue"). The pieces are compiled once and
+    reused.
     """
     depth = model.config.depth
 

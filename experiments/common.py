@@ -117,6 +117,13 @@ def write_results(out_dir, experiment: str, preset: str, config, body: dict,
     return result
 
 
+def seed_parts(out_dir, name: str, seeds, compute) -> list:
+    """``compute(seed)`` for every seed, each cached as ``out_dir/parts/<name>_s<seed>.json``."""
+    parts = pathlib.Path(out_dir) / "parts"
+    return [records.cached(parts / f"{name}_s{seed}.json", lambda s=seed: compute(s))
+            for seed in seeds]  # fmt: skip
+
+
 def nan_to_none(d: dict) -> dict:
     """``d`` with NaN values as ``None`` (JSON has no NaN; e.g. the std of one seed)."""
     return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in d.items()}

@@ -30,7 +30,7 @@ from flax import nnx
 from diffjax import records
 from diffjax.analysis import layer_lipschitz
 from diffjax.train import layer_lambdas
-from experiments.common import fmt, nan_to_none, write_results
+from experiments.common import fmt, nan_to_none, seed_parts, write_results
 from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
@@ -107,12 +107,7 @@ def main(argv=None) -> dict:
     models, rows = {}, []
     for attention in MODELS:
         name = NAMES[attention]
-        per_seed = [
-            records.cached(
-                out_dir / "parts" / f"{name}_s{seed}.json", lambda a=attention, s=seed: part(a, s)
-            )  # fmt: skip
-            for seed in preset.seeds
-        ]
+        per_seed = seed_parts(out_dir, name, preset.seeds, lambda s, a=attention: part(a, s))
         layers = []
         for layer in range(len(per_seed[0])):
             per = [p[layer] for p in per_seed]

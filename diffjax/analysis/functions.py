@@ -133,9 +133,11 @@ def logits(model: ViT, image: Array) -> Array:
 def after(token, x):
     """``x``, available only once ``token`` is computed.
 
-    XLA:CPU can deadlock when several independent while loops of one computation (Lanczos,
-    chunked Jacobian products) run at once on a small thread pool (seen with 2 cores); feeding
-    each loop's input through ``after(previous loop's output, input)`` makes them run in turn.
+    Feeding each loop's input through ``after(previous loop's output, input)`` makes the
+    independent while loops of one computation (Lanczos, chunked Jacobian products) run in
+    turn. Overlapping loops are what exposed jaxlib's batched-LAPACK deadlock on XLA:CPU's small
+    thread pool (README, "Known issue"); :func:`.lanczos.one_at_a_time` removes its cause, and
+    this keeps the loops from competing for the pool.
     """
     _, x = jax.lax.optimization_barrier((token, x))
     return x

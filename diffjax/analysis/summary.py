@@ -60,8 +60,8 @@ def _empirical(model, images, keys, layer, radius, samples, pgd_steps):
 def _per_layer(model, images, key, batch_size, parts) -> list[dict]:
     """Run ``parts`` (each ``fn(model, images, keys, layer) -> {name: [B, ...]}``) per layer.
 
-    One jitted computation per layer and part, called in turn: XLA:CPU can deadlock when one
-    computation holds several while loops (README, "Known issue"). Returns per layer the
+    One jitted computation per layer and part, each finished before the next starts, so their
+    loops never compete for XLA:CPU's thread pool (README, "Known issue"). Returns per layer the
     concatenated NumPy arrays over all images.
     """
     images = np.asarray(images)
