@@ -129,7 +129,11 @@ class Zoo:
         runs="runs",
         quiet: bool = False,
     ):
-        """Train the model (or resume it, or load it when finished): (model, train summary)."""
+        """Train the model (or resume it, or load it when finished).
+
+        Returns:
+          (model, train summary); the summary's ``run`` is the run directory relative to ``runs``.
+        """
         config = self.config(
             dataset, train_data, attention, seed=seed, depth=depth, lambda_init=lambda_init
         )
@@ -141,7 +145,8 @@ class Zoo:
         model, summary = train(
             config, run_dir, train_data=train_data, test_data=test_data, progress=bar
         )
-        return model, {**summary, "run_dir": str(run_dir)}
+        # Relative to the runs root: results name the model, not this machine's folders.
+        return model, {**summary, "run": str(run_dir.relative_to(runs))}
 
 
 def start(experiment: str, doc: str, presets: dict, argv=None, parser=None):
