@@ -47,7 +47,7 @@ except ImportError:  # the suite still reports diffjax alone
     torch = None
 
 
-def _median_time(fn, repeats: int) -> tuple[float, float]:
+def median_time(fn, repeats: int) -> tuple[float, float]:
     """(compile-and-first-run seconds, median seconds of the next ``repeats`` runs)."""
     t = time.perf_counter()
     fn()
@@ -64,7 +64,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """Measured float32 matmul GFLOP/s of this machine through XLA."""
     a = jax.random.normal(jax.random.key(0), (n, n))
     f = jax.jit(lambda a: a @ a)
-    _, s = _median_time(lambda: jax.block_until_ready(f(a)), repeats)
+    _, s = median_time(lambda: jax.block_until_ready(f(a)), repeats)
     return 2 * n**3 / s / 1e9
 
 
@@ -96,30 +96,30 @@ def jax_cases(model, x, y, args) -> dict[str, tuple[float, float, float | None]]
         state[0], state[1] = step(state[0], state[1], x, y)
         jax.block_until_ready(state[0])
 
-    out["train"] = (*_median_time(run_train, args.repeats), _flops(step))
+    out["train"] = (*median_time(run_train, args.repeats), _flops(step))
     fwd = jax.jit(apply).lower(params, x).compile()
-    out["eval"] = (*_median_time(lambda: jax.block_until_ready(fwd(params, x)), args.repeats),
+    out["eval"] = (*median_time(lambda: jax.block_until_ready(fwd(params, x)), args.repeats),
                    _flops(fwd))  # fmt: skip
     model_fn = attacks.model_function(model)
     key, k = jax.random.key(0), args.attack_steps
     pgd = attacks.PGDConfig(eps=4 / 255, steps=k)
-    c, s = _median_time(lambda: jax.block_until_ready(
+    c, s = median_time(lambda: jax.block_until_ready(
         attacks.pgd(model_fn, x, y, key, pgd).adv_images), args.repeats)  # fmt: skip
     out["pgd"] = (c, s / k, None)
     cw = attacks.CWConfig(binary_search_steps=1, max_iterations=k, abort_early=False)
-    c, s = _median_time(lambda: jax.block_until_ready(
+    c, s = median_time(lambda: jax.block_until_ready(
         attacks.cw_l2(model_fn, x, y, key, cw).adv_images), args.repeats)  # fmt: skip
     out["cw"] = (c, s / k, None)
     u = an.layer_input(model, x[:1], 0, "attention_input")[0]
     sigma = jax.jit(lambda u: an.exact_local_lipschitz(
         lambda v: an.attention_layer(model, v, 0), u, method="lanczos", key=key).value)  # fmt: skip
-    c, s = _median_time(lambda: jax.block_until_ready(sigma(u)), args.repeats)
+    c, s = median_time(lambda: jax.block_until_ready(sigma(u)), args.repeats)
     out["sigma_max"] = (c, s, None)
     return out
 
 
-def torch_cases(model, x, y, args) -> dict[str, float]:
-    """name → median seconds per step of the PyTorch eager reference."""
+def torch_cases(model, x, y, args, kinds=("train", "eval", "pgd", "cw")) -> dict[str, float]:
+    """kind → median seconds per step of the PyTorch eager reference, for each of ``kinds``."""
     net = from_diffjax(model)
     xt, yt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)).long()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -167,13 +167,15 @@ def torch_cases(model, x, y, args) -> dict[str, float]:
         ("pgd", pgd, k),
         ("cw", cw, k),
     ):
+        if name not in kinds:
+            continue
         if name == "train":
             for p in net.parameters():
                 p.requires_grad_(True)
         elif name == "eval":
             for p in net.parameters():
                 p.requires_grad_(False)
-        out[name] = _median_time(fn, args.repeats)[1] / per
+        out[name] = median_time(fn, args.repeats)[1] / per
     return out
 
 

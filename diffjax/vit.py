@@ -9,6 +9,7 @@ layer, the block input h_l and the attention maps, which is the hook the analysi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,38 @@ def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
         config.width, epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs
     )
+
+
+@jax.custom_jvp
+def gelu(x: Array) -> Array:
+    """Exact GELU, x·Φ(x) with Φ the standard normal CDF (elementwise, any shape).
+
+    The same function as ``jax.nn.gelu(x, approximate=False)``; its derivative Φ(x) + x·φ(x)
+    reuses the forward pass's Φ, so a training step evaluates erf once per element instead of
+    three times (about 6 % of a depth-6 ViT step on XLA:CPU).
+    """
+    return x * _normal_cdf(x)
+
+
+def _normal_cdf(x: Array) -> Array:
+    # 1 + erf (PyTorch's form) rather than erfc: erfc costs XLA:CPU two branches, 10 % of a
+    # training step. In float32 Φ is then good to an absolute ~1e-7, not relatively in the
+    # far negative tail, where x·Φ(x) < 1e-6 is added to O(1) activations anyway.
+    return 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = _normal_cdf(x)
+    pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return x * cdf, t * (cdf + x * pdf)
+
+
+def _tokens_dense(layer: nnx.Linear, x: Array) -> Array:
+    """``layer`` on [B, N, D_in] tokens as one [B·N, D_in] matrix (one GEMM for the weight
+    gradient on XLA:CPU, not a two-axis contraction). Returns [B, N, D_out]."""
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
 def run_blocks(blocks, h: Array, *, capture: bool, **kwargs) -> tuple[Array, Intermediates | None]:
@@ -99,7 +132,8 @@ class Block(nnx.Module):
         a = self.attn(self.attention_input(h), return_maps=return_maps)
         a, maps = a if return_maps else (a, None)
         h = h + self._dropout(a.astype(self.accum_dtype), rngs)
-        m = self.fc2(jax.nn.gelu(self.fc1(self.norm2(h).astype(self.dtype)), approximate=False))
+        m = _tokens_dense(self.fc1, self.norm2(h).astype(self.dtype))
+        m = _tokens_dense(self.fc2, gelu(m))
         h = h + self._dropout(m.astype(self.accum_dtype), rngs)
         return (h, maps) if return_maps else h
 
@@ -152,7 +186,7 @@ class ViT(nnx.Module):
         b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
         x = x.reshape(b, g, p, g, p, c.channels).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, g * g, p * p * c.channels)
-        tokens = self.patch_embed(x)
+        tokens = _tokens_dense(self.patch_embed, x)
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c.width))
         h = jnp.concatenate([cls, tokens], axis=1) + self.pos_embed[...]
         return h.astype(self.accum_dtype)
