@@ -147,8 +147,10 @@ def step_gemms(config: dj.ViTConfig, batch: int, step: str) -> list[Gemm]:
         Gemm("d(q, k, v, out)/dx", t, d, d, "nt", 4 * depth),
         Gemm("d fc1/dx", t, hidden, d, "nt", depth),
         Gemm("d fc2/dx", t, d, hidden, "nt", depth),
-        Gemm("d a, d q (attention)", n, n, dk, "nn", 2 * depth, b * c.num_heads),
-        Gemm("d k, d v (attention)", n, n, dk, "tn", 2 * depth, b * c.num_heads),
+        Gemm("d a = d o·vᵀ", n, dv, n, "nt", depth, b * heads_v),
+        Gemm("d v = aᵀ·d o", n, n, dv, "tn", depth, b * heads_v),
+        Gemm("d q = d logits·k", n, n, dk, "nn", depth, b * c.num_heads),
+        Gemm("d k = d logitsᵀ·q", n, n, dk, "tn", depth, b * c.num_heads),
     ]
     if step == "pgd":
         return g + [Gemm("d patch embed/dx", b * patches, d, patch_dim, "nt", 1)]
