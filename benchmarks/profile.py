@@ -91,7 +91,10 @@ def op_profile(fn, args, repeats: int) -> tuple[dict[str, float], float]:
             jax.block_until_ready(compiled(*args))
         wall = (time.perf_counter() - t) / repeats
         jax.profiler.stop_trace()
-        (path,) = glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)
+        paths = glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)
+        if len(paths) != 1:
+            raise RuntimeError(f"jax.profiler wrote {len(paths)} traces to {log_dir}, not one")
+        (path,) = paths
         data = jax.profiler.ProfileData.from_file(path)
     totals: collections.Counter = collections.Counter()
     for plane in data.planes:
@@ -170,7 +173,7 @@ def _operands(gemm: Gemm, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return a, rng.standard_normal((gemm.batch, *b_shape), dtype=np.float32)
 
 
-def gemm_seconds(gemm: Gemm, repeats: int) -> tuple[float, float | None]:
+def gemm_seconds(gemm: Gemm, repeats: int, use_torch: bool) -> tuple[float, float | None]:
     """Median seconds of one ``gemm`` through XLA and through PyTorch (``None`` without it)."""
     a, b = _operands(gemm)
     ta = (lambda x: x.mT) if gemm.layout == "tn" else (lambda x: x)
@@ -178,7 +181,7 @@ def gemm_seconds(gemm: Gemm, repeats: int) -> tuple[float, float | None]:
     f = jax.jit(lambda a, b: ta(a) @ tb(b))
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     ours = median_time(lambda: jax.block_until_ready(f(ja, jb)), repeats)[1]
-    if torch is None:
+    if not use_torch:
         return ours, None
     xa, xb = torch.from_numpy(a), torch.from_numpy(b)
     return ours, median_time(lambda: ta(xa) @ tb(xb), repeats)[1]
@@ -222,12 +225,12 @@ def report(name: str, model, step: str, args) -> dict:
     print("| op kind | op ms | share |\n|---|---|---|")
     for k in KINDS:
         print(f"| {k} | {kinds[k]:.0f} | {kinds[k] / total:.0%} |")
-    torch_s = None if torch is None else torch_cases(model, x, y, args, kinds=(step,))[step]
+    torch_s = torch_cases(model, x, y, args, kinds=(step,))[step] if args.use_torch else None
     print("\n| GEMM | layout | shape (batch × m·k·n) | per step | XLA GFLOP/s | PyTorch GFLOP/s | "
           "ratio |\n|---|---|---|---|---|---|---|")  # fmt: skip
     ours_s = theirs_s = 0.0
     for gemm in step_gemms(model.config, args.batch, step):
-        s, t = gemm_seconds(gemm, args.repeats)
+        s, t = gemm_seconds(gemm, args.repeats, args.use_torch)
         ours_s += gemm.count * s
         theirs_s += gemm.count * (t or 0.0)
         shape = f"{gemm.batch} × {gemm.m}·{gemm.k}·{gemm.n}"
@@ -261,9 +264,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--attack-steps", type=int, default=5, help="PGD steps PyTorch is timed over")
     p.add_argument("--no-torch", action="store_true", help="diffjax only")
     args = p.parse_args(argv)
-    if args.no_torch:
-        globals()["torch"] = None
-    elif torch is not None:
+    for name in ("depth", "batch", "width", "heads", "repeats", "attack_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    args.use_torch = torch is not None and not args.no_torch
+    if args.use_torch:
         torch.set_num_threads(os.cpu_count() or 1)
     print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f}")
     rows = []

@@ -23,6 +23,14 @@ COLORS = {"vit": "tab:blue", "clip": "tab:blue", "diffvit": "tab:red", "diffclip
 LABELS = {"vit": "ViT", "diffvit": "DiffViT", "clip": "CLIP", "diffclip": "DiffCLIP"}
 
 
+def _save(fig, title: str, path: pathlib.Path) -> None:
+    """Title, lay out, write ``path`` (PNG, 120 dpi) and free ``fig``."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _asr_errorbar(ax, eps255, asr, lo, hi, name):
     asr, lo, hi = (np.array([np.nan if v is None else v for v in x], float) for x in (asr, lo, hi))
     # Undefined rates (nothing classified correctly) draw as gaps without error bars.
@@ -63,10 +71,7 @@ def clip_compare(result: dict, path: pathlib.Path) -> None:
     ax3.set_ylim(0, 1)
     ax3.set_title("negative gradient alignment (CLS row)")
     ax3.legend()
-    fig.suptitle(f"CLIP vs DiffCLIP ({result['preset']} preset)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, f"CLIP vs DiffCLIP ({result['preset']} preset)", path)
 
 
 def vit_compare(result: dict, path: pathlib.Path) -> None:
@@ -89,10 +94,7 @@ def vit_compare(result: dict, path: pathlib.Path) -> None:
             title="exact local Lipschitz (attention)")  # fmt: skip
     for ax in (ax1, ax2, ax3):
         ax.legend()
-    fig.suptitle(f"ViT vs DiffViT ({result['experiment']}, {result['preset']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, f"ViT vs DiffViT ({result['experiment']}, {result['preset']})", path)
 
 
 def _mean_std(rows, key=None):
@@ -124,10 +126,7 @@ def asr_table(result: dict, path: pathlib.Path) -> None:
                 ylim=(0, 1.02), title="AutoAttack")  # fmt: skip
         for ax in (ax1, ax2, ax3):
             ax.legend()
-    fig.suptitle(f"ViT vs DiffViT ASR ({result['preset']} preset; mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, f"ViT vs DiffViT ASR ({result['preset']} preset; mean ± std over seeds)", path)
 
 
 def lambda_sweep(result: dict, path: pathlib.Path) -> None:
@@ -155,11 +154,11 @@ def lambda_sweep(result: dict, path: pathlib.Path) -> None:
             title=f"PGD ASR, ε = {eps:g}/255")  # fmt: skip
     for ax in (ax1, ax2):
         ax.legend()
-    fig.suptitle(f"λ_init sweep, {result['dataset']} D={result['config']['depth']} "
-                 f"({result['preset']})")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(
+        fig,
+        f"λ_init sweep, {result['dataset']} D={result['config']['depth']} ({result['preset']})",
+        path,
+    )
 
 
 def alignment(result: dict, path: pathlib.Path) -> None:
@@ -185,11 +184,12 @@ def alignment(result: dict, path: pathlib.Path) -> None:
                 title="negative alignment")  # fmt: skip
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.suptitle(f"Branch gradient alignment (CLS row, w.r.t. the image), {result['dataset']} "
-                 f"({result['preset']})")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(
+        fig,
+        f"Branch gradient alignment (CLS row, w.r.t. the image), {result['dataset']} "
+        f"({result['preset']})",
+        path,
+    )
 
 
 def lipschitz(result: dict, path: pathlib.Path) -> None:
@@ -219,10 +219,7 @@ def lipschitz(result: dict, path: pathlib.Path) -> None:
     ax1.set(xlabel="layer (0-based)", ylabel="local Lipschitz constant of attn at u",
             yscale="log", title="exact (Lanczos σmax) vs empirical lower bounds")  # fmt: skip
     ax1.legend(fontsize=7)
-    fig.suptitle(f"Local Lipschitz constants, {result['dataset']} ({result['preset']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, f"Local Lipschitz constants, {result['dataset']} ({result['preset']})", path)
 
 
 def depth(result: dict, path: pathlib.Path) -> None:
@@ -254,10 +251,7 @@ def depth(result: dict, path: pathlib.Path) -> None:
                            xscale="log", title="bound (ᾱL̄)^D (dashed) vs measured")  # fmt: skip
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.suptitle(f"Depth crossover, {result['dataset']} ({result['preset']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, f"Depth crossover, {result['dataset']} ({result['preset']})", path)
 
 
 def lambda_training(result: dict, path: pathlib.Path) -> None:
@@ -286,11 +280,11 @@ def lambda_training(result: dict, path: pathlib.Path) -> None:
             title=f"PGD ASR, ε = {result['eps'] * 255:g}/255")  # fmt: skip
     for ax in (ax1, ax2, ax3):
         ax.legend(fontsize=8)
-    fig.suptitle(f"λ during training, {result['dataset']} ({result['preset']}; mean ± std over "
-                 "seeds)")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(
+        fig,
+        f"λ during training, {result['dataset']} ({result['preset']}; mean ± std over seeds)",
+        path,
+    )
 
 
 FIGURES = {

@@ -24,7 +24,7 @@ import sys
 
 from diffjax.config import ViTConfig
 from diffjax.data import Dataset, DatasetFormatError, DatasetUnavailableError, load_dataset
-from diffjax.train import TrainConfig, fit_to_data, train
+from diffjax.train import TrainConfig, fit_to_data, train, train_preset
 from experiments.common import TrainBar, experiment_parser
 
 NAMES = {"softmax": "vit", "diff": "diffvit"}
@@ -195,21 +195,11 @@ ZOOS = {
         train_examples=10000,
         test_examples=1000,
     ),
-    # The GPU recipe: the project's `paper` training preset at the default depth 6.
+    # The GPU recipe: the project's `paper` training preset at the default depth 6, with a
+    # checkpoint at every evaluation only (the zoo keeps them all).
     "paper": Zoo(
         preset="paper",
-        recipe=TrainConfig(
-            model=ViTConfig(
-                width=192, depth=6, num_heads=6, patch_size=4, mlp_ratio=2.0, dropout=0.1
-            ),
-            epochs=200,
-            batch_size=256,
-            learning_rate=1e-3,
-            warmup_epochs=10,
-            eval_batch_size=1000,
-            eval_every_epochs=5,
-            log_every_steps=100,
-        ),
+        recipe=train_preset("paper", checkpoint_every_steps=0),
         train_examples=None,
         test_examples=10000,
     ),
