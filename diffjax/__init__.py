@@ -9,7 +9,7 @@ from diffjax.attention import (
     lambda_init_schedule,
     softmax_attention,
 )
-from diffjax.config import PRESETS, ViTConfig, preset
+from diffjax.config import PRESETS, SIZES, ViTConfig, preset, variant
 from diffjax.vit import Block, Intermediates, ViT, count_params, functional
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "DiffAttention",
     "Intermediates",
     "PRESETS",
+    "SIZES",
     "SoftmaxAttention",
     "ViT",
     "ViTConfig",
@@ -30,4 +31,5 @@ __all__ = [
     "lambda_init_schedule",
     "preset",
     "softmax_attention",
+    "variant",
 ]

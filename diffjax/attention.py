@@ -257,5 +257,9 @@ class DiffAttention(nnx.Module):
             p[name] = getattr(self, name)[...]
         return p
 
+    def lam(self) -> Array:
+        """λ of this layer, [] float32: ``exp(λq1·λk1) − exp(λq2·λk2) + λ_init``."""
+        return diff_lambda(self.params(), self.lambda_init)
+
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
         return diff_attention(self.params(), x, self.num_heads, self.lambda_init, mask, return_maps)

@@ -1,7 +1,9 @@
 """Training ViT / DiffViT classifiers: one jitted, data-parallel step, orbax checkpoints, resume.
 
-    config = train_preset("cpu", attention="diff")
+    config = TrainConfig(model=ViTConfig(attention="diff"), epochs=10)
     model, metrics = train(config, "runs/cifar10_diffvit")   # resumes if the run exists
+
+Named recipes (``smoke``, ``cpu``, ``paper``) are experiment configs: ``experiments/configs``.
 
 The run directory holds ``config.json`` (the resolved :class:`TrainConfig`; its ``"model"`` key
 is the ViT config), ``metrics.jsonl`` (one JSON record per log step and per evaluation),
@@ -34,7 +36,6 @@ import optax
 from flax import nnx
 
 from diffjax import sharding
-from diffjax.attention import diff_lambda
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -169,72 +170,6 @@ class TrainConfig:
         return cls(**{**d, "model": config_from_dict(d["model"])})
 
 
-# The `cpu` preset is sized from measured train-step throughput on a 2-core CPU (see
-# the README, "Data and training"); `paper` is the GPU-scale recipe for the project's CIFAR model.
-_PRESETS: dict[str, TrainConfig] = {
-    "smoke": TrainConfig(
-        model=ViTConfig(width=32, depth=2, num_heads=4, patch_size=8, mlp_ratio=2.0),
-        dataset="embedded",
-        epochs=2,
-        batch_size=32,
-        learning_rate=1e-3,
-        warmup_epochs=0.5,
-        train_examples=512,
-        test_examples=256,
-        eval_batch_size=128,
-        log_every_steps=4,
-        checkpoint_every_steps=8,
-    ),
-    "cpu": TrainConfig(
-        model=ViTConfig(width=128, depth=4, num_heads=4, patch_size=4, mlp_ratio=2.0),
-        dataset="cifar10",
-        epochs=7,
-        batch_size=128,
-        learning_rate=1e-3,
-        warmup_epochs=0.5,
-        weight_decay=0.05,
-        label_smoothing=0.1,
-        grad_clip=1.0,
-        eval_batch_size=500,
-        # One checkpoint per epoch, all kept: the λ-during-training experiment reads them.
-        checkpoint_every_steps=0,
-        keep_checkpoints=8,
-        log_every_steps=20,
-    ),
-    "paper": TrainConfig(
-        model=ViTConfig(width=192, depth=6, num_heads=6, patch_size=4, mlp_ratio=2.0, dropout=0.1),
-        dataset="cifar10",
-        epochs=200,
-        batch_size=256,
-        learning_rate=1e-3,
-        warmup_epochs=10,
-        weight_decay=0.05,
-        label_smoothing=0.1,
-        grad_clip=1.0,
-        eval_batch_size=1000,
-        eval_every_epochs=5,
-        checkpoint_every_steps=1000,
-        log_every_steps=100,
-    ),
-}
-TRAIN_PRESETS = tuple(_PRESETS)
-
-
-def train_preset(name: str, *, attention: str = "softmax", **changes) -> TrainConfig:
-    """A named training preset (``smoke``, ``cpu``, ``paper``) for ViT or DiffViT.
-
-    Args:
-      name: the preset.
-      attention: ``"softmax"`` (ViT) or ``"diff"`` (DiffViT, parameter-matched: half the heads).
-      **changes: :class:`TrainConfig` field overrides.
-    """
-    if name not in _PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; choose from {TRAIN_PRESETS}")
-    config = _PRESETS[name]
-    config = config.replace(model=config.model.replace(attention=attention))
-    return config.replace(**changes)
-
-
 def fit_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
     """Adapt the model to a dataset's image size and classes, keeping its patch grid.
 
@@ -267,20 +202,6 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-def layer_lambdas(params, model_config: ViTConfig) -> list[float | None]:
-    """λ of every layer from a ViT parameter state (``None`` for softmax layers)."""
-    out = []
-    for layer in range(model_config.depth):
-        if not model_config.is_diff_layer(layer):
-            out.append(None)
-            continue
-        attn = params["blocks"][layer]["attn"]
-        names = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
-        lam = diff_lambda({n: attn[n][...] for n in names}, model_config.layer_lambda_init(layer))
-        out.append(float(lam))
-    return out
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -613,7 +534,7 @@ def train(
                         "epoch": step / spe,
                         **means,
                         "img_per_s": interval_images / elapsed if interval_images else None,
-                        "lambda": layer_lambdas(state.params, config.model),
+                        "lambda": nnx.merge(_graphdef(config.model), state.params).lambdas(),
                     }
                 )
                 pending, interval_images = [], 0

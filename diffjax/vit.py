@@ -162,6 +162,11 @@ class ViT(nnx.Module):
         self.norm = _layer_norm(c, rngs)
         self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
 
+    def lambdas(self) -> list[float | None]:
+        """λ of every layer, in order; ``None`` for softmax layers (host floats: for logging)."""
+        return [float(b.attn.lam()) if isinstance(b.attn, DiffAttention) else None
+                for b in self.blocks]  # fmt: skip
+
     def _check_images(self, images: Array) -> None:
         c = self.config
         want = (c.image_size, c.image_size, c.channels)

@@ -1,12 +1,12 @@
 """Exact sensitivity analysis of a checkpoint: branch alignment, the paper's theorems, local
 Lipschitz constants (exact, empirical) and depth/noise cancellation.
 
-    python -m experiments.analyse --checkpoint runs/diffvit --base-checkpoint runs/vit \\
-        --dataset synthetic --num-examples 32 --out runs/diffvit/analysis
+    diffjax analyse --config=analyse --config.checkpoint=runs/diffvit \\
+        --config.base_checkpoint=runs/vit --config.num_examples=32 --workdir runs/diffvit/analysis
 
-Writes OUT/settings.json, one OUT/examples/NNNNNN.json per example (atomically, so an interrupted
-run resumes where it stopped with the same settings) and OUT/summary.json, recomputed from all
-example files. Definitions: README, "Exact sensitivity analysis".
+Writes WORKDIR/settings.json, one WORKDIR/examples/NNNNNN.json per example (atomically, so an
+interrupted run resumes where it stopped with the same settings) and WORKDIR/summary.json,
+recomputed from all example files. Definitions: docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import functools
 import json
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +25,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from diffjax import analysis as an
-from diffjax.checkpoint import CheckpointError, load_model, write_json_atomic
+from diffjax.checkpoint import load_model, write_json_atomic
 from diffjax.data import load_dataset
+from diffjax.experiments.common import Context
 
 PARTS = ("alignment", "lipschitz", "empirical", "depth")
 QUANTILES = {
@@ -39,67 +39,6 @@ QUANTILES = {
     "q95": 0.95,
     "max": 1.0,
 }
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m experiments.analyse",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--checkpoint", required=True, help="model directory (diffjax save_model)")
-    p.add_argument(
-        "--base-checkpoint",
-        help="standard-attention model of the same shape, for γ and Theorems 2-3 (optional)",
-    )
-    p.add_argument("--dataset", default="synthetic", help="dataset name (default: synthetic)")
-    p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--data-dir", help="dataset directory, if the dataset needs one")
-    p.add_argument("--num-examples", type=int, default=32, help="examples analysed (default 32)")
-    p.add_argument("--start", type=int, default=0, help="index of the first example (default 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
-    p.add_argument(
-        "--wrt",
-        choices=an.WRT,
-        default="image",
-        help="input the attention maps are differentiated w.r.t. (default: image)",
-    )
-    p.add_argument("--head", type=int, help="one DIFF head (head pair for ViT); default all")
-    p.add_argument(
-        "--row", default="all", help="query row: 'all' (default), 'cls' (= 0) or an index"
-    )
-    p.add_argument(
-        "--precision",
-        choices=("float64", "float32"),
-        default="float64",
-        help="evaluation precision of the float32 weights (default float64: exact checks)",
-    )
-    p.add_argument(
-        "--lipschitz-method",
-        choices=("auto", "svd", "lanczos", "power"),
-        default="auto",
-        help="exact local Lipschitz: full Jacobian + SVD, Lanczos, power iteration, or auto "
-        "(SVD when the Jacobian has <= 2^22 entries); default auto",
-    )
-    p.add_argument("--max-iters", type=int, default=100, help="Lanczos/power steps at most")
-    p.add_argument("--tol", type=float, help="Lanczos/power relative residual tolerance")
-    p.add_argument(
-        "--radius",
-        type=float,
-        default=1e-3,
-        help="‖ξ‖ of the empirical estimates (pixels) and of the depth perturbation (h_0)",
-    )
-    p.add_argument("--samples", type=int, default=64, help="random ξ of the sampling estimate")
-    p.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD-maximised ratio")
-    p.add_argument(
-        "--skip",
-        default="",
-        help=f"comma-separated parts to skip, from {','.join(PARTS)}",
-    )
-    p.add_argument("--chunk", type=int, default=64, help="JVPs/VJPs per chunk of the Grams")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (per example: fold_in(index))")
-    p.add_argument("--out", help="output directory (default: CHECKPOINT/analysis)")
-    return p
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -137,35 +76,35 @@ def _parse_row(row: str, num_tokens: int) -> int | None:
     try:
         r = int(row)
     except ValueError:
-        raise ValueError(f"--row must be 'all', 'cls' or an integer, got {row!r}") from None
+        raise ValueError(f"row must be 'all', 'cls' or an integer, got {row!r}") from None
     if not 0 <= r < num_tokens:
-        raise ValueError(f"--row {r} outside 0..{num_tokens - 1}")
+        raise ValueError(f"row {r} outside 0..{num_tokens - 1}")
     return r
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
     for name in ("num_examples", "batch_size", "max_iters", "samples", "pgd_steps", "chunk"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+            raise ValueError(f"{name} must be >= 1")
     if args.start < 0:
-        raise ValueError("--start must be >= 0")
+        raise ValueError("start must be >= 0")
     if not args.radius > 0:
-        raise ValueError(f"--radius must be > 0, got {args.radius}")
+        raise ValueError(f"radius must be > 0, got {args.radius}")
     if args.tol is not None and not args.tol > 0:
-        raise ValueError(f"--tol must be > 0, got {args.tol}")
+        raise ValueError(f"tol must be > 0, got {args.tol}")
     skip = [s for s in args.skip.split(",") if s]
     bad = sorted(set(skip) - set(PARTS))
     if bad:
-        raise ValueError(f"--skip: unknown parts {bad}; choose from {list(PARTS)}")
+        raise ValueError(f"skip: unknown parts {bad}; choose from {list(PARTS)}")
     return skip
 
 
 def _check_base(model, base) -> None:
     c, b = model.config, base.config
     if b.attention != "softmax":
-        raise ValueError("--base-checkpoint must be a standard-attention (softmax) ViT")
+        raise ValueError("base_checkpoint must be a standard-attention (softmax) ViT")
     if c.attention != "diff":
-        raise ValueError("--base-checkpoint is for a DiffViT --checkpoint")
+        raise ValueError("base_checkpoint is for a DiffViT checkpoint")
     for f in ("image_size", "patch_size", "channels", "depth", "num_heads"):
         if getattr(c, f) != getattr(b, f):
             raise ValueError(
@@ -470,7 +409,7 @@ def _place(model, mesh):
     return model
 
 
-def run(args: argparse.Namespace) -> dict:
+def _run(args: argparse.Namespace) -> dict:
     """Analyse, write the example files and the summary; return the summary."""
     skip = _validate(args)
     model = load_model(args.checkpoint)
@@ -487,17 +426,17 @@ def run(args: argparse.Namespace) -> dict:
         )
     if args.start + args.num_examples > len(ds):
         raise ValueError(
-            f"--start {args.start} + --num-examples {args.num_examples} exceeds the "
+            f"start {args.start} + num_examples {args.num_examples} exceeds the "
             f"{len(ds)} examples of {args.dataset}/{args.split}"
         )
-    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint) / "analysis")
+    out = pathlib.Path(args.out)
     settings = _settings(args)
     settings_path = out / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
         if old != _clean(settings):
             raise ValueError(
-                f"{out} holds an analysis with other settings; use another --out.\n"
+                f"{out} holds an analysis with other settings; use another --workdir.\n"
                 f"stored: {old}\nnow:    {_clean(settings)}"
             )
     write_json_atomic(settings_path, _clean(settings))
@@ -544,12 +483,17 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv=None) -> dict:
-    args = _parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"analyse: error: {e}")
+def run(config, ctx: Context) -> dict:
+    """Analyse as ``config`` (``configs/analyse.py``) says into ``ctx.workdir``; the summary."""
+    if not config.checkpoint:
+        raise ValueError("config.checkpoint is required: the model directory to analyse")
+    fields = config.to_dict()
+    fields.pop("experiment")
+    # The config writes "none" as "", -1 or 0 (typed fields); the analysis takes None.
+    fields |= {"base_checkpoint": config.base_checkpoint or None,
+               "head": None if config.head < 0 else config.head, "tol": config.tol or None,
+               "data_dir": ctx.data_dir, "out": str(ctx.workdir)}  # fmt: skip
+    summary = _run(argparse.Namespace(**fields))
     for s in summary.get("layers", []):
         print(
             f"layer {s['layer']} ({s['attention']}): negative-alignment frequency "
@@ -561,7 +505,3 @@ def main(argv=None) -> dict:
             f"mean {s['value']['mean']:.6g} max {s['value']['max']:.6g}"
         )
     return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -1,15 +1,14 @@
 """Paper result (a): the ASR table, ViT vs DiffViT, under PGD-ℓ∞, CW-ℓ2 and AutoAttack.
 
-    python -m experiments.asr_table --preset smoke                     # seconds (tests)
-    python -m experiments.asr_table --preset cpu --data-dir DIR        # CIFAR-10, 2-core CPU
-    python -m experiments.asr_table --preset paper --datasets cifar10,cifar100,tiny_imagenet
+    diffjax run asr_table --config=asr_table:smoke      # seconds, synthetic data (tests)
+    diffjax run asr_table --config=asr_table:cpu        # CIFAR-10, 2-core CPU
 
-For every dataset, model (ViT, DiffViT from the shared zoo, :mod:`experiments.zoo`) and seed:
-clean accuracy; PGD-ℓ∞ ASR at each ε; CW-L2 minimal perturbations and the ASR at each ℓ2
-budget (an example counts at budget b when CW fooled it with ‖δ‖₂ ≤ b); AutoAttack ASR at its
-ε. ASR is over the initially correct examples, with a 95 % Wilson interval per seed and the
-mean ± std and a 95 % t-interval over seeds. Every adversarial example is re-evaluated by the
-model and its norm and [0, 1] box are re-measured outside the attack code.
+For every dataset, model (ViT, DiffViT from the shared zoo) and seed: clean accuracy; PGD-ℓ∞
+ASR at each ε; CW-L2 minimal perturbations and the ASR at each ℓ2 budget (an example counts at
+budget b when CW fooled it with ‖δ‖₂ ≤ b); AutoAttack ASR at its ε. ASR is over the initially
+correct examples, with a 95 % Wilson interval per seed and the mean ± std and a 95 %
+t-interval over seeds. Every adversarial example is re-evaluated by the model and its norm and
+[0, 1] box are re-measured outside the attack code.
 
 Writes results/asr_table/<preset>/results.json and summary.csv; each (dataset, model, seed,
 attack) is a part file under parts/, so an interrupted run redoes only what is missing.
@@ -17,106 +16,25 @@ attack) is a part file under parts/, so an interrupted run redoes only what is m
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import jax
 import numpy as np
 
 from diffjax import attacks, records
-from diffjax.train import evaluate
-from experiments.common import (
-    experiment_parser,
+from diffjax.experiments.common import (
+    Context,
     fmt,
     nan_to_none,
     pgd_asr,
     run_attack,
     write_results,
 )
-from experiments.zoo import NAMES, Zoo
+from diffjax.experiments.configs import recipes
+from diffjax.experiments.zoo import NAMES, Zoo
+from diffjax.train import evaluate
 
 MODELS = ("softmax", "diff")
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One scale of the ASR table.
-
-    Attributes:
-      datasets: dataset names (each must be available; see ``diffjax.data.load_dataset``).
-      seeds: zoo training seeds (the attack key is the seed too).
-      attack_examples: PGD attacks the first n test images.
-      eps: PGD ℓ∞ budgets (pixels on the [0, 1] scale).
-      pgd_steps: PGD iterations (one random start, step 2.5·ε/steps, cross-entropy).
-      cw_examples, cw: CW-L2 on the first n test images with these settings.
-      l2_budgets: ℓ2 budgets at which the CW ASR is reported.
-      autoattack_examples, autoattack_eps: AutoAttack-ℓ∞ on the first n test images, per ε.
-      autoattack: AutoAttack settings other than ε (steps, targets, Square queries, stages).
-      batch_size: attack batch size.
-    """
-
-    datasets: tuple[str, ...]
-    seeds: tuple[int, ...]
-    attack_examples: int
-    eps: tuple[float, ...]
-    pgd_steps: int
-    cw_examples: int
-    cw: attacks.CWConfig
-    l2_budgets: tuple[float, ...]
-    autoattack_examples: int
-    autoattack_eps: tuple[float, ...]
-    autoattack: dict
-    batch_size: int = 100
-
-
-EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
-PRESETS = {
-    "smoke": Preset(
-        datasets=("synthetic",),
-        seeds=(0,),
-        attack_examples=8,
-        eps=(1 / 255, 8 / 255),
-        pgd_steps=2,
-        cw_examples=4,
-        cw=attacks.CWConfig(binary_search_steps=2, max_iterations=5, initial_const=1.0),
-        l2_budgets=(0.1, 1.0),
-        autoattack_examples=4,
-        autoattack_eps=(8 / 255,),
-        autoattack=dict(steps=2, num_targets=3, square_queries=4),
-        batch_size=8,
-    ),
-    "cpu": Preset(
-        datasets=("cifar10",),
-        seeds=(0, 1, 2),
-        attack_examples=300,
-        eps=EPS,
-        pgd_steps=20,
-        cw_examples=50,
-        cw=attacks.CWConfig(
-            binary_search_steps=4, max_iterations=50, initial_const=0.1, learning_rate=0.02
-        ),
-        l2_budgets=(0.05, 0.1, 0.2, 0.5),
-        autoattack_examples=50,
-        autoattack_eps=(1 / 255, 4 / 255),
-        # A reduced AutoAttack (all four stages, fewer iterations/targets/queries): README.
-        autoattack=dict(steps=25, num_targets=3, square_queries=300),
-        batch_size=100,
-    ),
-    "paper": Preset(
-        datasets=("cifar10", "cifar100", "tiny_imagenet"),
-        seeds=(0, 1, 2),
-        attack_examples=1000,
-        eps=EPS,
-        pgd_steps=50,
-        cw_examples=1000,
-        cw=attacks.CWConfig(binary_search_steps=9, max_iterations=1000, initial_const=1e-3),
-        l2_budgets=(0.05, 0.1, 0.2, 0.5),
-        autoattack_examples=1000,
-        autoattack_eps=(1 / 255, 4 / 255),
-        autoattack=dict(),  # the standard version
-        batch_size=250,
-    ),
-}
 
 
 def cw_budget_asr(part: dict, budgets) -> list[dict]:
@@ -133,17 +51,17 @@ def cw_budget_asr(part: dict, budgets) -> list[dict]:
     return out
 
 
-def model_parts(zoo: Zoo, preset: Preset, dataset: str, train, test, attention: str, seed: int,
-                args, parts: pathlib.Path) -> dict:  # fmt: skip
+def model_parts(zoo: Zoo, preset, dataset: str, train, test, attention: str, seed: int,
+                parts: pathlib.Path) -> dict:  # fmt: skip
     """Every attack on one zoo model; each attack is a cached part file."""
     tag = f"{dataset.replace(':', '_')}_{NAMES[attention]}_s{seed}"
     state = {}
+    quiet = zoo.ctx.quiet
 
     def model():
         if "model" not in state:
-            state["model"], state["train"] = zoo.model(
-                dataset, train, test, attention, seed=seed, runs=args.runs, quiet=args.quiet
-            )
+            state["model"], state["train"], _ = zoo.model(train, test, attention, seed=seed,
+                                                          dataset=dataset)  # fmt: skip
         return state["model"]
 
     key = jax.random.key(seed)
@@ -152,23 +70,24 @@ def model_parts(zoo: Zoo, preset: Preset, dataset: str, train, test, attention: 
         **evaluate(model(), test), "train": state["train"]})}  # fmt: skip
     out["pgd"] = records.cached(parts / f"{tag}_pgd.json", lambda: pgd_asr(
         model(), test.take(preset.attack_examples), preset.eps, steps=preset.pgd_steps, key=key,
-        batch_size=preset.batch_size, desc=f"PGD {name}", quiet=args.quiet))  # fmt: skip
+        batch_size=preset.batch_size, desc=f"PGD {name}", quiet=quiet))  # fmt: skip
     cw = records.cached(parts / f"{tag}_cw.json", lambda: run_attack(
-        attacks.model_function(model()), test.take(preset.cw_examples), attacks.cw_l2, preset.cw,
-        key=key, batch_size=preset.batch_size, desc=f"CW {name}", quiet=args.quiet))  # fmt: skip
+        attacks.model_function(model()), test.take(preset.cw_examples), attacks.cw_l2,
+        attacks.CWConfig(**preset.cw), 
+        key=key, batch_size=preset.batch_size, desc=f"CW {name}", quiet=quiet))  # fmt: skip
     out["cw"] = {**cw, "budgets": cw_budget_asr(cw, preset.l2_budgets)}
     out["autoattack"] = [
         {"eps": eps, **records.cached(parts / f"{tag}_aa{eps * 255:g}.json", lambda eps=eps: (
             run_attack(attacks.model_function(model()), test.take(preset.autoattack_examples),
                        attacks.autoattack, attacks.AutoAttackConfig(eps, **preset.autoattack),
                        key=key, batch_size=preset.batch_size,
-                       desc=f"AutoAttack {name} ε={eps * 255:g}/255", quiet=args.quiet)))}
+                       desc=f"AutoAttack {name} ε={eps * 255:g}/255", quiet=quiet)))}
         for eps in preset.autoattack_eps
     ]  # fmt: skip
     return out
 
 
-def aggregate(per_seed: list[dict], preset: Preset) -> list[dict]:
+def aggregate(per_seed: list[dict], preset) -> list[dict]:
     """Rows (attack, budget): mean ± std and 95 % t-interval over seeds of the ASR (of the
     clean accuracy, of the median ‖δ‖₂ in the rows so named)."""
 
@@ -193,22 +112,18 @@ def aggregate(per_seed: list[dict], preset: Preset) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> dict:
-    p = experiment_parser("python -m experiments.asr_table", __doc__, PRESETS)
-    p.add_argument("--datasets", help="comma-separated datasets (default: the preset's)")
-    args = p.parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.datasets:
-        preset = dataclasses.replace(preset, datasets=tuple(args.datasets.split(",")))
-    zoo = Zoo.of(args.preset)
-    out_dir = pathlib.Path(args.results) / "asr_table" / args.preset
+def run(config, ctx: Context) -> dict:
+    """The ASR table of ``config`` (``experiments/configs/asr_table.py``); its results dict."""
+    preset = config
+    zoo = Zoo(recipes.train_config(config.train), ctx)
+    out_dir = ctx.results(config.experiment, config.preset)
     # Every dataset is loaded before any compute: a missing one fails at once, clearly.
-    data = {d: zoo.data(d, args.data_dir, not args.offline) for d in preset.datasets}
+    data = {d: zoo.data(d) for d in preset.datasets}
     tables, csv_rows = {}, []
     for dataset, (train, test) in data.items():
         tables[dataset] = {}
         for attention in MODELS:
-            per_seed = [model_parts(zoo, preset, dataset, train, test, attention, seed, args,
+            per_seed = [model_parts(zoo, preset, dataset, train, test, attention, seed,
                                     out_dir / "parts") for seed in preset.seeds]  # fmt: skip
             rows = aggregate(per_seed, preset)
             tables[dataset][NAMES[attention]] = {"rows": rows, "per_seed": per_seed}
@@ -217,9 +132,10 @@ def main(argv=None) -> dict:
                 | {k: v for k, v in r.items() if k != "per_seed"}
                 for r in rows
             ]
-    result = write_results(out_dir, "asr_table", args.preset, preset, {"tables": tables}, csv_rows)
+    result = write_results(out_dir, config, {"tables": tables}, csv_rows)
     for dataset, t in tables.items():
-        print(f"\nASR table, {dataset} ({args.preset}; mean ± std over {len(preset.seeds)} seeds)")
+        print(f"\nASR table, {dataset} ({config.preset}; mean ± std over "
+              f"{len(preset.seeds)} seeds)")  # fmt: skip
         print(f"{'':<34}{'ViT':>18}{'DiffViT':>18}")
         for rv, rd in zip(t["vit"]["rows"], t["diffvit"]["rows"], strict=True):
             label = rv["attack"] + ("" if rv["budget"] is None else
@@ -228,7 +144,3 @@ def main(argv=None) -> dict:
             print(f"{label:<34}{cell(rv):>18}{cell(rd):>18}")
     print(f"results: {out_dir / 'results.json'}")
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,19 +1,48 @@
-"""Pieces the experiment scripts share: progress bars, a trained-model zoo, ASR over budgets."""
+"""What the experiments share: where outputs go, progress bars, attacks over budgets, results."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
 from diffjax import attacks, records
 from diffjax.checkpoint import write_json_atomic
 from diffjax.data import Dataset
-from diffjax.train import TrainConfig, train
+from diffjax.experiments import configs
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Where a command writes and how it behaves; the same for every subcommand.
+
+    Attributes:
+      workdir: root of the outputs: ``runs/`` (trained models), ``results/<experiment>/<preset>/``
+        (results.json, summary.csv, resumable ``parts/``) and ``figures/``.
+      data_dir: where datasets are looked for (``None``: ``$DIFFJAX_DATA_DIR``, else the cache).
+      offline: never download a missing dataset; fail saying which file to put where.
+      quiet: no progress bars.
+    """
+
+    workdir: pathlib.Path = pathlib.Path(".")
+    data_dir: str | None = None
+    offline: bool = False
+    quiet: bool = False
+
+    @property
+    def runs(self) -> pathlib.Path:
+        return self.workdir / "runs"
+
+    @property
+    def figures(self) -> pathlib.Path:
+        return self.workdir / "figures"
+
+    def results(self, experiment: str, preset: str) -> pathlib.Path:
+        return self.workdir / "results" / experiment / preset
 
 
 class TrainBar:
@@ -32,16 +61,11 @@ class TrainBar:
             self.bar.update(record["step"] - self.step)
             self.step = record["step"]
             self.bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+        elif record["kind"] == "eval":
+            self.bar.write(f"  epoch {record['epoch']:.2f}: test accuracy "
+                           f"{record['test_accuracy']:.4f}")  # fmt: skip
         elif record["kind"] == "done":
             self.bar.close()
-
-
-def trained_model(config: TrainConfig, run_dir, train_data: Dataset, test_data: Dataset,
-                  desc: str, quiet: bool = False):  # fmt: skip
-    """Train ``config`` into ``run_dir`` (or resume / reuse a finished run); (model, summary)."""
-    bar = TrainBar(desc, disable=quiet)
-    return train(config, pathlib.Path(run_dir), train_data=train_data, test_data=test_data,
-                 progress=bar)  # fmt: skip
 
 
 def run_attack(model_fn, data: Dataset, attack_fn, config, *, key, batch_size: int = 100,
@@ -70,48 +94,29 @@ def pgd_asr(model, data: Dataset, eps_list, *, steps: int, key, batch_size: int 
             loss="ce", desc: str = "PGD", quiet: bool = False) -> list[dict]:  # fmt: skip
     """PGD-ℓ∞ (``loss``, one random start, step 2.5·ε/steps) at each ε: re-checked summaries.
 
+    ``model`` is a ViT or any function of images [B, H, W, C] in [0, 1] → logits [B, K].
     Returns one ``{"eps", "summary", "clean_correct", "adv_correct", …}`` per ε
     (:func:`run_attack`).
     """
     model_fn = attacks.model_function(model)
     return [
         {
-            "eps": eps,
-            **run_attack(
-                model_fn,
-                data,
-                attacks.pgd,
-                attacks.PGDConfig(eps=eps, steps=steps, loss=loss),
-                key=key,
-                batch_size=batch_size,
-                desc=f"{desc} ε={eps * 255:g}/255",
-                quiet=quiet,
-            ),
+            "eps": float(eps),
+            **run_attack(model_fn, data, attacks.pgd,
+                         attacks.PGDConfig(eps=float(eps), steps=steps, loss=loss), key=key,
+                         batch_size=batch_size, desc=f"{desc} ε={eps * 255:g}/255", quiet=quiet),
         }  # fmt: skip
         for eps in eps_list
     ]
 
 
-def experiment_parser(prog: str, doc: str, presets) -> argparse.ArgumentParser:
-    """The flags every paper-result script takes."""
-    p = argparse.ArgumentParser(prog=prog, description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--preset", choices=sorted(presets), default="smoke")
-    p.add_argument("--data-dir", help="dataset directory (default: $DIFFJAX_DATA_DIR, cache)")
-    p.add_argument("--results", default="results", help="results root")
-    p.add_argument("--runs", default="runs", help="trained-model root (shared zoo)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--offline", action="store_true", help="never download a missing dataset")
-    return p
-
-
-def write_results(out_dir, experiment: str, preset: str, config, body: dict,
+def write_results(out_dir, config: ml_collections.ConfigDict, body: dict,
                   rows: list[dict]) -> dict:  # fmt: skip
-    """results.json (config, environment, ``body``) and summary.csv (``rows``), atomically."""
+    """results.json (resolved config, environment, ``body``) and summary.csv (``rows``)."""
     out_dir = pathlib.Path(out_dir)
-    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    result = {"experiment": experiment, "preset": preset, "config": config,
-              "environment": records.environment(), **body}  # fmt: skip
+    result = {"experiment": config.experiment, "preset": config.preset,
+              "config": configs.to_dict(config), "environment": records.environment(),
+              **body}  # fmt: skip
     write_json_atomic(out_dir / "results.json", result)
     records.write_csv_atomic(out_dir / "summary.csv", rows)
     return result

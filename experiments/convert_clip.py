@@ -6,7 +6,7 @@ architecture, and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT
 (source, its SHA-256, tensor and parameter counts). Load the result with
 ``diffjax.clip.checkpoint.load_clip(OUT)``.
 
-    python -m experiments.convert_clip checkpoint_best.pt models/diffclip_cc3m
+    diffjax convert-clip checkpoint_best.pt models/diffclip_cc3m
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pathlib
-import sys
 
 from tqdm import tqdm
 
-from diffjax.checkpoint import CheckpointError, save_model, write_json_atomic
+from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip.config import CLIP_PRESETS, clip_preset
 from diffjax.clip.convert import convert_state_dict, detect_attention, read_state_dict
 from diffjax.vit import count_params
@@ -36,10 +35,7 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=pathlib.Path, help="the torch.save file (.pt)")
     parser.add_argument("out", type=pathlib.Path, help="diffjax model directory to write")
     parser.add_argument(
@@ -50,20 +46,23 @@ def main(argv=None) -> int:
         "keys (default: auto)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> dict:
+    """Convert ``args.checkpoint`` into ``args.out``; the conversion record.
+
+    Raises:
+      CheckpointError: the checkpoint is unreadable or does not fit the architecture.
+      FileExistsError: ``args.out`` exists and ``args.overwrite`` is off.
+    """
     if args.out.exists() and not args.overwrite:
-        parser.error(f"{args.out} exists; pass --overwrite to replace it")
-    try:
-        state = read_state_dict(args.checkpoint, progress=True)
-        attention = detect_attention(state)
-        preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
-        config = clip_preset(preset)
-        model = convert_state_dict(state, config)
-        save_model(args.out, model)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    state = read_state_dict(args.checkpoint, progress=True)
+    attention = detect_attention(state)
+    preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
+    config = clip_preset(preset)
+    model = convert_state_dict(state, config)
+    save_model(args.out, model)
     record = {
         "source": str(args.checkpoint.resolve()),
         "source_sha256": _sha256(args.checkpoint),
@@ -75,8 +74,4 @@ def main(argv=None) -> int:
     }
     write_json_atomic(args.out / "conversion.json", record)
     print(f"wrote {args.out} ({preset}, {record['parameters']:,} parameters)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return record

@@ -1,7 +1,7 @@
 """Paper result (e): the depth crossover; ASR and CW ℓ2 against depth, measured ᾱ and bound.
 
-    python -m experiments.depth --preset smoke
-    python -m experiments.depth --preset cpu --data-dir DIR
+    diffjax run depth --config=depth:smoke
+    diffjax run depth --config=depth:cpu
 
 For D ∈ {1, 2, 4, 8, 12}, a ViT and a DiffViT of depth D from the shared zoo (same recipe, data
 and seeds at every depth). For each: clean accuracy; PGD-ℓ∞ ASR at ε = 1/255 and 4/255; CW-L2
@@ -17,98 +17,26 @@ Writes results/depth/<preset>/results.json and summary.csv (resumable parts).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
 from diffjax import analysis as an
 from diffjax import attacks, records
-from diffjax.train import evaluate
-from experiments.common import (
+from diffjax.experiments.common import (
+    Context,
     fmt,
     nan_to_none,
     pgd_asr,
     run_attack,
     write_results,
 )
-from experiments.zoo import NAMES, start
+from diffjax.experiments.configs import recipes
+from diffjax.experiments.zoo import NAMES, Zoo
+from diffjax.train import evaluate
 
 MODELS = ("softmax", "diff")
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One scale of the depth study.
-
-    Attributes:
-      dataset: dataset of the zoo models.
-      depths: model depths D.
-      seeds: zoo seeds.
-      attack_examples: PGD attacks the first n test images.
-      eps: PGD-ℓ∞ budgets.
-      pgd_steps: PGD iterations.
-      cw_examples, cw: CW-L2 on the first n test images with these settings.
-      profile_examples: images of the noise-cancellation profile.
-      radius: ‖ξ‖ of the finite perturbation of h_0 in the profile.
-      max_iters: Lanczos iterations of the per-block exact Lipschitz constants.
-      batch_size: attack batch size.
-    """
-
-    dataset: str
-    depths: tuple[int, ...]
-    seeds: tuple[int, ...]
-    attack_examples: int
-    eps: tuple[float, ...]
-    pgd_steps: int
-    cw_examples: int
-    cw: attacks.CWConfig
-    profile_examples: int
-    radius: float = 1e-3
-    max_iters: int = 60
-    batch_size: int = 100
-
-
-PRESETS = {
-    "smoke": Preset(
-        "synthetic",
-        (1, 2),
-        (0,),
-        8,
-        (1 / 255, 4 / 255),
-        2,
-        4,
-        attacks.CWConfig(binary_search_steps=2, max_iterations=5, initial_const=1.0),
-        2,
-        max_iters=10,
-        batch_size=8,
-    ),  # fmt: skip
-    "cpu": Preset(
-        "cifar10",
-        (1, 2, 4, 8, 12),
-        (0,),
-        300,
-        (1 / 255, 4 / 255),
-        20,
-        50,
-        attacks.CWConfig(
-            binary_search_steps=4, max_iterations=50, initial_const=0.1, learning_rate=0.02
-        ),
-        8,
-    ),  # fmt: skip
-    "paper": Preset(
-        "cifar10",
-        (1, 2, 4, 8, 12),
-        (0, 1, 2),
-        1000,
-        (1 / 255, 4 / 255),
-        50,
-        500,
-        attacks.CWConfig(binary_search_steps=9, max_iterations=1000),
-        64,
-        batch_size=250,
-    ),  # fmt: skip
-}
 
 
 def l2_for_full_asr(part: dict) -> float | None:
@@ -122,7 +50,7 @@ def l2_for_full_asr(part: dict) -> float | None:
     return float(np.max(np.asarray(part["l2"])[correct]))
 
 
-def profile(model, images, seed: int, preset: Preset) -> dict:
+def profile(model, images, seed: int, preset) -> dict:
     """Noise-cancellation profile of ``images`` [n, H, W, C] uint8: per-image arrays [n, D]."""
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
         np.arange(len(images)))  # fmt: skip
@@ -149,23 +77,26 @@ def profile(model, images, seed: int, preset: Preset) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    args, preset, zoo, out_dir, train, test = start("depth", __doc__, PRESETS, argv)
+def run(config, ctx: Context) -> dict:
+    preset = config
+    zoo = Zoo(recipes.train_config(config.train), ctx)
+    out_dir = ctx.results(config.experiment, config.preset)
+    train, test = zoo.data()
 
     def part(attention, depth, seed):
-        model, summary = zoo.model(preset.dataset, train, test, attention, seed=seed, depth=depth,
-                                   runs=args.runs, quiet=args.quiet)  # fmt: skip
+        model, summary, _ = zoo.model(train, test, attention, seed=seed, depth=depth)
         key = jax.random.key(seed)
         name = f"{NAMES[attention]} D={depth}"
         cw = run_attack(attacks.model_function(model), test.take(preset.cw_examples),
-                        attacks.cw_l2, preset.cw, key=key, batch_size=preset.batch_size,
-                        desc=f"CW {name}", quiet=args.quiet)  # fmt: skip
+                        attacks.cw_l2, attacks.CWConfig(**preset.cw), key=key,
+                        batch_size=preset.batch_size,
+                        desc=f"CW {name}", quiet=ctx.quiet)  # fmt: skip
         return {
             "clean_accuracy": evaluate(model, test)["test_accuracy"],
             "train": summary,
             "pgd": pgd_asr(model, test.take(preset.attack_examples), preset.eps,
                            steps=preset.pgd_steps, key=key, batch_size=preset.batch_size,
-                           desc=f"PGD {name}", quiet=args.quiet),
+                           desc=f"PGD {name}", quiet=ctx.quiet),
             "cw": {**cw, "l2_for_full_asr": l2_for_full_asr(cw)},
             "profile": profile(model, test.images[: preset.profile_examples], seed, preset),
         }  # fmt: skip
@@ -211,10 +142,11 @@ def main(argv=None) -> dict:
             gap.append(None if v is None or d is None else d - v)
         crossover[f"{eps * 255:g}/255"] = {"depths": list(preset.depths),
                                            "diffvit_minus_vit_asr": gap}  # fmt: skip
-    body = {"dataset": preset.dataset, "runs": runs, "rows": rows, "crossover": crossover}
-    result = write_results(out_dir, "depth", args.preset, preset, body, rows)
+    body = {"dataset": zoo.recipe.dataset, "runs": runs, "rows": rows, "crossover": crossover}
+    result = write_results(out_dir, config, body, rows)
     e0, e1 = (f"{e * 255:g}" for e in preset.eps[:2])
-    print(f"\nDepth study, {preset.dataset} ({args.preset}; mean over {len(preset.seeds)} seeds)")
+    print(f"\nDepth study, {zoo.recipe.dataset} ({config.preset}; mean over "
+          f"{len(preset.seeds)} seeds)")  # fmt: skip
     print(f"{'model':<9}{'D':>3}{'clean':>7}{'ASR ' + e0:>9}{'ASR ' + e1:>9}{'CW ℓ2 100%':>11}"
           f"{'ᾱ':>7}{'L̄':>7}{'(ᾱL̄)^D':>10}{'‖Δ‖/‖ξ‖':>9}")  # fmt: skip
     for r in rows:
@@ -226,6 +158,3 @@ def main(argv=None) -> dict:
     print(f"results: {out_dir / 'results.json'}")
     return result
 
-
-if __name__ == "__main__":
-    main()

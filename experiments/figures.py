@@ -1,14 +1,17 @@
-"""Regenerate every figure in figures/ from saved results alone (no model is run).
+"""Every figure, drawn from saved results alone (no model is run), in one paper style.
 
-    python -m experiments.figures                    # every results/<experiment>/<preset>/
-    python -m experiments.figures --preset cpu       # one preset
+    diffjax figures --workdir .                  # every results/<experiment>/<preset>/
+    diffjax figures --experiment depth --preset cpu
 
-Each experiment with saved results gets figures/<experiment>_<preset>.png.
+Each experiment with saved results gets figures/<experiment>_<preset>.png (300 dpi) and .pdf
+(vector). Style: a two-column paper's full text width (7 in), 8-pt fonts, ViT as blue circles
+on solid lines and DiffViT as red squares on dashed lines (series at the same x are nudged
+apart so none hides another), integer ticks on layer and depth axes, and every panel states
+its n (images × seeds). What the error bars are is written in experiments/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 import matplotlib
@@ -16,193 +19,276 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from diffjax import records  # noqa: E402
 
-COLORS = {"vit": "tab:blue", "clip": "tab:blue", "diffvit": "tab:red", "diffclip": "tab:red"}
-LABELS = {"vit": "ViT", "diffvit": "DiffViT", "clip": "CLIP", "diffclip": "DiffCLIP"}
+WIDTH = 7.0  # inches: the text width of a two-column paper
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "errorbar.capsize": 2,
+    "legend.frameon": False,
+    "savefig.dpi": 300,
+    "pdf.fonttype": 42,  # TrueType in the PDF: editable text
+}
+SERIES = {
+    "vit": dict(color="#1f5fa8", marker="o", ls="-", label="ViT"),
+    "clip": dict(color="#1f5fa8", marker="o", ls="-", label="CLIP"),
+    "diffvit": dict(color="#c0392b", marker="s", ls="--", label="DiffViT"),
+    "diffclip": dict(color="#c0392b", marker="s", ls="--", label="DiffCLIP"),
+}
+DODGE = {"vit": -1, "clip": -1, "diffvit": 1, "diffclip": 1}
 
 
-def _save(fig, title: str, path: pathlib.Path) -> None:
-    """Title, lay out, write ``path`` (PNG, 120 dpi) and free ``fig``."""
-    fig.suptitle(title)
+def _style(name: str, **changes) -> dict:
+    return {**SERIES.get(name, dict(label=name)), **changes}
+
+
+def _dodge(x, name: str, step: float, log: bool = False) -> np.ndarray:
+    """``x`` nudged by ``step`` (a fraction of a decade on a log axis) so series at the same x
+    stay visible side by side."""
+    x = np.asarray(x, float)
+    d = DODGE.get(name, 0) * step
+    return x * 10 ** d if log else x + d
+
+
+def _n(images: int, seeds: int) -> str:
+    return f"n = {images} images × {seeds} seed{'s' if seeds != 1 else ''}"
+
+
+def _note(ax, text: str) -> None:
+    """The panel's n, as a second title line (never over the data)."""
+    ax.set_title(f"{ax.get_title()}\n{text}")
+
+
+def _integer_axis(ax, values=None, log: bool = False) -> None:
+    """Integer ticks: at ``values`` when given (e.g. the depths), else wherever they fit."""
+    if values is not None:
+        if log:
+            ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(list(values)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(v) for v in values])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _nan(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], float)
+
+
+def _save(fig, path: pathlib.Path) -> list[str]:
+    """Write ``path`` as PNG (300 dpi) and PDF; free ``fig``; the two paths."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
     plt.close(fig)
+    return [str(p) for p in paths]
 
 
-def _asr_errorbar(ax, eps255, asr, lo, hi, name):
-    asr, lo, hi = (np.array([np.nan if v is None else v for v in x], float) for x in (asr, lo, hi))
-    # Undefined rates (nothing classified correctly) draw as gaps without error bars.
+def _asr_errorbar(ax, x, asr, lo, hi, name, step=0.06, log=False):
+    """ASR with its interval [lo, hi]; undefined rates draw as gaps without error bars."""
+    asr, lo, hi = _nan(asr), _nan(lo), _nan(hi)
     yerr = np.clip(np.nan_to_num(np.stack([asr - lo, hi - asr])), 0, None)
-    ax.errorbar(eps255, asr, yerr=yerr, marker="o", capsize=3,
-                color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
-
-
-def clip_compare(result: dict, path: pathlib.Path) -> None:
-    """ASR vs ε (95 % Wilson intervals), zero-shot accuracy and per-layer negative alignment."""
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
-    accs = {}
-    for run, res in result["models"].items():
-        name = run.split("_seed")[0]
-        att = res["attacks"]
-        eps = [a["eps"] * 255 for a in att]
-        s = [a["summary"] for a in att]
-        ci = [x["asr_ci"] or (None, None) for x in s]
-        _asr_errorbar(ax1, eps, [x["asr"] for x in s], [c[0] for c in ci], [c[1] for c in ci],
-                      name)  # fmt: skip
-        accs.setdefault(name, []).append(res["zeroshot_accuracy"])
-        layers = res.get("layers") or []
-        ax3.plot([r["layer"] for r in layers], [r["negative_alignment"] for r in layers],
-                 marker="o", color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
-    ax1.set_xlabel("PGD ℓ∞ budget ε (×1/255)")
-    ax1.set_ylabel("attack success rate")
-    ax1.set_ylim(0, 1.02)
-    ax1.set_title("cosine-similarity PGD")
-    ax1.legend()
-    names = list(accs)
-    ax2.bar([LABELS.get(n, n) for n in names], [np.mean(accs[n]) for n in names],
-            color=[COLORS.get(n) for n in names])  # fmt: skip
-    ax2.set_ylabel("zero-shot accuracy")
-    ax2.set_ylim(0, 1)
-    ax2.set_title(f"zero-shot, {result['dataset']}")
-    ax3.set_xlabel("image-tower layer (0-based)")
-    ax3.set_ylabel("fraction with cos θ < 0")
-    ax3.set_ylim(0, 1)
-    ax3.set_title("negative gradient alignment (CLS row)")
-    ax3.legend()
-    _save(fig, f"CLIP vs DiffCLIP ({result['preset']} preset)", path)
-
-
-def vit_compare(result: dict, path: pathlib.Path) -> None:
-    """ViT vs DiffViT: PGD ASR vs ε (95 % Wilson), negative alignment and σmax per layer."""
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
-    for name, res in result["models"].items():
-        s = [a["summary"] for a in res["pgd"]]
-        ci = [x["asr_ci"] or (None, None) for x in s]
-        _asr_errorbar(ax1, [a["eps"] * 255 for a in res["pgd"]], [x["asr"] for x in s],
-                      [c[0] for c in ci], [c[1] for c in ci], name)  # fmt: skip
-        layers = res["layers"]
-        kw = dict(marker="o", color=COLORS.get(name), label=LABELS.get(name, name))
-        ax2.plot([r["layer"] for r in layers], [r["negative_alignment"] for r in layers], **kw)
-        ax3.plot([r["layer"] for r in layers], [r["sigma_max_mean"] for r in layers], **kw)
-    ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
-            title="PGD attack success")  # fmt: skip
-    ax2.set(xlabel="layer (0-based)", ylabel="fraction with cos θ < 0", ylim=(0, 1),
-            title="negative gradient alignment")  # fmt: skip
-    ax3.set(xlabel="layer (0-based)", ylabel="σmax(∂attn/∂u), mean over images",
-            title="exact local Lipschitz (attention)")  # fmt: skip
-    for ax in (ax1, ax2, ax3):
-        ax.legend()
-    _save(fig, f"ViT vs DiffViT ({result['experiment']}, {result['preset']})", path)
+    ax.errorbar(_dodge(x, name, step, log), asr, yerr=yerr, **_style(name))
 
 
 def _mean_std(rows, key=None):
     """Arrays of ``{key}_mean`` and ``{key}_std`` (``mean``/``std`` without a key); None → NaN,
     a missing std → 0."""
     mk, sk = ("mean", "std") if key is None else (f"{key}_mean", f"{key}_std")
-    m = np.array([np.nan if r[mk] is None else r[mk] for r in rows], float)
-    s = np.array([np.nan if r.get(sk) is None else r[sk] for r in rows], float)
+    m = _nan([r[mk] for r in rows])
+    s = _nan([r.get(sk) for r in rows])
     return m, np.nan_to_num(s)
 
 
-def asr_table(result: dict, path: pathlib.Path) -> None:
+def clip_compare(result: dict, path: pathlib.Path) -> list[str]:
+    """ASR vs ε (95 % Wilson intervals), zero-shot accuracy and per-layer negative alignment."""
+    c = result["config"]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(WIDTH, 2.4))
+    accs = {}
+    for run, res in result["models"].items():
+        name = run.split("_seed")[0]
+        s = [a["summary"] for a in res["attacks"]]
+        ci = [x["asr_ci"] or (None, None) for x in s]
+        _asr_errorbar(ax1, [a["eps"] * 255 for a in res["attacks"]], [x["asr"] for x in s],
+                      [q[0] for q in ci], [q[1] for q in ci], name)  # fmt: skip
+        accs.setdefault(name, []).append(res["zeroshot_accuracy"])
+        layers = res.get("layers") or []
+        ax3.plot(_dodge([r["layer"] for r in layers], name, 0.05),
+                 [r["negative_alignment"] for r in layers], **_style(name))  # fmt: skip
+    seeds = len(c["seeds"])
+    ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
+            title="cosine-similarity PGD")  # fmt: skip
+    _note(ax1, _n(c["attack_examples"], seeds))
+    names = list(accs)
+    ax2.bar([SERIES[n]["label"] for n in names], [np.mean(accs[n]) for n in names],
+            color=[SERIES[n]["color"] for n in names], hatch=None)  # fmt: skip
+    ax2.set(ylabel="zero-shot accuracy", ylim=(0, 1), title=f"zero-shot, {result['dataset']}")
+    _note(ax2, _n(c["eval_examples"], seeds))
+    ax3.set(xlabel="image-tower layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
+            title="negative gradient alignment")  # fmt: skip
+    _integer_axis(ax3)
+    _note(ax3, _n(c["analysis_examples"], seeds))
+    ax1.legend()
+    ax3.legend()
+    return _save(fig, path)
+
+
+def vit_compare(result: dict, path: pathlib.Path) -> list[str]:
+    """ViT vs DiffViT: PGD ASR vs ε (95 % Wilson), negative alignment and σmax per layer."""
+    c = result.get("config") or result.get("settings")
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(WIDTH, 2.4))
+    for name, res in result["models"].items():
+        s = [a["summary"] for a in res["pgd"]]
+        ci = [x["asr_ci"] or (None, None) for x in s]
+        _asr_errorbar(ax1, [a["eps"] * 255 for a in res["pgd"]], [x["asr"] for x in s],
+                      [q[0] for q in ci], [q[1] for q in ci], name)  # fmt: skip
+        x = _dodge([r["layer"] for r in res["layers"]], name, 0.05)
+        ax2.plot(x, [r["negative_alignment"] for r in res["layers"]], **_style(name))
+        ax3.plot(x, [r["sigma_max_mean"] for r in res["layers"]], **_style(name))
+    ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
+            title="PGD attack success")  # fmt: skip
+    _note(ax1, _n(c["attack_examples"], 1))
+    ax2.set(xlabel="layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
+            title="negative gradient alignment")  # fmt: skip
+    ax3.set(xlabel="layer", ylabel="σmax(∂attn/∂u), mean", title="exact local Lipschitz")
+    for ax in (ax2, ax3):
+        _integer_axis(ax)
+        _note(ax, _n(c["analysis_examples"], 1))
+    ax1.legend()
+    return _save(fig, path)
+
+
+def asr_table(result: dict, path: pathlib.Path) -> list[str]:
     """Per dataset: PGD ASR vs ε, CW ASR vs ℓ2 budget and AutoAttack ASR (mean ± std, seeds)."""
+    c = result["config"]
+    seeds = len(c["seeds"])
     datasets = list(result["tables"])
-    fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.6 * len(datasets)), squeeze=False)
-    for (ax1, ax2, ax3), dataset in zip(axes, datasets, strict=True):
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(WIDTH, 2.4 * len(datasets)),
+                             squeeze=False)  # fmt: skip
+    panels = (("PGD", "PGD ℓ∞ budget ε (×1/255)", f"PGD-{c['pgd_steps']}", "attack_examples",
+               False),
+              ("CW-L2", "ℓ2 budget (pixels in [0, 1])", "CW-L2 (minimal ‖δ‖₂ ≤ budget)",
+               "cw_examples", True),
+              ("AutoAttack", "AutoAttack ℓ∞ budget ε (×1/255)", "AutoAttack", "autoattack_examples",
+               False))  # fmt: skip
+    for row_axes, dataset in zip(axes, datasets, strict=True):
         for name, t in result["tables"][dataset].items():
-            kw = dict(marker="o", capsize=3, color=COLORS.get(name), label=LABELS.get(name, name))
-            for ax, attack in ((ax1, "PGD"), (ax2, "CW-L2"), (ax3, "AutoAttack")):
+            for ax, (attack, *_rest, log) in zip(row_axes, panels, strict=True):
                 rows = [r for r in t["rows"] if r["attack"].startswith(attack)
                         and r["budget"] is not None]  # fmt: skip
                 m, sd = _mean_std(rows)
-                ax.errorbar([r["budget"] for r in rows], m, yerr=sd, **kw)
-        ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
-                title=f"PGD, {dataset}")  # fmt: skip
-        ax2.set(xlabel="ℓ2 budget (pixels in [0, 1])", ylabel="attack success rate",
-                ylim=(0, 1.02), title="CW-L2 (minimal ‖δ‖₂ ≤ budget)")  # fmt: skip
-        ax3.set(xlabel="AutoAttack ℓ∞ budget ε (×1/255)", ylabel="attack success rate",
-                ylim=(0, 1.02), title="AutoAttack")  # fmt: skip
-        for ax in (ax1, ax2, ax3):
-            ax.legend()
-    _save(fig, f"ViT vs DiffViT ASR ({result['preset']} preset; mean ± std over seeds)", path)
+                x = [r["budget"] for r in rows]
+                ax.errorbar(_dodge(x, name, 0.03 if log else 0.08, log), m, yerr=sd,
+                            **_style(name))  # fmt: skip
+        for ax, (_, xlabel, title, n_key, log) in zip(row_axes, panels, strict=True):
+            ax.set(xlabel=xlabel, ylabel="attack success rate", ylim=(0, 1.02),
+                   title=f"{title}, {dataset}")  # fmt: skip
+            if log:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(FixedLocator(list(c["l2_budgets"])))
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_xticklabels([f"{b:g}" for b in c["l2_budgets"]])
+            _note(ax, _n(c[n_key], seeds))
+        row_axes[0].legend()
+    return _save(fig, path)
 
 
-def lambda_sweep(result: dict, path: pathlib.Path) -> None:
+def lambda_sweep(result: dict, path: pathlib.Path) -> list[str]:
     """Clean accuracy and ASR vs λ_init, ours (mean ± std) next to the paper's Table T1."""
+    c = result["config"]
     rows = [r for r in result["rows"] if r["lambda_init"] is not None]
     vit = next(r for r in result["rows"] if r["lambda_init"] is None)
     lams = [r["lambda_init"] for r in rows]
-    eps = result["config"]["eps"][0] * 255
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    m, sd = _mean_std(rows, "clean_accuracy")
-    ax1.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color="tab:red", label="DiffViT (ours)")
-    ax1.axhline(vit["clean_accuracy_mean"], color="tab:blue", ls="--", label="ViT (ours)")
-    m, sd = _mean_std(rows, f"asr_{eps:g}")
-    ax2.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color="tab:red", label="DiffViT (ours)")
-    ax2.axhline(vit[f"asr_{eps:g}_mean"], color="tab:blue", ls="--", label="ViT (ours)")
+    eps = c["eps"][0] * 255
+    seeds = len(c["seeds"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(WIDTH * 0.7, 2.4))
     paper = [(r["lambda_init"], r["paper_clean_accuracy"], r["paper_asr"]) for r in rows
              if r["paper_asr"] is not None]  # fmt: skip
-    if paper:
-        ax1.plot([p[0] for p in paper], [p[1] for p in paper], "s:", color="gray",
-                 label="paper T1")  # fmt: skip
-        ax2.plot([p[0] for p in paper], [p[2] for p in paper], "s:", color="gray",
-                 label="paper T1")  # fmt: skip
+    for ax, key, paper_col in ((ax1, "clean_accuracy", 1), (ax2, f"asr_{eps:g}", 2)):
+        m, sd = _mean_std(rows, key)
+        ax.errorbar(lams, m, yerr=sd, **_style("diffvit", label="DiffViT (ours)"))
+        ax.axhline(vit[f"{key}_mean"], color=SERIES["vit"]["color"], ls="-", lw=1,
+                   label="ViT (ours)")  # fmt: skip
+        if paper:
+            ax.plot([p[0] for p in paper], [p[paper_col] for p in paper], color="0.4",
+                    marker="^", ls=":", label="paper T1")  # fmt: skip
     ax1.set(xlabel="λ_init", ylabel="clean accuracy", ylim=(0, 1), title="clean accuracy")
+    _note(ax1, f"n = test set × {seeds} seeds")
     ax2.set(xlabel="λ_init", ylabel="attack success rate", ylim=(0, 1.02),
             title=f"PGD ASR, ε = {eps:g}/255")  # fmt: skip
-    for ax in (ax1, ax2):
-        ax.legend()
-    _save(
-        fig,
-        f"λ_init sweep, {result['dataset']} D={result['config']['depth']} ({result['preset']})",
-        path,
-    )
+    _note(ax2, _n(c["attack_examples"], seeds))
+    ax2.legend()
+    return _save(fig, path)
 
 
-def alignment(result: dict, path: pathlib.Path) -> None:
+def alignment(result: dict, path: pathlib.Path) -> list[str]:
     """Negative-alignment frequency per layer (mean ± std) and cos θ histograms per layer."""
+    c = result["config"]
+    n = _n(c["examples"], len(c["seeds"]))
     models = result["models"]
     depth = len(next(iter(models.values()))["layers"])
-    fig, axes = plt.subplots(1, depth + 1, figsize=(3.3 * (depth + 1), 3.4))
+    cols = min(depth + 1, 3)
+    rows_ = -(-(depth + 1) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(WIDTH, 2.1 * rows_), squeeze=False)
+    axes = axes.ravel()
     edges = np.asarray(result["bins"])
     centers = (edges[1:] + edges[:-1]) / 2
     for name, m in models.items():
         layers = m["layers"]
         mean, sd = _mean_std(layers, "negative_alignment")
-        axes[0].errorbar([r["layer"] for r in layers], mean, yerr=sd, marker="o", capsize=3,
-                         color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
-        for ax, r in zip(axes[1:], layers, strict=True):
+        axes[0].errorbar(_dodge([r["layer"] for r in layers], name, 0.06), mean, yerr=sd,
+                         **_style(name))  # fmt: skip
+        for ax, r in zip(axes[1:], layers, strict=False):
             h = np.asarray(r["histogram"], float)
-            ax.step(centers, h / max(h.sum(), 1), where="mid", color=COLORS.get(name),
-                    label=LABELS.get(name, name))  # fmt: skip
-            ax.set(xlabel="cos θ", ylabel="fraction of (image, head)",
-                   title=f"layer {r['layer']}")  # fmt: skip
-            ax.axvline(0, color="k", lw=0.5)
-    axes[0].set(xlabel="layer (0-based)", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
-                title="negative alignment")  # fmt: skip
-    for ax in axes:
-        ax.legend(fontsize=8)
-    _save(
-        fig,
-        f"Branch gradient alignment (CLS row, w.r.t. the image), {result['dataset']} "
-        f"({result['preset']})",
-        path,
-    )
+            ax.step(centers, h / max(h.sum(), 1), where="mid", color=SERIES[name]["color"],
+                    ls=SERIES[name]["ls"], label=SERIES[name]["label"])  # fmt: skip
+    for ax, r in zip(axes[1:], next(iter(models.values()))["layers"], strict=False):
+        ax.set(xlabel="cos θ", ylabel="fraction of (image, head)", title=f"layer {r['layer']}")
+        ax.axvline(0, color="k", lw=0.5)
+        _note(ax, n)
+    for ax in axes[depth + 1:]:
+        ax.set_visible(False)
+    axes[0].set(xlabel="layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
+                title="negative alignment (CLS row)")  # fmt: skip
+    _integer_axis(axes[0])
+    _note(axes[0], n)
+    axes[1].legend(loc="upper right")
+    return _save(fig, path)
 
 
-def lipschitz(result: dict, path: pathlib.Path) -> None:
+def lipschitz(result: dict, path: pathlib.Path) -> list[str]:
     """Exact, sampled and PGD local Lipschitz constants per layer (mean ± std over seeds)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    styles = {"exact": "o-", "sampled": "v:", "pgd": "^--"}
+    c = result["config"]
+    n = _n(c["examples"], len(c["seeds"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(WIDTH, 2.6))
+    # Exact, PGD and sampled differ by < 1 % on these models: distinct markers, fills and
+    # offsets keep all three visible.
+    kinds = {"exact": dict(marker="o", mfc=None, off=-0.12),
+             "pgd": dict(marker="x", mfc=None, off=0.0),
+             "sampled": dict(marker="v", mfc="none", off=0.12)}  # fmt: skip
     for name, m in result["models"].items():
         layers = m["layers"]
-        x = [r["layer"] for r in layers]
-        for kind, style in styles.items():
+        x = np.asarray([r["layer"] for r in layers], float) + 0.12 * DODGE.get(name, 0)
+        for kind, k in kinds.items():
             mean, sd = _mean_std(layers, kind)
-            ax1.errorbar(x, mean, yerr=sd, fmt=style, capsize=3, color=COLORS.get(name),
-                         label=f"{LABELS.get(name, name)} {kind}")  # fmt: skip
+            style = _style(name, marker=k["marker"], label=f"{SERIES[name]['label']} {kind}")
+            if k["mfc"]:
+                style["mfc"] = k["mfc"]
+            ax1.errorbar(x + k["off"] * 0.4, mean, yerr=sd, **style)
     lam, ratio = [], []
     for d_seed, v_seed in zip(result["models"]["diffvit"]["per_seed"],
                               result["models"]["vit"]["per_seed"], strict=True):  # fmt: skip
@@ -210,81 +296,93 @@ def lipschitz(result: dict, path: pathlib.Path) -> None:
             if d["lambda"] is not None:
                 lam.append(d["lambda"])
                 ratio.append(np.mean(d["exact"]) / np.mean(v["exact"]))
-    ax2.scatter(lam, ratio, color="tab:purple")
+    ax2.scatter(lam, ratio, color="#6c3483", marker="D", s=12)
     ax2.axhline(1, color="k", lw=0.5)
-    c = result.get("lambda_correlation") or {}
-    rho = f", Spearman {c['ratio']['spearman']:.2f}" if c.get("ratio") else ""
-    ax2.set(xlabel="λ of the DA layer", ylabel="DiffViT / ViT exact σmax (same seed, layer)",
-            yscale="log", title=f"ratio vs λ per (seed, layer){rho}")  # fmt: skip
-    ax1.set(xlabel="layer (0-based)", ylabel="local Lipschitz constant of attn at u",
-            yscale="log", title="exact (Lanczos σmax) vs empirical lower bounds")  # fmt: skip
-    ax1.legend(fontsize=7)
-    _save(fig, f"Local Lipschitz constants, {result['dataset']} ({result['preset']})", path)
+    corr = result.get("lambda_correlation") or {}
+    rho = f" (Spearman {corr['ratio']['spearman']:.2f})" if corr.get("ratio") else ""
+    ax2.set(xlabel="λ of the DA layer", ylabel="DiffViT / ViT exact σmax", yscale="log",
+            title=f"ratio vs λ per (seed, layer){rho}")  # fmt: skip
+    _note(ax2, n)
+    ax1.set(xlabel="layer", ylabel="local Lipschitz constant at u", yscale="log",
+            title="exact (Lanczos σmax) and empirical lower bounds")  # fmt: skip
+    _integer_axis(ax1)
+    _note(ax1, n)
+    ax1.legend(ncol=2, fontsize=6)
+    return _save(fig, path)
 
 
-def depth(result: dict, path: pathlib.Path) -> None:
-    """ASR vs depth at each ε, CW ℓ2 for 100 % ASR vs depth, and ᾱ, bound and amplification."""
+def depth(result: dict, path: pathlib.Path) -> list[str]:
+    """ASR vs depth at each ε, CW ℓ2 for 100 % ASR vs depth, and ᾱ, bound and amplification.
+
+    Every panel has the same log2 depth axis with a tick at each trained depth.
+    """
+    c = result["config"]
+    seeds = len(c["seeds"])
     rows = result["rows"]
-    eps = [e * 255 for e in result["config"]["eps"]]
-    fig, axes = plt.subplots(1, len(eps) + 2, figsize=(3.6 * (len(eps) + 2), 3.6))
+    eps = [e * 255 for e in c["eps"]]
+    fig, axes = plt.subplots(1, len(eps) + 2, figsize=(WIDTH, 2.4))
+    depths = sorted({r["depth"] for r in rows})
     for name in ("vit", "diffvit"):
         rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["depth"])
         d = [r["depth"] for r in rs]
-        kw = dict(marker="o", color=COLORS.get(name), label=LABELS.get(name, name))
         for ax, e in zip(axes, eps, strict=False):
-            lo = np.array([np.nan if r[f"asr_{e:g}_seed0_ci_low"] is None
-                           else r[f"asr_{e:g}_seed0_ci_low"] for r in rs], float)  # fmt: skip
-            hi = np.array([np.nan if r[f"asr_{e:g}_seed0_ci_high"] is None
-                           else r[f"asr_{e:g}_seed0_ci_high"] for r in rs], float)  # fmt: skip
-            _asr_errorbar(ax, d, [r[f"asr_{e:g}_mean"] for r in rs], lo, hi, name)
+            lo = [r[f"asr_{e:g}_seed0_ci_low"] for r in rs]
+            hi = [r[f"asr_{e:g}_seed0_ci_high"] for r in rs]
+            _asr_errorbar(ax, d, [r[f"asr_{e:g}_mean"] for r in rs], lo, hi, name,
+                          step=0.02, log=True)  # fmt: skip
             ax.set(xlabel="depth D", ylabel="attack success rate", ylim=(0, 1.02),
-                   title=f"PGD ε = {e:g}/255", xscale="log", xticks=d, xticklabels=d)  # fmt: skip
-        cw = [np.nan if r["cw_l2_for_full_asr_mean"] is None else r["cw_l2_for_full_asr_mean"]
-              for r in rs]  # fmt: skip
-        axes[len(eps)].plot(d, cw, **kw)
-        axes[len(eps) + 1].plot(d, [r["paper_bound"] for r in rs], ls="--", **kw)
-        axes[len(eps) + 1].plot(d, [r["amplification_finite"] for r in rs], ls="-",
-                                marker="s", color=COLORS.get(name))  # fmt: skip
+                   title=f"PGD ε = {e:g}/255")  # fmt: skip
+        axes[len(eps)].plot(_dodge(d, name, 0.02, True),
+                            _nan([r["cw_l2_for_full_asr_mean"] for r in rs]), **_style(name))
+        bound = axes[len(eps) + 1]
+        bound.plot(d, [r["paper_bound"] for r in rs], **_style(name, ls=":", mfc="none",
+                   label=f"{SERIES[name]['label']} bound (ᾱL̄)^D"))  # fmt: skip
+        bound.plot(d, [r["amplification_finite"] for r in rs],
+                   **_style(name, label=f"{SERIES[name]['label']} measured"))  # fmt: skip
     axes[len(eps)].set(xlabel="depth D", ylabel="ℓ2 (pixels in [0, 1])",
-                       title="CW ℓ2 needed for 100 % ASR", xscale="log")  # fmt: skip
+                       title="CW ℓ2 for 100 % ASR")  # fmt: skip
     axes[len(eps) + 1].set(xlabel="depth D", ylabel="‖Δ^(D)‖ / ‖ξ‖", yscale="log",
-                           xscale="log", title="bound (ᾱL̄)^D (dashed) vs measured")  # fmt: skip
-    for ax in axes:
-        ax.legend(fontsize=8)
-    _save(fig, f"Depth crossover, {result['dataset']} ({result['preset']})", path)
+                           title="bound vs measured")  # fmt: skip
+    notes = [_n(c["attack_examples"], seeds)] * len(eps) + [
+        _n(c["cw_examples"], seeds), _n(c["profile_examples"], seeds)]
+    for ax, note in zip(axes, notes, strict=True):
+        _integer_axis(ax, depths, log=True)
+        _note(ax, note)
+    axes[0].legend()
+    axes[len(eps) + 1].legend(fontsize=5.5)
+    return _save(fig, path)
 
 
-def lambda_training(result: dict, path: pathlib.Path) -> None:
+def lambda_training(result: dict, path: pathlib.Path) -> list[str]:
     """λ per DA layer over training; σmax per layer and ASR at the saved checkpoints."""
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.6))
+    c = result["config"]
+    seeds = len(c["seeds"])
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(WIDTH, 2.4))
     cmap = plt.get_cmap("viridis")
+    styles = ("-", "--", ":", "-.")
     for i, run in enumerate(result["models"]["diffvit"]):
         lam = np.asarray(run["lambda_curve"]["lambda"], float)
         for layer in range(lam.shape[1] if lam.ndim == 2 else 0):
-            ax1.plot(run["lambda_curve"]["step"], lam[:, layer],
-                     color=cmap(layer / max(lam.shape[1] - 1, 1)),
+            ax1.plot(run["lambda_curve"]["step"], lam[:, layer], lw=0.9,
+                     color=cmap(layer / max(lam.shape[1] - 1, 1)), ls=styles[layer % 4],
                      label=f"layer {layer}" if i == 0 else None)  # fmt: skip
     for name, runs in result["models"].items():
-        steps = [p["step"] for p in runs[0]["checkpoints"]]
+        steps = np.asarray([p["step"] for p in runs[0]["checkpoints"]], float)
         sig = np.asarray([[p["sigma_max_mean"] for p in r["checkpoints"]] for r in runs], float)
-        asr = np.asarray([[np.nan if p["asr"] is None else p["asr"] for p in r["checkpoints"]]
-                          for r in runs], float)  # fmt: skip
-        ax2.errorbar(steps, sig.mean(2).mean(0), yerr=sig.mean(2).std(0), marker="o", capsize=3,
-                     color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
-        ax3.errorbar(steps, np.nanmean(asr, 0), yerr=np.nanstd(asr, 0), marker="o", capsize=3,
-                     color=COLORS.get(name), label=LABELS.get(name, name))  # fmt: skip
-    ax1.set(xlabel="training step", ylabel="λ", title="λ per DA layer (all seeds)")
-    ax2.set(xlabel="training step", ylabel="mean σmax(∂attn/∂u) (layers, images)",
+        asr = np.asarray([_nan([p["asr"] for p in r["checkpoints"]]) for r in runs], float)
+        shift = 0.01 * (steps.max() if steps.size else 1) * DODGE.get(name, 0)
+        ax2.errorbar(steps + shift, sig.mean(2).mean(0), yerr=sig.mean(2).std(0), **_style(name))
+        ax3.errorbar(steps + shift, np.nanmean(asr, 0), yerr=np.nanstd(asr, 0), **_style(name))
+    ax1.set(xlabel="training step", ylabel="λ", title=f"λ per DA layer ({seeds} seeds)")
+    ax2.set(xlabel="training step", ylabel="mean σmax(∂attn/∂u)",
             title="exact local Lipschitz at checkpoints")  # fmt: skip
+    _note(ax2, _n(c["analysis_examples"], seeds))
     ax3.set(xlabel="training step", ylabel="attack success rate", ylim=(0, 1.02),
             title=f"PGD ASR, ε = {result['eps'] * 255:g}/255")  # fmt: skip
-    for ax in (ax1, ax2, ax3):
-        ax.legend(fontsize=8)
-    _save(
-        fig,
-        f"λ during training, {result['dataset']} ({result['preset']}; mean ± std over seeds)",
-        path,
-    )
+    _note(ax3, _n(c["attack_examples"], seeds))
+    ax1.legend(fontsize=6)
+    ax2.legend()
+    return _save(fig, path)
 
 
 FIGURES = {
@@ -299,41 +397,21 @@ FIGURES = {
 }
 
 
-def make_figures(results_root="results", figures_root="figures", preset=None) -> list[str]:
-    """Draw every figure whose results exist; return the paths written."""
+def make_figures(results_root="results", figures_root="figures", *, experiment=None,
+                 preset=None) -> list[str]:  # fmt: skip
+    """Draw every figure whose results exist (optionally one experiment / preset); the paths
+    written (a PNG and a PDF each)."""
     written = []
     out = pathlib.Path(figures_root)
     out.mkdir(parents=True, exist_ok=True)
-    for experiment, draw in FIGURES.items():
-        base = pathlib.Path(results_root) / experiment
-        if not base.is_dir():
+    for name, draw in FIGURES.items():
+        base = pathlib.Path(results_root) / name
+        if (experiment is not None and name != experiment) or not base.is_dir():
             continue
         for preset_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-            if preset is not None and preset_dir.name != preset:
-                continue
             result_file = preset_dir / "results.json"
-            if not result_file.is_file():
+            if (preset is not None and preset_dir.name != preset) or not result_file.is_file():
                 continue
-            path = out / f"{experiment}_{preset_dir.name}.png"
-            draw(records.read_json(result_file), path)
-            written.append(str(path))
+            with plt.rc_context(STYLE):
+                written += draw(records.read_json(result_file), out / f"{name}_{preset_dir.name}")
     return written
-
-
-def main(argv=None) -> list[str]:
-    p = argparse.ArgumentParser(prog="python -m experiments.figures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--results", default="results", help="results root")
-    p.add_argument("--figures", default="figures", help="where the PNG files go")
-    p.add_argument("--preset", help="only this preset")
-    args = p.parse_args(argv)
-    written = make_figures(args.results, args.figures, args.preset)
-    for path in written:
-        print(path)
-    if not written:
-        print(f"no results under {args.results}/ to draw")
-    return written
-
-
-if __name__ == "__main__":
-    main()

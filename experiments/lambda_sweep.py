@@ -1,32 +1,30 @@
 """Paper result (b): the λ_init sweep, clean accuracy and PGD ASR of DiffViT against λ_init.
 
-    python -m experiments.lambda_sweep --preset smoke
-    python -m experiments.lambda_sweep --preset cpu --data-dir DIR
+    diffjax run lambda_sweep --config=lambda_sweep:smoke
+    diffjax run lambda_sweep --config=lambda_sweep:cpu
 
 DiffViTs of depth ``depth`` (the paper's table is most likely for single-layer models) with a
 constant λ_init ∈ {0.5, 0.7, 0.8, 0.85, 0.9, 0.95} in every layer, each trained from the same
 seeds, data and recipe (the shared zoo), plus the ViT of the same shape as the reference row.
-Reported side by side with the paper's Table T1 (``../shared/docs/paper.md``; from third-party
-summaries, CIFAR-10, attack and ε probably PGD at 1/255).
+Reported side by side with the paper's Table T1 (as relayed by third-party summaries of the
+paper: CIFAR-10, the attack and ε probably PGD at 1/255; docs/decisions.md).
 
 Writes results/lambda_sweep/<preset>/results.json and summary.csv (resumable parts).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
-from flax import nnx
 
 from diffjax import records
-from diffjax.train import evaluate, layer_lambdas
-from experiments.common import fmt, nan_to_none, pgd_asr, write_results
-from experiments.zoo import NAMES, start
+from diffjax.experiments.common import Context, fmt, nan_to_none, pgd_asr, write_results
+from diffjax.experiments.configs import recipes
+from diffjax.experiments.zoo import NAMES, Zoo
+from diffjax.train import evaluate
 
 LAMBDAS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95)
-# Table T1 of the paper as relayed by one summary (paper.md §3): CIFAR-10 DiffViT.
+# Table T1 of the paper as relayed by one third-party summary: CIFAR-10 DiffViT.
 PAPER_T1 = {
     "clean_accuracy": dict(
         zip(LAMBDAS, (0.8605, 0.8697, 0.8700, 0.8567, 0.8524, 0.8468), strict=True)
@@ -35,53 +33,26 @@ PAPER_T1 = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One scale of the sweep.
-
-    Attributes:
-      dataset: the dataset (the paper's table is CIFAR-10).
-      depth: model depth.
-      lambdas: λ_init values (constant in every layer).
-      seeds: zoo training seeds (also the attack keys).
-      attack_examples: PGD attacks the first n test images.
-      eps: PGD-ℓ∞ budgets; ``eps[0]`` is the one compared with the paper.
-      pgd_steps: PGD iterations.
-    """
-
-    dataset: str
-    depth: int
-    lambdas: tuple[float, ...]
-    seeds: tuple[int, ...]
-    attack_examples: int
-    eps: tuple[float, ...]
-    pgd_steps: int
-    batch_size: int = 100
 
 
-PRESETS = {
-    "smoke": Preset("synthetic", 1, (0.5, 0.8), (0,), 8, (1 / 255,), 2, batch_size=8),
-    "cpu": Preset("cifar10", 1, LAMBDAS, (0, 1, 2), 300, (1 / 255, 4 / 255), 20),
-    "paper": Preset("cifar10", 1, LAMBDAS, (0, 1, 2), 1000, (1 / 255, 4 / 255), 50, 250),
-}
-
-
-def main(argv=None) -> dict:
-    args, preset, zoo, out_dir, train, test = start("lambda_sweep", __doc__, PRESETS, argv)
+def run(config, ctx: Context) -> dict:
+    preset = config
+    zoo = Zoo(recipes.train_config(config.train), ctx)
+    out_dir = ctx.results(config.experiment, config.preset)
+    train, test = zoo.data()
     attacked = test.take(preset.attack_examples)
 
     def part(attention, lam, seed):
-        model, summary = zoo.model(preset.dataset, train, test, attention, seed=seed,
-                                   depth=preset.depth, lambda_init=lam, runs=args.runs,
-                                   quiet=args.quiet)  # fmt: skip
+        model, summary, _ = zoo.model(train, test, attention, seed=seed, depth=preset.depth,
+                                      lambda_init=lam)  # fmt: skip
         label = "ViT" if lam is None else f"λ_init={lam:g}"
         return {
             "clean_accuracy": evaluate(model, test)["test_accuracy"],
-            "final_lambda": layer_lambdas(nnx.state(model, nnx.Param), model.config),
+            "final_lambda": model.lambdas(),
             "train": summary,
             "pgd": pgd_asr(model, attacked, preset.eps, steps=preset.pgd_steps,
                            key=jax.random.key(seed), batch_size=preset.batch_size,
-                           desc=f"PGD {label} seed {seed}", quiet=args.quiet),
+                           desc=f"PGD {label} seed {seed}", quiet=ctx.quiet),
         }  # fmt: skip
 
     settings = [("softmax", None)] + [("diff", lam) for lam in preset.lambdas]
@@ -112,10 +83,10 @@ def main(argv=None) -> dict:
     key = f"asr_{preset.eps[0] * 255:g}_mean"
     ours = np.asarray([np.nan if r[key] is None else r[key] for r in diff_rows])
     peak = None if np.all(np.isnan(ours)) else diff_rows[int(np.nanargmax(ours))]["lambda_init"]
-    body = {"dataset": preset.dataset, "runs": runs, "rows": rows, "paper_t1": PAPER_T1,
+    body = {"dataset": zoo.recipe.dataset, "runs": runs, "rows": rows, "paper_t1": PAPER_T1,
             "asr_argmax_lambda": peak}  # fmt: skip
-    result = write_results(out_dir, "lambda_sweep", args.preset, preset, body, rows)
-    print(f"\nλ_init sweep, {preset.dataset} D={preset.depth} ({args.preset}; mean over "
+    result = write_results(out_dir, config, body, rows)
+    print(f"\nλ_init sweep, {zoo.recipe.dataset} D={preset.depth} ({config.preset}; mean over "
           f"{len(preset.seeds)} seeds) | paper T1")  # fmt: skip
     print(f"{'model':<10}{'λ_init':>8}{'clean':>8}{'ASR ε=' + f'{preset.eps[0] * 255:g}/255':>14}"
           f"{'paper clean':>13}{'paper ASR':>11}")  # fmt: skip
@@ -128,6 +99,3 @@ def main(argv=None) -> dict:
     print(f"results: {out_dir / 'results.json'}")
     return result
 
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Paper result (f), the paper's first open question: how λ evolves during training, and what
 local Lipschitz constants and ASR do along the way.
 
-    python -m experiments.lambda_training --preset smoke
-    python -m experiments.lambda_training --preset cpu --data-dir DIR
+    diffjax run lambda_training --config=lambda_training:smoke
+    diffjax run lambda_training --config=lambda_training:cpu
 
 Reads the shared zoo's training runs (ViT and DiffViT at the default depth, every seed): λ of
 every DA layer at every logged training step (metrics.jsonl), and at every saved checkpoint
@@ -16,7 +16,6 @@ checkpoint).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -25,41 +24,14 @@ import jax
 from diffjax import records
 from diffjax.analysis import layer_summary
 from diffjax.checkpoint import TrainCheckpoints, load_model
+from diffjax.experiments.common import Context, fmt, pgd_asr, write_results
+from diffjax.experiments.configs import recipes
+from diffjax.experiments.zoo import NAMES, Zoo
 from diffjax.train import METRICS_FILE
-from experiments.common import fmt, pgd_asr, write_results
-from experiments.zoo import NAMES, start
 
 MODELS = ("softmax", "diff")
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One scale of the study.
-
-    Attributes:
-      dataset: dataset of the zoo models.
-      seeds: zoo seeds.
-      analysis_examples: σmax and alignment on the first n test images.
-      attack_examples: PGD attacks the first n test images.
-      eps: PGD-ℓ∞ budget.
-      pgd_steps: PGD iterations.
-      batch_size: attack batch size.
-    """
-
-    dataset: str
-    seeds: tuple[int, ...]
-    analysis_examples: int
-    attack_examples: int
-    eps: float = 1 / 255
-    pgd_steps: int = 20
-    batch_size: int = 100
-
-
-PRESETS = {
-    "smoke": Preset("synthetic", (0,), 2, 8, pgd_steps=2, batch_size=8),
-    "cpu": Preset("cifar10", (0, 1, 2), 16, 200),
-    "paper": Preset("cifar10", (0, 1, 2), 64, 1000, pgd_steps=50, batch_size=250),
-}
 
 
 def lambda_curve(run_dir: pathlib.Path) -> dict:
@@ -73,8 +45,11 @@ def lambda_curve(run_dir: pathlib.Path) -> dict:
     return {"step": steps, "lambda": lams}
 
 
-def main(argv=None) -> dict:
-    args, preset, zoo, out_dir, train, test = start("lambda_training", __doc__, PRESETS, argv)
+def run(config, ctx: Context) -> dict:
+    preset = config
+    zoo = Zoo(recipes.train_config(config.train), ctx)
+    out_dir = ctx.results(config.experiment, config.preset)
+    train, test = zoo.data()
 
     def checkpoint_part(step_dir: pathlib.Path, metrics: dict, seed: int) -> dict:
         model = load_model(step_dir)
@@ -82,7 +57,7 @@ def main(argv=None) -> dict:
         layers = layer_summary(model, test.images[: preset.analysis_examples], key=key)
         pgd = pgd_asr(model, test.take(preset.attack_examples), (preset.eps,),
                       steps=preset.pgd_steps, key=key, batch_size=preset.batch_size,
-                      quiet=args.quiet)[0]  # fmt: skip
+                      quiet=ctx.quiet)[0]  # fmt: skip
         return {
             "test_accuracy": metrics["test_accuracy"],
             "epoch": metrics.get("epoch"),
@@ -99,9 +74,7 @@ def main(argv=None) -> dict:
         models[name] = []
         for seed in preset.seeds:
             # Trains the run first if it is missing (or unfinished).
-            zoo.model(preset.dataset, train, test, attention, seed=seed, runs=args.runs,
-                      quiet=args.quiet)  # fmt: skip
-            run_dir = zoo.run_dir(args.runs, preset.dataset, attention, seed=seed)
+            _, _, run_dir = zoo.model(train, test, attention, seed=seed)
             with TrainCheckpoints(run_dir, read_only=True) as ckpts:
                 saved = [(s, ckpts.step_dir(s), ckpts.metrics(s)) for s in ckpts.steps()]
             points = []
@@ -121,9 +94,9 @@ def main(argv=None) -> dict:
                                 for i, v in enumerate(point["negative_alignment"])}})  # fmt: skip
             models[name].append({"seed": seed, "checkpoints": points,
                                  "lambda_curve": lambda_curve(run_dir)})  # fmt: skip
-    body = {"dataset": preset.dataset, "eps": preset.eps, "models": models}
-    result = write_results(out_dir, "lambda_training", args.preset, preset, body, rows)
-    print(f"\nλ during training, {preset.dataset} ({args.preset}; DiffViT seed "
+    body = {"dataset": zoo.recipe.dataset, "eps": preset.eps, "models": models}
+    result = write_results(out_dir, config, body, rows)
+    print(f"\nλ during training, {zoo.recipe.dataset} ({config.preset}; DiffViT seed "
           f"{preset.seeds[0]}; ASR at ε={preset.eps * 255:g}/255)")  # fmt: skip
     for pt in models["diffvit"][0]["checkpoints"]:
         lam = " ".join(fmt(v) for v in pt["lambda"])
@@ -133,6 +106,3 @@ def main(argv=None) -> dict:
     print(f"results: {out_dir / 'results.json'}")
     return result
 
-
-if __name__ == "__main__":
-    main()

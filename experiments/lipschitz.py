@@ -1,7 +1,7 @@
 """Paper result (d): local Lipschitz constants of every attention layer, ViT vs DiffViT.
 
-    python -m experiments.lipschitz --preset smoke
-    python -m experiments.lipschitz --preset cpu --data-dir DIR
+    diffjax run lipschitz --config=lipschitz:smoke
+    diffjax run lipschitz --config=lipschitz:cpu
 
 For each zoo model (ViT, DiffViT; every seed), layer and test image, the attention layer's local
 Lipschitz constant at its input u = LN1(h_l), three ways
@@ -20,53 +20,20 @@ Writes results/lipschitz/<preset>/results.json and summary.csv (resumable parts)
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 import scipy.stats
-from flax import nnx
 
 from diffjax import records
 from diffjax.analysis import layer_lipschitz
-from diffjax.train import layer_lambdas
-from experiments.common import fmt, nan_to_none, seed_parts, write_results
-from experiments.zoo import NAMES, start
+from diffjax.experiments.common import Context, fmt, nan_to_none, seed_parts, write_results
+from diffjax.experiments.configs import recipes
+from diffjax.experiments.zoo import NAMES, Zoo
 
 MODELS = ("softmax", "diff")
 KINDS = ("exact", "sampled", "pgd")
 
 
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One scale of the measurement.
-
-    Attributes:
-      dataset: dataset of the zoo models.
-      seeds: zoo seeds.
-      examples: the first n test images.
-      radius: ‖ξ‖ of the empirical estimates (units of u = LN1(h_l)).
-      samples: random ξ of the sampling estimate.
-      pgd_steps: ascent steps of the PGD estimate.
-      max_iters: Lanczos iterations of the exact value.
-      batch_size: images per jitted call.
-    """
-
-    dataset: str
-    seeds: tuple[int, ...]
-    examples: int
-    radius: float = 1e-3
-    samples: int = 64
-    pgd_steps: int = 20
-    max_iters: int = 60
-    batch_size: int = 8
-
-
-PRESETS = {
-    "smoke": Preset("synthetic", (0,), 4, samples=4, pgd_steps=3, max_iters=20, batch_size=4),
-    "cpu": Preset("cifar10", (0, 1, 2), 32),
-    "paper": Preset("cifar10", (0, 1, 2), 500, samples=1000, pgd_steps=50, batch_size=50),
-}
 
 
 def lambda_correlation(models: dict) -> dict:
@@ -90,18 +57,20 @@ def lambda_correlation(models: dict) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    args, preset, zoo, out_dir, train, test = start("lipschitz", __doc__, PRESETS, argv)
+def run(config, ctx: Context) -> dict:
+    preset = config
+    zoo = Zoo(recipes.train_config(config.train), ctx)
+    out_dir = ctx.results(config.experiment, config.preset)
+    train, test = zoo.data()
 
     def part(attention, seed):
-        model, _ = zoo.model(preset.dataset, train, test, attention, seed=seed, runs=args.runs,
-                             quiet=args.quiet)  # fmt: skip
+        model, _, _ = zoo.model(train, test, attention, seed=seed)
         layers = layer_lipschitz(
             model, test.images[: preset.examples], key=jax.random.key(seed),
             radius=preset.radius, samples=preset.samples, pgd_steps=preset.pgd_steps,
             batch_size=preset.batch_size, max_iters=preset.max_iters,
         )  # fmt: skip
-        lambdas = layer_lambdas(nnx.state(model, nnx.Param), model.config)
+        lambdas = model.lambdas()
         return [{**r, "lambda": lam} for r, lam in zip(layers, lambdas, strict=True)]
 
     models, rows = {}, []
@@ -131,10 +100,11 @@ def main(argv=None) -> dict:
         models[name] = {"layers": layers, "per_seed": per_seed}
     pairs = list(zip(models["vit"]["layers"], models["diffvit"]["layers"], strict=True))
     ratio = [d["exact_mean"] / v["exact_mean"] for v, d in pairs]
-    body = {"dataset": preset.dataset, "models": models, "diffvit_over_vit_exact": ratio,
+    body = {"dataset": zoo.recipe.dataset, "models": models, "diffvit_over_vit_exact": ratio,
             "lambda_correlation": lambda_correlation(models)}  # fmt: skip
-    result = write_results(out_dir, "lipschitz", args.preset, preset, body, rows)
-    print(f"\nLocal Lipschitz constant of the attention layers, {preset.dataset} ({args.preset}; "
+    result = write_results(out_dir, config, body, rows)
+    print(f"\nLocal Lipschitz constant of the attention layers, {zoo.recipe.dataset} "
+          f"({config.preset}; "
           f"mean over images, mean over {len(preset.seeds)} seeds)")  # fmt: skip
     print(f"{'layer':<7}{'ViT exact':>11}{'sampled':>9}{'PGD':>8}{'DiffViT exact':>15}"
           f"{'sampled':>9}{'PGD':>8}{'ratio':>7}{'λ':>7}")  # fmt: skip
@@ -152,6 +122,3 @@ def main(argv=None) -> dict:
     print(f"results: {out_dir / 'results.json'}")
     return result
 
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,15 @@
-"""Build the CIFAR-10 sample shipped in diffjax/assets from the offline copies in ../shared/data.
+"""Build the CIFAR-10 sample shipped in diffjax/assets from an offline CIFAR-10 export.
+
+    diffjax make-sample --source DIR        # DIR: cifar10_jpeg.npz, cifar10_lossless_subset.npz
+
+The export is two files (their SHA-256 digests are checked below): ``cifar10_jpeg.npz``, every
+CIFAR-10 image JPEG-encoded (quality 95) with its label, and ``cifar10_lossless_subset.npz``,
+the exact original pixels of training images 0..3999 and test images 0..999 (docs/data.md).
 
 Training images 0..N-1 are kept as the JPEG bytes of the offline export (decoded with Pillow at
 load time); test images 0..999 are the exact original pixels, stored as one lossless PNG sheet.
 Writes ``diffjax/assets/cifar10_sample.npz`` and its data card ``cifar10_sample.json``. Only
-developers run this; the tests and the package never read ../shared.
+developers run this; the tests and the package read only the built sample.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+import diffjax
 from diffjax.checkpoint import write_json_atomic
 from diffjax.data.archive import decode_image
 from diffjax.data.embedded import ASSET, CARD
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Published in ../shared/data/README.md.
+ASSETS = pathlib.Path(diffjax.__file__).parent / "assets"
+# The digests published with the export.
 SOURCE_SHA256 = {
     "cifar10_jpeg.npz": "66faad9be096fabe421fc519a2db600012a188ff22dfb1bce96733454e1f3e9f",
     "cifar10_lossless_subset.npz": (
@@ -36,23 +43,23 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         type=pathlib.Path,
-        default=ROOT.parent / "shared" / "data",
-        help="folder with cifar10_jpeg.npz and cifar10_lossless_subset.npz (default: "
-        "../shared/data next to the repository)",
+        required=True,
+        help="folder with cifar10_jpeg.npz and cifar10_lossless_subset.npz",
     )
     parser.add_argument("--train", type=int, default=5000, help="training images to keep")
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=ROOT / "diffjax" / "assets",
-        help="output folder (default: diffjax/assets)",
+        default=ASSETS,
+        help="output folder",
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
 
     for name, digest in SOURCE_SHA256.items():
         actual = sha256((args.source / name).read_bytes())
@@ -133,6 +140,3 @@ def main(argv=None) -> None:
     print(f"wrote {args.out / ASSET} ({len(data):,} bytes) and {args.out / CARD}")
     print(f"sha256 {card['sha256'][ASSET]}")
 
-
-if __name__ == "__main__":
-    main()

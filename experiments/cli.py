@@ -1,0 +1,201 @@
+"""The ``diffjax`` command line: one entry point, a subcommand per task.
+
+    diffjax run main                                       # the main job (embedded default)
+    diffjax run asr_table --config=asr_table:cpu --config.seeds='(0,)' --workdir out
+    diffjax train --config=train:cpu --config.train.model.attention=diff --workdir runs/dvit
+    diffjax attack --config=attack:autoattack --config.checkpoint=runs/dvit --workdir out/aa
+    diffjax analyse --config=analyse --config.checkpoint=runs/dvit --workdir out/analysis
+    diffjax figures --workdir .
+    diffjax convert-clip checkpoint_best.pt models/diffclip_cc3m
+
+``--config`` takes a file of ``experiments/configs`` by name (``asr_table:cpu``) or any config
+file path (``path/to/file.py:ARG``); ``--config.FIELD=VALUE`` overrides one field. ``diffjax
+SUBCOMMAND --help`` lists every option and every config field with its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pathlib
+import sys
+
+EXPERIMENTS = ("main", "asr_table", "alignment", "lipschitz", "depth", "lambda_sweep",
+               "lambda_training", "clip_compare")  # fmt: skip
+# Subcommands that take a config, with the config (name:arg) they use without --config.
+CONFIGURED = {"train": "train:cpu", "attack": "attack:pgd", "analyse": "analyse"}
+
+
+def _cache_dir() -> pathlib.Path:
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "diffjax" / "jax"
+
+
+def _common(p: argparse.ArgumentParser, workdir_help: str) -> None:
+    p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("."), help=workdir_help)
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder (default: $DIFFJAX_DATA_DIR, else ~/.cache/diffjax)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download a missing dataset; say which file to put where")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--compilation-cache", type=pathlib.Path, default=_cache_dir(),
+                   help="JAX persistent compilation cache: a second process with the same "
+                   "shapes does not recompile")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="compile from scratch, write no cache")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host runs)")
+
+
+def _config_epilog(default_spec: str) -> str:
+    from diffjax.experiments import configs
+
+    try:
+        fields = configs.flat(configs.load(default_spec))
+    except configs.ConfigError as e:
+        return f"(config fields unavailable: {e})"
+    lines = [f"config fields of {default_spec} (override with --config.FIELD=VALUE):"]
+    lines += [f"  --config.{k}={v!r}" for k, v in fields]
+    return "\n".join(lines)
+
+
+def _with_config(p: argparse.ArgumentParser, default_spec: str) -> None:
+    p.add_argument("--config", default=default_spec,
+                   help="config: a name in experiments/configs or a .py path, ':ARG' for its "
+                   "preset")
+    p.epilog = _config_epilog(default_spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    class Formatter(fmt, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    parser = argparse.ArgumentParser(prog="diffjax", description=__doc__,
+                                     formatter_class=Formatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    run = sub.add_parser("run", help="run one experiment (the main job or a paper result)",
+                         description="Run one experiment: outputs under --workdir in runs/, "
+                         "results/<experiment>/<preset>/ and figures/.", formatter_class=Formatter)
+    experiments = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name in EXPERIMENTS:
+        e = experiments.add_parser(name, help=_first_line(name), formatter_class=Formatter,
+                                   description=_doc(name))  # fmt: skip
+        _with_config(e, name)
+        _common(e, "root of runs/, results/ and figures/")
+
+    helps = {"train": ("train one ViT or DiffViT", "the run directory"),
+             "attack": ("attack a saved model", "where attack.json goes"),
+             "analyse": ("exact sensitivity analysis of a saved model",
+                         "where the analysis files go")}  # fmt: skip
+    for name, spec in CONFIGURED.items():
+        s = sub.add_parser(name, help=helps[name][0], description=_doc(name),
+                           formatter_class=Formatter)  # fmt: skip
+        _with_config(s, spec)
+        _common(s, helps[name][1])
+        if name == "attack":
+            s.add_argument("--resume", action="store_true",
+                           help="continue a partial attack.json of the same settings")
+            s.add_argument("--overwrite", action="store_true", help="replace attack.json")
+
+    f = sub.add_parser("figures", help="redraw figures from saved results (no model is run)",
+                       formatter_class=Formatter)  # fmt: skip
+    f.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("."),
+                   help="root of results/ (read) and figures/ (written)")
+    f.add_argument("--experiment", choices=EXPERIMENTS, help="only this experiment")
+    f.add_argument("--preset", help="only this preset")
+
+    c = sub.add_parser("convert-clip", help="convert a released CLIP/DiffCLIP checkpoint",
+                       description=_doc("convert_clip"), formatter_class=Formatter)  # fmt: skip
+    _module("convert_clip").add_arguments(c)
+    m = sub.add_parser("make-sample", help="build the embedded CIFAR-10 sample (developers)",
+                       description=_doc("make_embedded_sample"), formatter_class=Formatter)
+    _module("make_embedded_sample").add_arguments(m)
+    return parser
+
+
+def _module(name: str):
+    return importlib.import_module(f"diffjax.experiments.{name}")
+
+
+def _doc(name: str) -> str:
+    return _module(name).__doc__ or ""
+
+
+def _first_line(name: str) -> str:
+    return _doc(name).strip().splitlines()[0]
+
+
+def _setup_jax(args: argparse.Namespace) -> None:
+    import jax
+
+    from diffjax import sharding
+
+    sharding.initialize_distributed(args.distributed)
+    if not args.no_compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", str(args.compilation_cache))
+        # Attacks and analyses compile many small pieces: cache them all, not only slow ones.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _dispatch(args: argparse.Namespace, overrides: list[str]):
+    from diffjax.experiments import common, configs
+
+    if args.command == "figures":
+        from diffjax.experiments import figures
+
+        written = figures.make_figures(args.workdir / "results", args.workdir / "figures",
+                                       experiment=args.experiment, preset=args.preset)  # fmt: skip
+        print("\n".join(written) if written else f"no results under {args.workdir / 'results'}")
+        return written
+    if args.command in ("convert-clip", "make-sample"):
+        name = {"convert-clip": "convert_clip", "make-sample": "make_embedded_sample"}
+        return _module(name[args.command]).run(args)
+
+    config = configs.load(args.config, overrides)
+    want = args.experiment if args.command == "run" else args.command
+    if config.get("experiment") != want:
+        raise configs.ConfigError(
+            f"{args.config} is a config of {config.get('experiment')!r}, not of {want!r}")
+    _setup_jax(args)
+    ctx = common.Context(workdir=args.workdir, data_dir=args.data_dir, offline=args.offline,
+                         quiet=args.quiet)  # fmt: skip
+    if args.command == "attack":
+        return _module("attack").run(config, ctx, resume=args.resume, overwrite=args.overwrite)
+    return _module(want).run(config, ctx)
+
+
+def run(argv: list[str]):
+    """Parse ``argv``, run the subcommand, return its result (results dict, summary, paths).
+
+    Bad configs, data, checkpoints and settings exit with status 2 and one line naming the
+    cause, not a traceback.
+    """
+    from diffjax.checkpoint import CheckpointError
+    from diffjax.experiments.zoo import DataError
+
+    argv = list(argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    parser = build_parser()
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
+    try:
+        return _dispatch(args, overrides)
+    except (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+        print(f"diffjax {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> int:
+    """The console script: ``diffjax SUBCOMMAND …`` (exit status 0, or 2 on a bad input)."""
+    run(sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

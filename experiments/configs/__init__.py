@@ -1,0 +1,85 @@
+"""Experiment configs: one file per experiment, each with ``get_config(arg)``.
+
+    config = configs.load("asr_table:cpu", ["--config.seeds=(0,)"])
+    config = configs.load("experiments/configs/asr_table.py:smoke")
+
+A spec is a config file path or the name of a file in this folder, optionally followed by
+``:ARG`` (the preset: ``smoke``, ``cpu``, ``paper``, …). Overrides are ``--config.FIELD=VALUE``
+flags parsed by ``ml_collections.config_flags`` (the big_vision convention): the value is read as
+a Python literal of the field's type (``(0, 1)`` or ``0,1`` for tuples, ``true`` for booleans);
+an unknown field, a value of the wrong type or a missing file is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+HERE = pathlib.Path(__file__).parent
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded, overridden or converted; the message names the cause."""
+
+
+def names() -> list[str]:
+    """The configs that ship in this folder (file stems)."""
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("__init__", "recipes"))
+
+
+def resolve(spec: str) -> str:
+    """``NAME[:ARG]`` of a shipped config, or ``PATH.py[:ARG]``, as ``PATH.py[:ARG]``."""
+    path, sep, arg = spec.partition(":")
+    if not path.endswith(".py"):
+        if path not in names():
+            raise ConfigError(f"no config named {path!r}; choose from {names()} or give a .py path")
+        path = str(HERE / f"{path}.py")
+    elif not pathlib.Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return path + sep + arg
+
+
+def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """The config of ``spec`` with ``--config.FIELD=VALUE`` overrides applied, locked.
+
+    Raises:
+      ConfigError: naming the bad spec, file, field or value.
+    """
+    argv = ["diffjax", f"--config={resolve(spec)}", *overrides]
+    for arg in overrides:
+        if not arg.startswith("--config."):
+            raise ConfigError(f"not a config override: {arg!r} (want --config.FIELD=VALUE)")
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
+    try:
+        fv(argv)
+        config = fv.config
+    except AttributeError as e:  # an override of a field the config does not have
+        field = str(e).strip("'\"")
+        raise ConfigError(f"unknown config field {field!r} in {spec}") from None
+    except (flags.Error, ValueError, TypeError, KeyError) as e:
+        # config_flags wraps errors of get_config in a traceback: its last line is the cause.
+        raise ConfigError(f"bad config {spec}: {str(e).strip().splitlines()[-1]}") from None
+    if not isinstance(config, ml_collections.ConfigDict):  # config_flags defers load errors
+        raise ConfigError(f"cannot load config {spec}: {getattr(config, 'message', config)}")
+    return config
+
+
+def flat(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:
+    """``(dotted field, value)`` of every leaf, in order: for ``--help`` and logs."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    """The resolved config as JSON-ready data (tuples as lists), for results files."""
+    return json.loads(json.dumps(config.to_dict()))

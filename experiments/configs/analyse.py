@@ -1,0 +1,42 @@
+"""Exact sensitivity analysis of a saved model (``diffjax analyse``).
+
+    diffjax analyse --config=analyse --config.checkpoint=runs/diffvit \\
+        --config.base_checkpoint=runs/vit --config.dataset=cifar10 --workdir runs/diffvit/analysis
+
+Per example: branch alignment, the paper's theorems, exact and empirical local Lipschitz
+constants and depth/noise cancellation (docs/analysis.md). ``base_checkpoint`` (optional) is the
+standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is ``all``, ``cls``
+or a token index; ``head`` −1 means all heads; ``tol`` 0 means the method's default; ``skip``
+is a comma-separated subset of alignment, lipschitz, empirical, depth. Writes
+``WORKDIR/settings.json``, ``WORKDIR/examples/NNNNNN.json`` (an interrupted run resumes) and
+``WORKDIR/summary.json``.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    del arg  # one analysis; its size is set by the fields
+    c = ml_collections.ConfigDict()
+    c.experiment = "analyse"
+    c.checkpoint = ""
+    c.base_checkpoint = ""
+    c.dataset = "cifar10"
+    c.split = "test"
+    c.num_examples = 32
+    c.start = 0
+    c.batch_size = 8
+    c.wrt = "image"
+    c.head = -1
+    c.row = "all"
+    c.precision = "float64"
+    c.lipschitz_method = "auto"
+    c.max_iters = 100
+    c.tol = 0.0
+    c.radius = 1e-3
+    c.samples = 64
+    c.pgd_steps = 20
+    c.skip = ""
+    c.chunk = 64
+    c.seed = 0
+    return c

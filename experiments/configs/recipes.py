@@ -1,0 +1,162 @@
+"""Every training recipe the experiments use, defined once and named by its preset.
+
+    train = recipes.training("cpu")               # ConfigDict mirroring diffjax.train.TrainConfig
+    config = recipes.train_config(train)          # the validated frozen dataclass
+
+A recipe is a model variant (``diffjax.config.variant``: ``"SIZE/PATCH"``) and a training
+schedule; the ConfigDict holds every :class:`~diffjax.train.TrainConfig` field (its ``model``
+every :class:`~diffjax.config.ViTConfig` field), so any of them can be overridden from the
+command line (``--config.train.epochs=8``, ``--config.train.model.width=96``). Fields the
+recipe does not set keep the dataclasses' defaults.
+
+| preset     | model              | data                          | epochs | wall (2-core CPU)  |
+|------------|--------------------|-------------------------------|--------|--------------------|
+| `smoke`    | Pico/16, depth 2   | 128 synthetic images          | 2      | seconds (tests)    |
+| `embedded` | Nano/4, depth 3    | the 5,000 embedded images     | 12     | ~1 min per model   |
+| `cpu`      | Nano/4, depth 4    | 10,000 CIFAR-10 images        | 4      | ~2 min per model   |
+| `paper`    | S/4 (dropout 0.1)  | all 50,000 CIFAR-10 images    | 200    | GPU                |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from diffjax.config import ViTConfig, variant
+from diffjax.train import TrainConfig
+
+RECIPES: dict[str, dict] = {
+    "smoke": dict(
+        model=("Pico/16", {}),
+        dataset="synthetic",
+        epochs=2,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_epochs=0.5,
+        train_examples=128,
+        test_examples=64,
+        eval_batch_size=64,
+        log_every_steps=4,
+    ),
+    # The main job: the embedded sample trains both models in a few minutes.
+    "embedded": dict(
+        model=("Nano/4", {"depth": 3}),
+        dataset="embedded",
+        epochs=12,
+        batch_size=64,
+        learning_rate=2e-3,
+        warmup_epochs=1.0,
+        eval_every_epochs=4,
+        log_every_steps=20,
+    ),
+    # Sized from measured train-step throughput on the 2-core CPU (docs/performance.md).
+    "cpu": dict(
+        model=("Nano/4", {}),
+        dataset="cifar10",
+        epochs=4,
+        batch_size=128,
+        learning_rate=2e-3,
+        warmup_epochs=0.5,
+        train_examples=10000,
+        # The offline CIFAR-10 copy is exact for test images 0..999.
+        test_examples=1000,
+        log_every_steps=20,
+    ),
+    # The paper-scale recipe (a GPU): evaluated, and checkpointed, every 5th epoch.
+    "paper": dict(
+        model=("S/4", {"dropout": 0.1}),
+        dataset="cifar10",
+        epochs=200,
+        batch_size=256,
+        learning_rate=1e-3,
+        warmup_epochs=10.0,
+        eval_batch_size=1000,
+        eval_every_epochs=5,
+        log_every_steps=100,
+    ),
+}
+
+
+def _annotation_type(cls, name: str) -> type:
+    """The non-None type of a dataclass field whose annotation is ``X | None``."""
+    text = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+    head = str(text).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(head.split("[")[0], tuple)
+
+
+def _as_config_dict(obj) -> ml_collections.ConfigDict:
+    """A dataclass as a ConfigDict; ``None`` fields become typed placeholders (overridable)."""
+    out = ml_collections.ConfigDict()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _as_config_dict(value)
+        elif value is None:
+            value = ml_collections.config_dict.placeholder(_annotation_type(type(obj), f.name))
+        elif f.name == "lambda_init":
+            value = str(value)  # a float or "schedule": one string field on the command line
+        setattr(out, f.name, value)
+    return out
+
+
+def training(preset: str, **changes) -> ml_collections.ConfigDict:
+    """The training recipe ``preset`` (``smoke``, ``embedded``, ``cpu``, ``paper``).
+
+    Args:
+      preset: the recipe's name.
+      **changes: :class:`TrainConfig` field overrides (``model`` excluded).
+
+    Returns:
+      a ConfigDict with every TrainConfig field; ``model`` holds every ViTConfig field.
+    """
+    if preset not in RECIPES:
+        raise ValueError(f"unknown training recipe {preset!r}; choose from {sorted(RECIPES)}")
+    recipe = dict(RECIPES[preset])
+    name, model_changes = recipe.pop("model")
+    config = TrainConfig(model=variant(name, **model_changes), **{**recipe, **changes})
+    return _as_config_dict(config)
+
+
+def model_config(cd: ml_collections.ConfigDict) -> ViTConfig:
+    """The validated :class:`ViTConfig` of a ``train.model`` ConfigDict."""
+    d = cd.to_dict()
+    li = d["lambda_init"]
+    try:
+        d["lambda_init"] = li if li == "schedule" else float(li)
+    except ValueError as e:
+        raise ValueError(f"lambda_init must be 'schedule' or a number, got {li!r}") from e
+    for name in ("diff_layers", "mean", "std"):
+        if d[name] is not None:
+            d[name] = tuple(d[name])
+    return ViTConfig(**d)
+
+
+def train_config(cd: ml_collections.ConfigDict) -> TrainConfig:
+    """The validated :class:`TrainConfig` of a ``train`` ConfigDict (the boundary check)."""
+    d = cd.to_dict()
+    return TrainConfig(**{**d, "model": model_config(cd.model)})
+
+
+PAPER_PRESETS = ("smoke", "cpu", "paper")
+
+
+def experiment(name: str, preset: str) -> ml_collections.ConfigDict:
+    """The fields every paper experiment shares: its name, preset and zoo training recipe.
+
+    ``smoke`` runs on synthetic data (the tests); ``cpu`` and ``paper`` on CIFAR-10.
+    """
+    if preset not in PAPER_PRESETS:
+        raise ValueError(f"{name} takes one of {PAPER_PRESETS}, got {preset!r}")
+    c = ml_collections.ConfigDict()
+    c.experiment = name
+    c.preset = preset
+    c.train = training(preset)
+    c.seeds = (0,) if preset == "smoke" else (0, 1, 2)
+    c.batch_size = {"smoke": 8, "cpu": 100, "paper": 250}[preset]
+    return c
+
+
+def by_preset(preset: str, **values):
+    """``values[preset]``: one experiment setting written per preset, side by side."""
+    return values[preset]
