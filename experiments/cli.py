@@ -166,7 +166,14 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]):
                          quiet=args.quiet)  # fmt: skip
     if args.command == "attack":
         return _module("attack").run(config, ctx, resume=args.resume, overwrite=args.overwrite)
-    return _module(want).run(config, ctx)
+    result = _module(want).run(config, ctx)
+    if args.command == "run":
+        from diffjax.experiments import figures
+
+        for path in figures.make_figures(ctx.workdir / "results", ctx.figures, experiment=want,
+                                         preset=config.preset):  # fmt: skip
+            print(f"figure: {path}")
+    return result
 
 
 def run(argv: list[str]):

@@ -10,7 +10,7 @@
 3. analyses 16 test images: per layer, the frequency of negative gradient alignment of the two
    branches (cos θ < 0, CLS row, w.r.t. the image; softmax heads paired 2h, 2h+1) and the exact
    local Lipschitz constant σmax of the attention layer (Lanczos);
-4. prints a summary table, writes results/main/<preset>/results.json and
+4. prints a summary table, writes results/main/<preset>/results.json and (``diffjax run``)
    figures/main_<preset>.{png,pdf} under the workdir.
 
 A rerun reuses the trained models (runs/zoo/embedded/) and finished parts.
@@ -22,7 +22,6 @@ import jax
 
 from diffjax import records
 from diffjax.analysis import layer_summary
-from diffjax.experiments import figures
 from diffjax.experiments.common import Context, fmt, pgd_asr, write_results
 from diffjax.experiments.configs import recipes
 from diffjax.experiments.zoo import Zoo
@@ -66,8 +65,6 @@ def run(config, ctx: Context) -> dict:
             "data": "embedded CIFAR-10 sample: 5,000 JPEG-decoded training images, "
                     "1,000 exact test images"}  # fmt: skip
     result = write_results(out_dir, config, body, rows)
-    written = figures.make_figures(ctx.workdir / "results", ctx.figures, experiment="main",
-                                   preset=config.preset)  # fmt: skip
 
     print("\nSummary (embedded CIFAR-10 sample; ASR over initially correct test images)")
     print(f"{'':<22}" + "".join(f"{NAMES[n]:>12}" for n in per_model))
@@ -85,6 +82,4 @@ def run(config, ctx: Context) -> dict:
             f"{fmt(r['layers'][layer]['sigma_max_mean'], '.4f'):>12}"
             for r in per_model.values()))  # fmt: skip
     print(f"\nresults: {out_dir / 'results.json'}")
-    for path in written:
-        print(f"figure: {path}")
     return result

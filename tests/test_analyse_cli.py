@@ -1,4 +1,4 @@
-"""The analyse command: outputs, independent re-checks of its numbers, resume, and bad input."""
+"""`diffjax analyse`: outputs, independent re-checks of its numbers, resume, and bad input."""
 
 import json
 
@@ -11,7 +11,7 @@ import diffjax as dj
 from diffjax import analysis as an
 from diffjax.checkpoint import load_model, save_model
 from diffjax.data import load_dataset
-from experiments import analyse
+from tests.commandline import diffjax, diffjax_error
 
 # 5 tokens (the synthetic images are 32 × 32); one layer keeps the compile of the command short.
 CONFIG = dict(image_size=32, patch_size=16, depth=1)
@@ -28,15 +28,16 @@ def checkpoints(tmp_path_factory):
 
 def args(checkpoints, out, *extra):
     return [
-        "--checkpoint", str(checkpoints / "diff"), "--base-checkpoint",
-        str(checkpoints / "softmax"), "--num-examples", "3", "--batch-size", "2",
-        "--samples", "4", "--pgd-steps", "3", "--max-iters", "30", "--out", str(out), *extra,
+        "analyse", f"--config.checkpoint={checkpoints / 'diff'}",
+        f"--config.base_checkpoint={checkpoints / 'softmax'}", "--config.dataset=synthetic",
+        "--config.num_examples=3", "--config.batch_size=2", "--config.samples=4",
+        "--config.pgd_steps=3", "--config.max_iters=30", "--workdir", str(out), *extra,
     ]  # fmt: skip
 
 
-def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path):
+def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path, capsys):
     out = tmp_path / "an"
-    summary = analyse.main(args(checkpoints, out))
+    summary = diffjax(*args(checkpoints, out))
     files = sorted((out / "examples").glob("*.json"))
     assert [f.name for f in files] == ["000000.json", "000001.json", "000002.json"]
     records = [json.loads(f.read_text()) for f in files]
@@ -70,16 +71,16 @@ def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path):
 
     # Resume: nothing is recomputed, the summary is the same; other settings are refused.
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert analyse.main(args(checkpoints, out)) == summary
+    assert diffjax(*args(checkpoints, out)) == summary
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    with pytest.raises(SystemExit, match="other settings"):
-        analyse.main(args(checkpoints, out, "--radius", "0.01"))
+    assert "other settings" in diffjax_error(capsys, *args(checkpoints, out, "--config.radius=0.01"))
 
 
 def test_analyse_a_vit_alignment_only(checkpoints, tmp_path):
-    summary = analyse.main(
-        ["--checkpoint", str(checkpoints / "softmax"), "--num-examples", "2", "--row", "cls",
-         "--skip", "lipschitz,empirical,depth", "--out", str(tmp_path / "vit")]
+    summary = diffjax(
+        "analyse", f"--config.checkpoint={checkpoints / 'softmax'}", "--config.dataset=synthetic",
+        "--config.num_examples=2", "--config.row=cls", "--config.skip=lipschitz,empirical,depth",
+        "--workdir", str(tmp_path / "vit"),
     )  # fmt: skip
     assert [s["attention"] for s in summary["layers"]] == ["softmax"]
     assert all("lemma1_max_rel_err" not in s for s in summary["layers"])
@@ -89,26 +90,30 @@ def test_analyse_a_vit_alignment_only(checkpoints, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--checkpoint", "/nonexistent/run"], "does not exist"),
-        (["--radius", "-1"], "radius"),
-        (["--skip", "everything"], "unknown parts"),
-        (["--row", "9"], "row"),
-        (["--num-examples", "100000"], "exceeds"),
+        (["--config.checkpoint=/nonexistent/run"], "does not exist"),
+        (["--config.radius=-1"], "radius"),
+        (["--config.skip=everything"], "unknown parts"),
+        (["--config.row=9"], "row"),
+        (["--config.num_examples=100000"], "exceeds"),
+        (["--config.num_exampels=3"], "unknown config field 'num_exampels'"),
+        (["--config.num_examples=three"], "num_examples"),
     ],
 )
-def test_analyse_rejects_bad_input(checkpoints, tmp_path, extra, message):
-    with pytest.raises(SystemExit, match=message):
-        analyse.main(args(checkpoints, tmp_path / "bad", *extra))
+def test_analyse_rejects_bad_input(checkpoints, tmp_path, capsys, extra, message):
+    assert message in diffjax_error(capsys, *args(checkpoints, tmp_path / "bad", *extra))
 
 
-def test_analyse_rejects_a_mismatched_base(checkpoints, tmp_path):
+def test_analyse_rejects_a_mismatched_base(checkpoints, tmp_path, capsys):
     other = tmp_path / "deeper"
     save_model(other, dj.ViT(dj.preset("tiny", **{**CONFIG, "depth": 2}), rngs=nnx.Rngs(0)))
-    with pytest.raises(SystemExit, match="depth"):
-        analyse.main(args(checkpoints, tmp_path / "x", "--base-checkpoint", str(other)))
+    bad = args(checkpoints, tmp_path / "x", f"--config.base_checkpoint={other}")
+    assert "depth" in diffjax_error(capsys, *bad)
 
 
-def test_analyse_help(capsys):
+def test_analyse_help_lists_every_config_field_with_its_default(capsys):
     with pytest.raises(SystemExit) as e:
-        analyse.main(["--help"])
-    assert e.value.code == 0 and "--checkpoint" in capsys.readouterr().out
+        diffjax("analyse", "--help")
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "--config.checkpoint=''" in out and "--config.radius=0.001" in out
+    assert "--workdir" in out and "(default: .)" in out

@@ -1,5 +1,5 @@
-"""End-to-end test of ``python -m experiments.attack`` on a tiny saved model and synthetic data:
-results file, summary recomputed from the records, resume after an interruption, clear errors."""
+"""`diffjax attack` end to end on a tiny saved model and synthetic data: results file, summary
+recomputed from the records, resume after an interruption, clear errors."""
 
 import json
 
@@ -10,8 +10,9 @@ from flax import nnx
 
 import diffjax as dj
 from diffjax import attacks
-from diffjax.checkpoint import CheckpointError, save_model
-from experiments import attack as cli
+from diffjax.checkpoint import save_model
+from diffjax.experiments.configs.attack import ATTACKS
+from tests.commandline import diffjax, diffjax_error
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,16 @@ def checkpoint(tmp_path_factory):
     return str(save_model(tmp_path_factory.mktemp("model") / "vit", model))
 
 
-def run(checkpoint, output, *extra):
-    flags = "--attack pgd --eps 8/255 --steps 2 --num-examples 8 --batch-size 4".split()
-    return cli.main(["--checkpoint", checkpoint, "--output", str(output), *flags, *extra])
+def args(checkpoint, workdir, *extra, attack="pgd"):
+    return ["attack", f"--config=attack:{attack}", f"--config.checkpoint={checkpoint}",
+            f"--config.eps={8 / 255}", "--config.steps=2", "--config.num_examples=8",
+            "--config.batch_size=4", "--config.dataset=synthetic", "--workdir", str(workdir),
+            *extra]  # fmt: skip
 
 
-def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path):
-    out = run(checkpoint, tmp_path / "full.json")
-    saved = json.loads((tmp_path / "full.json").read_text())
+def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys):
+    out = diffjax(*args(checkpoint, tmp_path / "full"))
+    saved = json.loads((tmp_path / "full" / "attack.json").read_text())
     assert saved == json.loads(json.dumps(out)) and saved["status"] == "complete"
     records = saved["records"]
     assert [r["index"] for r in records] == list(range(8))
@@ -42,38 +45,51 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path):
 
     # Interrupt after the first batch: a partial file with 4 records; --resume completes it to
     # exactly the records of the uninterrupted run (per-example keys come from the index).
+    (tmp_path / "resumed").mkdir()
     partial = dict(saved, status="partial", batches_done=1, records=records[:4])
-    (tmp_path / "resumed.json").write_text(json.dumps(partial))
+    (tmp_path / "resumed" / "attack.json").write_text(json.dumps(partial))
     with pytest.raises(SystemExit, match="--resume"):
-        run(checkpoint, tmp_path / "resumed.json")
-    resumed = run(checkpoint, tmp_path / "resumed.json", "--resume")
+        diffjax(*args(checkpoint, tmp_path / "resumed"))
+    resumed = diffjax(*args(checkpoint, tmp_path / "resumed", "--resume"))
     assert resumed["status"] == "complete" and resumed["records"] == records
     with pytest.raises(SystemExit, match="other settings"):
-        run(checkpoint, tmp_path / "resumed.json", "--resume", "--seed", "1")
+        diffjax(*args(checkpoint, tmp_path / "resumed", "--resume", "--config.seed=1"))
+    # --overwrite starts again from nothing and gives the same records.
+    again = diffjax(*args(checkpoint, tmp_path / "resumed", "--overwrite"))
+    assert again["records"] == records
 
 
-def test_attack_command_rejects_bad_input(checkpoint, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        run(checkpoint, tmp_path / "x.json", "--eps", "one/255")
-    assert "not a number or fraction" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run(checkpoint, tmp_path / "x.json", "--eps", "-1/255")
-    if jax.device_count() > 1:
-        with pytest.raises(SystemExit, match="multiple"):
-            run(checkpoint, tmp_path / "x.json", "--batch-size", str(jax.device_count() + 1))
-    with pytest.raises(CheckpointError):
-        run(str(tmp_path / "missing"), tmp_path / "x.json")
-    with pytest.raises(SystemExit, match="square"):
-        run(checkpoint, tmp_path / "x.json", "--attack", "square", "--norm", "l2")
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--config.eps=one"], "eps"),
+        (["--config.checkpoint=/nonexistent/model"], "/nonexistent/model"),
+        (["--config.norm=l2", "--config=attack:square"], "square"),
+        (["--resume", "--overwrite"], "exclude each other"),
+        (["--config.num_examples=-1"], "num_examples"),
+        (["--config.targeted=true", "--config=attack:apgd-ce"], "targeted"),
+    ],
+)
+def test_attack_command_rejects_bad_input(checkpoint, tmp_path, capsys, extra, message):
+    assert message in diffjax_error(capsys, *args(checkpoint, tmp_path / "x", *extra))
 
 
-def test_eps_fractions():
-    assert cli.parse_eps("4/255") == 4 / 255
-    assert cli.parse_eps(" 0.5 ") == 0.5
+def test_attack_command_needs_a_checkpoint(tmp_path, capsys):
+    err = diffjax_error(capsys, "attack", "--workdir", str(tmp_path))
+    assert "config.checkpoint is required" in err
 
 
-def test_help_lists_every_attack(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    text = capsys.readouterr().out
-    assert all(name in text for name in cli.ATTACKS)
+def test_batch_size_must_split_over_the_devices(checkpoint, tmp_path, capsys):
+    if jax.device_count() == 1:
+        pytest.skip("one device: every batch size splits")
+    bad = args(checkpoint, tmp_path / "x", f"--config.batch_size={jax.device_count() + 1}")
+    assert "multiple" in diffjax_error(capsys, *bad)
+
+
+def test_every_attack_has_a_config_and_the_help_lists_its_fields(capsys):
+    for name in ATTACKS:
+        with pytest.raises(SystemExit) as e:
+            diffjax("attack", f"--config=attack:{name}", "--help")
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config.eps=0.01568" in out and "--config.cw.binary_search_steps=9" in out

@@ -1,5 +1,6 @@
-"""The six paper-result scripts at their smoke presets: outputs, independent re-checks of the
-reported numbers from the per-example records, shared zoo models, resume, figures, bad input."""
+"""The six paper experiments at their smoke configs, run as `diffjax run NAME`: outputs,
+independent re-checks of the reported numbers from the per-example records, shared zoo models,
+resume, overrides in the resolved config, figures, bad input."""
 
 import csv
 import json
@@ -8,15 +9,18 @@ import numpy as np
 import pytest
 
 from diffjax import attacks
-from experiments import (
+from diffjax.experiments import (
     alignment,
     asr_table,
+    configs,
     depth,
-    figures,
     lambda_sweep,
     lambda_training,
     lipschitz,
+    zoo,
 )
+from diffjax.train import TrainConfig
+from tests.commandline import diffjax, diffjax_error
 
 SCRIPTS = {
     "asr_table": asr_table,
@@ -28,13 +32,15 @@ SCRIPTS = {
 }
 
 
+def command(name, root, *extra):
+    return ["run", name, f"--config={name}:smoke", "--workdir", str(root), "--offline", *extra]
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
-    flags = ["--preset", "smoke", "--results", str(root / "results"), "--runs",
-             str(root / "runs"), "--quiet", "--offline"]  # fmt: skip
-    out = {name: script.main(flags) for name, script in SCRIPTS.items()}
-    return root, flags, out
+    out = {name: diffjax(*command(name, root)) for name in SCRIPTS}
+    return root, out
 
 
 def _saved(root, name):
@@ -45,11 +51,11 @@ def _saved(root, name):
 
 
 def test_every_script_writes_results_config_environment_and_csv(smoke):
-    root, _, out = smoke
+    root, out = smoke
     for name in SCRIPTS:
         result, rows = _saved(root, name)
         assert result["experiment"] == name and result["preset"] == "smoke"
-        assert {"config", "environment"} <= set(result)
+        assert result["config"] == configs.to_dict(configs.load(f"{name}:smoke"))
         assert result["environment"]["packages"]["jax"]
         assert rows, name
         # What main() returned is what it wrote (JSON round trip).
@@ -57,9 +63,9 @@ def test_every_script_writes_results_config_environment_and_csv(smoke):
 
 
 def test_asr_table_numbers_recomputed_from_the_example_records(smoke):
-    root, _, _ = smoke
+    root, _ = smoke
     result, _ = _saved(root, "asr_table")
-    preset = asr_table.PRESETS["smoke"]
+    preset = configs.load("asr_table:smoke")
     for t in result["tables"]["synthetic"].values():
         seed_parts = t["per_seed"]
         for i, eps in enumerate(preset.eps):
@@ -102,16 +108,21 @@ def test_depth_l2_for_full_asr_is_defined_only_when_every_correct_example_falls(
 
 
 def test_zoo_models_are_shared_between_scripts(smoke):
-    root, _, _ = smoke
-    runs = sorted(p.name for p in (root / "runs" / "zoo" / "smoke" / "synthetic").iterdir())
+    root, _ = smoke
+    runs = sorted(p.name for p in (root / "runs" / "zoo" / "synthetic").iterdir())
     # asr_table trains the D=2 pair; alignment, lipschitz and lambda_training reuse it; depth
-    # reuses the λ sweep's D=1 models (λ_init 0.8 is the recipe's own, so no variant).
-    assert runs == ["diffvit_d1_li0.5_s0", "diffvit_d1_s0", "diffvit_d2_s0", "vit_d1_s0",
-                    "vit_d2_s0"]  # fmt: skip
+    # reuses the λ sweep's D=1 models (λ_init 0.8 is the recipe's own, so no variant). Each run
+    # is named by the hash of its resolved training config.
+    assert [r.rsplit("-", 1)[0] for r in runs] == [
+        "diffvit_d1_li0.5_s0", "diffvit_d1_s0", "diffvit_d2_s0", "vit_d1_s0", "vit_d2_s0"]
+    for run in runs:
+        saved = TrainConfig.from_dict(json.loads((root / "runs" / "zoo" / "synthetic" / run /
+                                                  "config.json").read_text()))  # fmt: skip
+        assert run.endswith("-" + zoo.config_hash(saved))
 
 
 def test_alignment_and_lipschitz_summaries_match_their_parts(smoke):
-    root, _, _ = smoke
+    root, _ = smoke
     result, _ = _saved(root, "alignment")
     for name, m in result["models"].items():
         for layer in m["layers"]:
@@ -132,12 +143,12 @@ def test_alignment_and_lipschitz_summaries_match_their_parts(smoke):
 
 
 def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(smoke):
-    root, _, _ = smoke
+    root, _ = smoke
     result, rows = _saved(root, "lambda_training")
     run = result["models"]["diffvit"][0]
     assert [p["step"] for p in run["checkpoints"]] == [4, 8]  # 2 epochs of 4 steps
-    logged = [json.loads(line) for line in (root / "runs" / "zoo" / "smoke" / "synthetic" /
-              "diffvit_d2_s0" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    (run_dir,) = (root / "runs" / "zoo" / "synthetic").glob("diffvit_d2_s0-*")
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in logged if r["kind"] == "train"]
     assert run["lambda_curve"]["step"] == [r["step"] for r in train]
     # λ read back from each checkpoint equals the λ logged at that step.
@@ -149,7 +160,7 @@ def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(smoke):
 
 
 def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(smoke):
-    root, _, _ = smoke
+    root, _ = smoke
     result, _ = _saved(root, "lambda_sweep")
     rows = {r["lambda_init"]: r for r in result["rows"]}
     assert rows[0.8]["paper_asr"] == 0.8498 and rows[None]["paper_asr"] is None
@@ -160,7 +171,7 @@ def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(smoke):
 
 
 def test_a_rerun_resumes_from_the_parts_and_computes_nothing(smoke, monkeypatch):
-    root, flags, out = smoke
+    root, out = smoke
     parts = sorted((root / "results").glob("*/smoke/parts/*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}
 
@@ -170,33 +181,54 @@ def test_a_rerun_resumes_from_the_parts_and_computes_nothing(smoke, monkeypatch)
     for script in (asr_table, depth):
         monkeypatch.setattr(script, "pgd_asr", fail)
         monkeypatch.setattr(script, "run_attack", fail)
-    again = asr_table.main(flags)
+    again = diffjax(*command("asr_table", root))
     assert again["tables"] == out["asr_table"]["tables"]
-    assert depth.main(flags)["rows"] == out["depth"]["rows"]
+    assert diffjax(*command("depth", root))["rows"] == out["depth"]["rows"]
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
 
 
 def test_figures_are_drawn_from_saved_results_alone(smoke, tmp_path):
-    root, _, _ = smoke
-    written = figures.make_figures(root / "results", tmp_path, preset="smoke")
-    assert sorted(p.split("/")[-1] for p in written) == sorted(
-        f"{name}_smoke.png" for name in SCRIPTS
-    )
+    root, _ = smoke
+    # `diffjax run` drew them already; `diffjax figures` redraws them from the results alone.
+    assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(
+        f"{name}_smoke.{ext}" for name in SCRIPTS for ext in ("png", "pdf"))
+    (root / "runs").rename(tmp_path / "runs_away")  # no model can be read
+    try:
+        written = diffjax("figures", "--workdir", str(root), "--preset", "smoke")
+    finally:
+        (tmp_path / "runs_away").rename(root / "runs")
+    assert sorted(written) == sorted(str(p) for p in (root / "figures").iterdir())
     for p in written:
         with open(p, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+            assert f.read(8) == (b"\x89PNG\r\n\x1a\n" if p.endswith(".png") else b"%PDF-1.4")
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
-def test_a_missing_dataset_fails_clearly(name, tmp_path):
-    script = SCRIPTS[name]
-    extra = ["--datasets", "cifar100"] if name == "asr_table" else []
-    flags = ["--preset", "cpu", "--data-dir", str(tmp_path), "--results", str(tmp_path / "r"),
-             "--runs", str(tmp_path / "runs"), "--offline", "--quiet", *extra]  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        script.main(flags)
-    assert "not available here" in str(e.value) and str(tmp_path) in str(e.value)
-    assert not (tmp_path / "runs").exists()
+def test_a_missing_dataset_fails_clearly(name, tmp_path, capsys):
+    extra = ["--config.datasets=('cifar100',)"] if name == "asr_table" else []
+    argv = ["run", name, f"--config={name}:cpu", "--data-dir", str(tmp_path), "--workdir",
+            str(tmp_path / "w"), "--offline", *extra]  # fmt: skip
+    err = diffjax_error(capsys, *argv)
+    assert "not available here" in err and str(tmp_path) in err
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_a_command_line_override_changes_the_resolved_config_in_the_results(tmp_path):
+    out = diffjax(*command("lambda_sweep", tmp_path, "--config.lambdas=(0.7,)",
+                           "--config.train.epochs=1", "--config.pgd_steps=1"))  # fmt: skip
+    saved, _ = _saved(tmp_path, "lambda_sweep")
+    assert saved["config"]["lambdas"] == [0.7] and saved["config"]["train"]["epochs"] == 1
+    assert saved["config"]["pgd_steps"] == 1 and out["config"] == saved["config"]
+    assert [r["lambda_init"] for r in saved["rows"]] == [None, 0.7]
+    (run,) = (tmp_path / "runs" / "zoo" / "synthetic").glob("diffvit_d1_li0.7_s0-*")
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+
+
+def test_no_experiment_runs_on_synthetic_data_by_default():
+    for name in [*SCRIPTS, "clip_compare"]:
+        config = configs.load(name)
+        datasets = config.get("datasets") or (config.get("dataset") or config.train.dataset,)
+        assert "synthetic" not in datasets, name
 
 
 def test_lambda_correlation_ranks_lambda_against_the_constants():

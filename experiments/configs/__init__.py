@@ -12,6 +12,7 @@ an unknown field, a value of the wrong type or a missing file is an error naming
 
 from __future__ import annotations
 
+import difflib
 import json
 import pathlib
 
@@ -50,17 +51,21 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
       ConfigError: naming the bad spec, file, field or value.
     """
     argv = ["diffjax", f"--config={resolve(spec)}", *overrides]
-    for arg in overrides:
-        if not arg.startswith("--config."):
-            raise ConfigError(f"not a config override: {arg!r} (want --config.FIELD=VALUE)")
+    if overrides:
+        known = [k for k, _ in flat(load(spec))]
+        for arg in overrides:
+            field = arg.removeprefix("--config.").partition("=")[0]
+            if not arg.startswith("--config.") or "=" not in arg:
+                raise ConfigError(f"not a config override: {arg!r} (want --config.FIELD=VALUE)")
+            if field not in known:
+                close = difflib.get_close_matches(field, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown config field {field!r} in {spec}{hint}")
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
     try:
         fv(argv)
         config = fv.config
-    except AttributeError as e:  # an override of a field the config does not have
-        field = str(e).strip("'\"")
-        raise ConfigError(f"unknown config field {field!r} in {spec}") from None
     except (flags.Error, ValueError, TypeError, KeyError) as e:
         # config_flags wraps errors of get_config in a traceback: its last line is the cause.
         raise ConfigError(f"bad config {spec}: {str(e).strip().splitlines()[-1]}") from None
