@@ -1,4 +1,4 @@
-"""Train-step throughput (images/s) of ViT and DiffViT at a training preset.
+"""Train-step throughput (images/s) of ViT and DiffViT at a training recipe.
 
     python -m benchmarks.train_step --preset cpu --steps 20
 
@@ -18,7 +18,8 @@ from flax import nnx
 
 from diffjax import sharding
 from diffjax.data import synthetic
-from diffjax.train import TRAIN_PRESETS, fit_to_data, init_state, train_preset, train_step
+from diffjax.experiments.configs import recipes
+from diffjax.train import fit_to_data, init_state, train_step
 from diffjax.vit import ViT, count_params
 
 
@@ -52,7 +53,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", choices=TRAIN_PRESETS, default="cpu")
+    p.add_argument("--preset", choices=sorted(recipes.RECIPES), default="cpu",
+                   help="a training recipe of experiments/configs/recipes.py")
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats (best is reported)")
     p.add_argument("--width", type=int)
@@ -68,7 +70,8 @@ def main(argv=None) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for name, attention in (("ViT", "softmax"), ("DiffViT", "diff")):
-        config = train_preset(args.preset, attention=attention)
+        config = recipes.train_config(recipes.training(args.preset))
+        config = config.replace(model=config.model.replace(attention=attention))
         changes = {
             k: v
             for k, v in (("width", args.width), ("depth", args.depth), ("num_heads", args.heads))

@@ -26,7 +26,8 @@ import scipy.stats
 
 from diffjax.checkpoint import write_json_atomic
 
-PACKAGES = ("diffjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "chex")
+PACKAGES = ("diffjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+            "ml-collections")  # fmt: skip
 
 
 def environment() -> dict[str, Any]:

@@ -73,7 +73,8 @@ def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path, capsy
     stamps = [f.stat().st_mtime_ns for f in files]
     assert diffjax(*args(checkpoints, out)) == summary
     assert [f.stat().st_mtime_ns for f in files] == stamps
-    assert "other settings" in diffjax_error(capsys, *args(checkpoints, out, "--config.radius=0.01"))
+    other = args(checkpoints, out, "--config.radius=0.01")
+    assert "other settings" in diffjax_error(capsys, *other)
 
 
 def test_analyse_a_vit_alignment_only(checkpoints, tmp_path):

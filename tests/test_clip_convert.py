@@ -357,14 +357,15 @@ def test_bad_files_raise_conversion_errors(tmp_path):
 
 
 def test_convert_cli(tmp_path, capsys):
-    from experiments import convert_clip
+    from tests.commandline import diffjax, diffjax_error
 
     config = clip_preset("tiny_diff")  # full 77-token context and 49,408-token vocabulary
     ref = _reference("diff", config=config)
     _save_release(ref, tmp_path / "checkpoint_best.pt")
     out = tmp_path / "model"
-    argv = [str(tmp_path / "checkpoint_best.pt"), str(out), "--preset", "tiny_diff"]
-    assert convert_clip.main(argv) == 0
+    argv = ["convert-clip", str(tmp_path / "checkpoint_best.pt"), str(out), "--preset",
+            "tiny_diff"]  # fmt: skip
+    assert diffjax(*argv)["preset"] == "tiny_diff"
     record = json.loads((out / "conversion.json").read_text())
     assert record["attention"] == "diff" and record["preset"] == "tiny_diff"
     assert (
@@ -378,7 +379,5 @@ def test_convert_cli(tmp_path, capsys):
         want = ref.double().encode_text(torch.from_numpy(tokens.astype(np.int64))).numpy()
     assert _rel_err(model.encode_text(tokens), want) <= 2e-6
     # 'auto' reads the keys as DiffCLIP and checks them against the ViT-B/16 release shapes.
-    assert convert_clip.main(argv[:1] + [str(tmp_path / "auto")]) == 1
-    assert "wrong shape" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # refuses to overwrite without --overwrite
-        convert_clip.main(argv[:2])
+    assert "wrong shape" in diffjax_error(capsys, *argv[:2], str(tmp_path / "auto"))
+    assert "--overwrite" in diffjax_error(capsys, *argv[:3])  # refuses to overwrite

@@ -1,20 +1,21 @@
-"""The CLIP-vs-DiffCLIP experiment's smoke preset end to end, its resume, and its figure."""
+"""`diffjax run clip_compare` at its smoke config end to end, its resume, and its figure."""
 
 import json
 
 import numpy as np
 
-from experiments import clip_compare, figures
+from diffjax.experiments import configs
+from tests.commandline import diffjax
 
 
 def test_clip_compare_smoke_runs_resumes_and_draws(tmp_path):
-    args = ["--preset", "smoke", "--results", str(tmp_path / "res"), "--runs",
-            str(tmp_path / "runs"), "--quiet"]  # fmt: skip
-    out = clip_compare.main(args)
+    args = ["run", "clip_compare", "--config=clip_compare:smoke", "--workdir", str(tmp_path)]
+    out = diffjax(*args)
     assert set(out["models"]) == {"clip_seed0", "diffclip_seed0"}
+    steps = configs.load("clip_compare:smoke").training.steps
     for res in out["models"].values():
         assert 0 <= res["zeroshot_accuracy"] <= 1
-        assert res["training"]["steps"] == clip_compare.PRESETS["smoke"].training.steps
+        assert res["training"]["steps"] == steps
         layers = res["layers"]
         assert len(layers) == 2 and all(0 <= r["negative_alignment"] <= 1 for r in layers)
         assert all(r["sigma_max_mean"] > 0 for r in layers)
@@ -24,15 +25,14 @@ def test_clip_compare_smoke_runs_resumes_and_draws(tmp_path):
             assert s["examples"] == 8 and s["clean_correct"] == clean.sum()
             assert s["fooled"] == np.sum(clean & ~adv.astype(bool))
             assert s["mean_linf"] is None or s["mean_linf"] <= attack["eps"] + 1e-5
-    saved = json.loads((tmp_path / "res/clip_compare/smoke/results.json").read_text())
+    saved = json.loads((tmp_path / "results/clip_compare/smoke/results.json").read_text())
     assert saved["environment"]["packages"]["jax"]
     # A second run reuses the finished parts: identical numbers, nothing retrained.
-    parts = sorted((tmp_path / "res/clip_compare/smoke/parts").iterdir())
+    parts = sorted((tmp_path / "results/clip_compare/smoke/parts").iterdir())
     mtimes = [p.stat().st_mtime_ns for p in parts]
-    again = clip_compare.main(args)
+    again = diffjax(*args)
     assert [p.stat().st_mtime_ns for p in parts] == mtimes
     assert again["models"] == out["models"]
-    written = figures.main(["--results", str(tmp_path / "res"), "--figures",
-                            str(tmp_path / "fig")])  # fmt: skip
-    assert written == [str(tmp_path / "fig/clip_compare_smoke.png")]
-    assert np.fromfile(written[0], np.uint8)[:4].tolist() == [137, 80, 78, 71]  # PNG magic
+    png, pdf = (tmp_path / f"figures/clip_compare_smoke.{ext}" for ext in ("png", "pdf"))
+    assert np.fromfile(png, np.uint8)[:4].tolist() == [137, 80, 78, 71]  # PNG magic
+    assert pdf.read_bytes()[:5] == b"%PDF-"

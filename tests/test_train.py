@@ -13,10 +13,9 @@ from flax import nnx
 
 from diffjax import sharding
 from diffjax.checkpoint import CheckpointError, load_model
-from diffjax.config import preset
+from diffjax.config import ViTConfig, preset
 from diffjax.data import load_dataset, synthetic
 from diffjax.train import (
-    TRAIN_PRESETS,
     TrainConfig,
     check_finite,
     evaluate,
@@ -26,23 +25,24 @@ from diffjax.train import (
     make_optimizer,
     smoothed_cross_entropy,
     train,
-    train_preset,
     train_step,
 )
 
-# The smoke preset, shrunk to 16 steps (2 epochs of 8), with dropout on so that its PRNG
-# stream is part of what the resume test checks. Every test here uses it: one compilation.
-CONFIG = train_preset(
-    "smoke",
-    attention="diff",
+# 16 steps (2 epochs of 8) on the embedded sample, with dropout on so that its PRNG stream is
+# part of what the resume test checks. Every test here uses it: one compilation.
+CONFIG = TrainConfig(
+    model=ViTConfig(width=32, depth=2, num_heads=4, patch_size=8, attention="diff", dropout=0.1),
+    dataset="embedded",
+    epochs=2,
+    batch_size=32,
+    learning_rate=2e-3,
+    warmup_epochs=0.5,
     train_examples=256,
     test_examples=128,
-    epochs=2,
+    eval_batch_size=128,
     checkpoint_every_steps=3,
     log_every_steps=1,
-    learning_rate=2e-3,
 )
-CONFIG = CONFIG.replace(model=CONFIG.model.replace(dropout=0.1))
 STEPS = 16
 
 
@@ -255,13 +255,11 @@ def test_config_validation_presets_and_fit_to_data(tmp_path):
         TrainConfig(label_smoothing=1.0)
     with pytest.raises(ValueError, match="grad_clip"):
         TrainConfig(grad_clip=0.0)
-    with pytest.raises(ValueError, match="unknown training preset"):
-        train_preset("gpu")
-    for name in TRAIN_PRESETS:
-        for attention in ("softmax", "diff"):
-            config = train_preset(name, attention=attention)
-            assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    tiny = fit_to_data(train_preset("cpu"), synthetic(2, image_size=64, num_classes=200))
+    for attention in ("softmax", "diff"):
+        config = CONFIG.replace(model=CONFIG.model.replace(attention=attention))
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    cpu = TrainConfig(model=preset("cifar", width=64, num_heads=4))
+    tiny = fit_to_data(cpu, synthetic(2, image_size=64, num_classes=200))
     assert (tiny.model.image_size, tiny.model.patch_size, tiny.model.num_classes) == (64, 8, 200)
     with pytest.raises(ValueError, match="fit_to_data"):
         train(
@@ -273,13 +271,12 @@ def test_config_validation_presets_and_fit_to_data(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written for a run that cannot start
 
 
-def test_logged_lambdas_equal_the_models_own_lambda():
+def test_the_models_lambdas_equal_the_lambda_its_attention_uses():
     import diffjax as dj
-    from diffjax.train import layer_lambdas
 
     config = dj.preset("tiny", attention="diff", diff_layers=(1,), lambda_init="schedule")
     model = dj.ViT(config, rngs=nnx.Rngs(4))
     _, inter = model(np.zeros((1, 8, 8, 3), np.float32), capture=True)
-    got = layer_lambdas(nnx.state(model, nnx.Param), config)
+    got = model.lambdas()
     assert got[0] is None
     assert got[1] == pytest.approx(float(inter.maps[1].lam), abs=1e-7)

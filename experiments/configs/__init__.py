@@ -7,7 +7,8 @@ A spec is a config file path or the name of a file in this folder, optionally fo
 ``:ARG`` (the preset: ``smoke``, ``cpu``, ``paper``, …). Overrides are ``--config.FIELD=VALUE``
 flags parsed by ``ml_collections.config_flags`` (the big_vision convention): the value is read as
 a Python literal of the field's type (``(0, 1)`` or ``0,1`` for tuples, ``true`` for booleans);
-an unknown field, a value of the wrong type or a missing file is an error naming it.
+``None`` clears any field (e.g. ``--config.train.train_examples=None``: all images); an unknown
+field, a value of the wrong type or a missing file is an error naming it.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     Raises:
       ConfigError: naming the bad spec, file, field or value.
     """
+    # config_flags parses a value by the field's type, so "None" cannot reach an int field:
+    # those overrides are set after parsing (every field may be None: "use the default").
+    nones = [a for a in overrides if a.partition("=")[2] in ("None", "none")]
+    overrides = [a for a in overrides if a not in nones]
     argv = ["diffjax", f"--config={resolve(spec)}", *overrides]
-    if overrides:
+    if overrides or nones:
         known = [k for k, _ in flat(load(spec))]
-        for arg in overrides:
+        for arg in [*overrides, *nones]:
             field = arg.removeprefix("--config.").partition("=")[0]
             if not arg.startswith("--config.") or "=" not in arg:
                 raise ConfigError(f"not a config override: {arg!r} (want --config.FIELD=VALUE)")
@@ -71,6 +76,12 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
         raise ConfigError(f"bad config {spec}: {str(e).strip().splitlines()[-1]}") from None
     if not isinstance(config, ml_collections.ConfigDict):  # config_flags defers load errors
         raise ConfigError(f"cannot load config {spec}: {getattr(config, 'message', config)}")
+    for arg in nones:
+        *parents, leaf = arg.removeprefix("--config.").partition("=")[0].split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = None
     return config
 
 

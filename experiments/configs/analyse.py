@@ -16,7 +16,8 @@ import ml_collections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    del arg  # one analysis; its size is set by the fields
+    if arg:
+        raise ValueError(f"analyse takes no arg (its size is set by the fields), got {arg!r}")
     c = ml_collections.ConfigDict()
     c.experiment = "analyse"
     c.checkpoint = ""
