@@ -3,7 +3,7 @@
     diffjax make-sample --source DIR        # DIR: cifar10_jpeg.npz, cifar10_lossless_subset.npz
 
 The export is two files (their SHA-256 digests are checked below): ``cifar10_jpeg.npz``, every
-CIFAR-10 image JPEG-encoded (quality 95) with its label, and ``cifar10_lossless_subset.npz``,
+CIFAR-10 image JPEG-encoded (quality 75, 4:2:0) with its label, and ``cifar10_lossless_subset.npz``,
 the exact original pixels of training images 0..3999 and test images 0..999 (docs/data.md).
 
 Training images 0..N-1 are kept as the JPEG bytes of the offline export (decoded with Pillow at
@@ -113,8 +113,9 @@ def run(args: argparse.Namespace) -> None:
     tmp.write_bytes(data)
     tmp.replace(args.out / ASSET)
     card = {
-        "source": "CIFAR-10 (Krizhevsky 2009), from the offline copies described in "
-        "../shared/data/README.md",
+        "source": "CIFAR-10 (Krizhevsky 2009), from an offline export: every image JPEG-encoded "
+        "(quality 75, 4:2:0), plus the exact pixels of training images 0..3999 and test images "
+        "0..999 (docs/data.md)",
         "source_sha256": SOURCE_SHA256,
         "train": {
             "indices": f"0..{args.train - 1} of the official training set",
