@@ -8,7 +8,10 @@ FLAGS = ("--quiet", "--no-compilation-cache")
 
 
 def diffjax(*argv):
-    """``diffjax ARGV…`` (progress bars and the compilation cache off); its result."""
+    """``diffjax ARGV…`` (progress bars and the compilation cache off where the subcommand
+    has them); its result."""
+    if argv[0] not in ("run", *cli.CONFIGURED):
+        return cli.run(list(argv))
     head = list(argv[:2]) if argv[0] == "run" else list(argv[:1])
     return cli.run([*head, *FLAGS, *argv[len(head):]])
 
