@@ -394,22 +394,31 @@ def eval_step(
       images: [B, H, W, C] uint8; labels: [B] int32; mask: [B] bool (False on padding).
 
     Returns:
-      ``correct`` (float32 count), ``loss`` (sum of plain cross-entropy), ``count`` (int32).
+      ``correct`` (float32 count), ``loss`` (sum of plain cross-entropy), ``count`` (int32),
+      ``nonfinite`` (int32 count of examples whose logits are not all finite).
     """
     logits = nnx.merge(_graphdef(model_config), params)(to_unit_range(images))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = jnp.argmax(logits, -1) == labels
+    # argmax of NaN logits is class 0: without this count, label-0 examples would look correct
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    correct = (jnp.argmax(logits, -1) == labels) & finite
     return {
         "correct": jnp.sum(jnp.where(mask, correct, False).astype(jnp.float32)),
         "loss": jnp.sum(jnp.where(mask, ce, 0.0)),
         "count": jnp.sum(mask.astype(jnp.int32)),
+        "nonfinite": jnp.sum((mask & ~finite).astype(jnp.int32)),
     }
 
 
 def evaluate_params(
     params, model_config: ViTConfig, dataset: Dataset, batch_size: int, mesh
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``params`` over every example of ``dataset`` once."""
+    """Accuracy and mean cross-entropy of ``params`` over every example of ``dataset`` once.
+
+    Raises:
+      FloatingPointError: the model's logits are not finite on some example (no accuracy of
+        such a model is meaningful).
+    """
     rows = sharding.process_rows(batch_size, mesh)
     totals = None
     for images, labels, mask in eval_batches(dataset, batch_size, rows):
@@ -420,6 +429,11 @@ def evaluate_params(
     count = int(totals["count"])
     if count != len(dataset):
         raise RuntimeError(f"evaluated {count} examples, expected {len(dataset)}")
+    if totals["nonfinite"]:
+        raise FloatingPointError(
+            f"the model's logits are NaN or infinite on {int(totals['nonfinite'])} of {count} "
+            f"examples of {dataset.name}: not a usable model (NaN or infinite parameters?)"
+        )
     return {
         "test_accuracy": float(totals["correct"]) / count,
         "test_loss": float(totals["loss"]) / count,
@@ -564,8 +578,11 @@ def train(
 
     def record(entry: dict) -> None:
         if writer:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            try:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            except OSError as e:  # a full disk: write errors name no file
+                raise OSError(e.errno, f"cannot append to {metrics_path}: {e.strerror}") from e
         emit(entry)
 
     state = sharding.replicate(init_state(config=config, steps_per_epoch=spe), mesh)
@@ -627,7 +644,6 @@ def train(
                 ckpts.save(step, state.params, state.opt_state)
             if not pending:  # evaluation time is not training time
                 interval_start = time.perf_counter()
-        ckpts.wait()
         if final_eval is None:  # the run had already finished
             final_eval = ckpts.metrics(total_steps) or evaluate_params(
                 state.params, config.model, test_data, config.eval_batch_size, mesh
