@@ -42,7 +42,16 @@ from diffjax.checkpoint import (
     config_from_dict,
     write_json_atomic,
 )
-from diffjax.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from diffjax.config import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViTConfig,
+    check_bool,
+    check_int,
+    check_number,
+)
 from diffjax.data import Dataset, load_dataset
 from diffjax.data.pipeline import (
     augment,
@@ -113,6 +122,8 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
             raise TypeError(f"model must be a ViTConfig, got {type(self.model).__name__}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
         for name in (
             "epochs",
             "batch_size",
@@ -121,36 +132,23 @@ class TrainConfig:
             "keep_checkpoints",
             "log_every_steps",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
-        if not isinstance(self.checkpoint_every_steps, int) or self.checkpoint_every_steps < 0:
-            raise ValueError(
-                f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps!r}"
-            )
-        if not self.learning_rate > 0 or not 0 <= self.end_learning_rate <= self.learning_rate:
-            raise ValueError(
-                "need learning_rate > 0 and 0 <= end_learning_rate <= learning_rate, got "
-                f"{self.learning_rate}, {self.end_learning_rate}"
-            )
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
-            raise ValueError(
-                f"adam_b1, adam_b2 must be in [0, 1), got {self.adam_b1}, {self.adam_b2}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be None or > 0, got {self.grad_clip}")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        check_int("checkpoint_every_steps", self.checkpoint_every_steps, 0)
+        check_int("crop_padding", self.crop_padding, 0)
+        check_int("seed", self.seed, 0)
+        check_bool("flip", self.flip)
+        check_number("learning_rate", self.learning_rate, 0, low_open=True)
+        check_number("end_learning_rate", self.end_learning_rate, 0, self.learning_rate)
+        check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("adam_b1", self.adam_b1, 0, 1, high_open=True)
+        check_number("adam_b2", self.adam_b2, 0, 1, high_open=True)
+        check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, 0, low_open=True)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -76,11 +76,27 @@ def succeeded(logits: Array, label: Array, target: Array, targeted: bool) -> Arr
 # Config validation shared by the attack configs (frozen dataclasses validate in __post_init__).
 
 
+def check_nonnegative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
 def check_eps(eps: Any) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise ValueError(f"eps must be a number, got {eps!r}")
-    if not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    check_nonnegative("eps", eps)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_fraction(name: str, value: Any, *, zero: bool = False) -> None:
+    """A number in (0, 1], or [0, 1] with ``zero``."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and (0 <= value if zero else 0 < value) and value <= 1):
+        raise ValueError(f"{name} must lie in {'[' if zero else '('}0, 1], got {value!r}")
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
