@@ -178,7 +178,7 @@ def verify_manifest(directory: str | os.PathLike, parts: tuple[str, ...] | None 
     if unexpected:
         raise CheckpointError(f"unexpected file {directory / unexpected[0]}: not in {path}")
     for name in sorted(recorded):
-        file = directory / name
+        file = pathlib.Path(os.path.normpath(directory / name))  # "../../config.json" in full
         if not file.is_file():
             raise CheckpointError(f"checkpoint file {file} is missing (listed in {path})")
         if file_digest(file, "sha256") != digests[name]:
@@ -287,8 +287,10 @@ class TrainCheckpoints:
     those saved with metrics. A save is complete, and visible, only once orbax has renamed its
     temporary folder and the step's manifest is written; older steps are deleted only after
     that, so a killed or failed save leaves every earlier checkpoint intact. Opening a run
-    (not read-only) removes what unfinished saves left: orbax temporary folders and steps
-    without a manifest. Use as a context manager, or call :meth:`close`.
+    (not read-only) removes what an unfinished save left: orbax temporary folders, and a newest
+    step without a manifest (killed between orbax's rename and the manifest). Any other step
+    without a manifest is refused with :class:`CheckpointError`, never deleted. Use as a
+    context manager, or call :meth:`close`.
     """
 
     def __init__(self, run_dir: str | os.PathLike, keep: int = 2, read_only: bool = False):
@@ -327,11 +329,23 @@ class TrainCheckpoints:
     def _sweep_unfinished(self) -> None:
         if not self.directory.is_dir():
             return
+        steps = {}
         for path in self.directory.iterdir():
-            if ORBAX_TMP_MARK in path.name or (
-                path.name.isdigit() and path.is_dir() and not has_manifest(path)
-            ):
+            if ORBAX_TMP_MARK in path.name:
                 shutil.rmtree(path)
+            elif path.name.isdigit() and path.is_dir():
+                steps[int(path.name)] = has_manifest(path)
+        unsealed = sorted(s for s, sealed in steps.items() if not sealed)
+        sealed = [s for s, ok in steps.items() if ok]
+        # Saves are sequential and each is sealed before the next starts: only the newest
+        # step can be an unfinished one, and training recomputes it exactly.
+        if unsealed[:-1] or (unsealed and sealed and unsealed[-1] < max(sealed)):
+            raise CheckpointError(
+                f"{self.directory}: steps {unsealed} have no {MANIFEST_FILE} (written before "
+                "diffjax recorded digests, or damaged); they cannot be verified, move them away"
+            )
+        if unsealed:
+            shutil.rmtree(self.step_dir(unsealed[-1]))
 
     def steps(self) -> list[int]:
         """The complete (sealed) steps, ascending."""
@@ -382,7 +396,7 @@ class TrainCheckpoints:
             run_config = self.directory.parent / CONFIG_FILE
             write_manifest(path, also=(f"../../{CONFIG_FILE}",) if run_config.is_file() else ())
         except Exception as e:  # orbax and tensorstore raise many types for failed writes
-            for leftover in self.directory.glob(f"{step}*"):
+            for leftover in [path, *self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")]:
                 shutil.rmtree(leftover, ignore_errors=True)
             self._manager.reload()
             raise CheckpointError(
@@ -396,7 +410,12 @@ class TrainCheckpoints:
         kept = set(steps[-self.keep :]) | {self.best_step()}
         for step in steps:
             if step not in kept:
-                self._manager.delete(step)
+                # renamed first: a kill mid-delete leaves a temporary folder (swept at the next
+                # start), never a half-deleted step that still looks sealed
+                doomed = self.directory / f"{step}{ORBAX_TMP_MARK}-deleted"
+                os.replace(self.step_dir(step), doomed)
+                shutil.rmtree(doomed)
+        self._manager.reload()
 
     def restore(self, step: int, params, opt_state):
         """Restore step ``step`` into the structure, shapes and shardings of the given trees.

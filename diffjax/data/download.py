@@ -35,6 +35,10 @@ class DatasetUnavailableError(FileNotFoundError):
     """A dataset that is neither on disk nor downloadable; the message says what to put where."""
 
 
+class DatasetFormatError(ValueError):
+    """A dataset file that exists but is not in the expected format (corrupt, truncated, wrong)."""
+
+
 class ChecksumError(ValueError):
     """A file whose digest differs from the published one."""
 
@@ -163,15 +167,29 @@ def extract(archive: str | os.PathLike, directory: str | os.PathLike, folder: st
     """Extract ``archive`` (.tar.gz or .zip), whose top folder is ``folder``, into ``directory``.
 
     Extraction goes to a temporary folder; ``directory/folder`` appears only when complete.
+
+    Raises:
+      DatasetFormatError: a member would land outside ``directory`` (an absolute path, ``..``,
+        a link out of it); nothing is extracted from such an archive.
     """
     archive, directory = pathlib.Path(archive), pathlib.Path(directory)
     with _temporary(directory, f".{folder}.", folder=True) as tmp:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
+                # zipfile would silently rewrite such names; a dataset archive has none
+                for name in z.namelist():
+                    parts = pathlib.PurePosixPath(name.replace("\\", "/")).parts
+                    if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+                        raise DatasetFormatError(
+                            f"{archive}: member {name!r} would be extracted outside {directory}"
+                        )
                 z.extractall(tmp)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                try:
+                    t.extractall(tmp, filter="data")
+                except tarfile.FilterError as e:
+                    raise DatasetFormatError(f"{archive}: unsafe member refused: {e}") from e
         if not (tmp / folder).is_dir():
             raise DatasetUnavailableError(f"{archive} does not contain the folder {folder}/")
         os.replace(tmp / folder, directory / folder)
