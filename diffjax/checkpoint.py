@@ -300,6 +300,11 @@ class TrainCheckpoints:
             raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/: not a training run")
         if not read_only:
             self._sweep_unfinished()
+        # orbax reads every step's metrics when it opens a run: a corrupt one would raise a
+        # bare JSONDecodeError naming no file
+        for step_dir in self.directory.glob("[0-9]*"):
+            if has_manifest(step_dir):
+                verify_manifest(step_dir, parts=(METRICS_DIR,))
         options = ocp.CheckpointManagerOptions(
             create=not read_only,
             read_only=read_only,
@@ -312,9 +317,14 @@ class TrainCheckpoints:
             # logged by a background thread while training goes on.
             enable_async_checkpointing=False,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, item_names=(PARAMS_DIR, OPT_STATE_DIR), options=options
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, item_names=(PARAMS_DIR, OPT_STATE_DIR), options=options
+            )
+        except Exception as e:  # orbax raises many types for unreadable step metadata
+            raise CheckpointError(
+                f"cannot open the checkpoints in {self.directory}: {type(e).__name__}: {e}"
+            ) from e
 
     def __enter__(self) -> TrainCheckpoints:
         return self
@@ -356,8 +366,7 @@ class TrainCheckpoints:
         return steps[-1] if steps else None
 
     def metrics(self, step: int) -> dict | None:
-        """The test metrics saved with ``step`` (verified against its manifest), or None."""
-        verify_manifest(self.step_dir(step), parts=(METRICS_DIR,))
+        """The test metrics saved with ``step`` (verified when the run was opened), or None."""
         try:
             return self._manager.metrics(step)
         except Exception as e:  # orbax raises many types for unreadable metrics
@@ -396,7 +405,8 @@ class TrainCheckpoints:
             run_config = self.directory.parent / CONFIG_FILE
             write_manifest(path, also=(f"../../{CONFIG_FILE}",) if run_config.is_file() else ())
         except Exception as e:  # orbax and tensorstore raise many types for failed writes
-            for leftover in [path, *self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")]:
+            unfinished = [] if has_manifest(path) else [path]  # never a sealed step
+            for leftover in unfinished + list(self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")):
                 shutil.rmtree(leftover, ignore_errors=True)
             self._manager.reload()
             raise CheckpointError(
