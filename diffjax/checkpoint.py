@@ -296,13 +296,15 @@ class TrainCheckpoints:
     def __init__(self, run_dir: str | os.PathLike, keep: int = 2, read_only: bool = False):
         self.directory = pathlib.Path(run_dir).absolute() / CHECKPOINTS_DIR
         self.keep = keep
+        # one process writes, seals and deletes (the others see its files on a shared disk)
+        self._writer = not read_only and jax.process_index() == 0
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/: not a training run")
-        if not read_only:
+        if self._writer:
             self._sweep_unfinished()
         # orbax reads every step's metrics when it opens a run: a corrupt one would raise a
         # bare JSONDecodeError naming no file
-        for step_dir in self.directory.glob("[0-9]*"):
+        for step_dir in self._step_dirs():
             if has_manifest(step_dir):
                 verify_manifest(step_dir, parts=(METRICS_DIR,))
         options = ocp.CheckpointManagerOptions(
@@ -336,15 +338,17 @@ class TrainCheckpoints:
         """Release the manager."""
         self._manager.close()
 
-    def _sweep_unfinished(self) -> None:
+    def _step_dirs(self) -> list[pathlib.Path]:
         if not self.directory.is_dir():
-            return
-        steps = {}
-        for path in self.directory.iterdir():
-            if ORBAX_TMP_MARK in path.name:
-                shutil.rmtree(path)
-            elif path.name.isdigit() and path.is_dir():
-                steps[int(path.name)] = has_manifest(path)
+            return []
+        return [p for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()]
+
+    def _sweep_unfinished(self) -> None:
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if ORBAX_TMP_MARK in path.name:
+                    shutil.rmtree(path)
+        steps = {int(p.name): has_manifest(p) for p in self._step_dirs()}
         unsealed = sorted(s for s, sealed in steps.items() if not sealed)
         sealed = [s for s, ok in steps.items() if ok]
         # Saves are sequential and each is sealed before the next starts: only the newest
@@ -402,18 +406,22 @@ class TrainCheckpoints:
                 metrics=metrics,
                 force=True,
             )
-            run_config = self.directory.parent / CONFIG_FILE
-            write_manifest(path, also=(f"../../{CONFIG_FILE}",) if run_config.is_file() else ())
+            if self._writer:
+                run_config = self.directory.parent / CONFIG_FILE
+                also = (f"../../{CONFIG_FILE}",) if run_config.is_file() else ()
+                write_manifest(path, also=also)
         except Exception as e:  # orbax and tensorstore raise many types for failed writes
-            unfinished = [] if has_manifest(path) else [path]  # never a sealed step
-            for leftover in unfinished + list(self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")):
-                shutil.rmtree(leftover, ignore_errors=True)
+            if self._writer:
+                unfinished = [] if has_manifest(path) else [path]  # never a sealed step
+                for leftover in unfinished + list(self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")):
+                    shutil.rmtree(leftover, ignore_errors=True)
             self._manager.reload()
             raise CheckpointError(
                 f"saving checkpoint {path} failed: {type(e).__name__}: {e}; earlier "
                 f"checkpoints (steps {self.steps()}) are kept"
             ) from e
-        self._prune()
+        if self._writer:
+            self._prune()
 
     def _prune(self) -> None:
         steps = self.steps()

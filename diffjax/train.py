@@ -41,6 +41,7 @@ from diffjax.checkpoint import (
     TrainCheckpoints,
     config_from_dict,
     write_json_atomic,
+    write_text_atomic,
 )
 from diffjax.config import (
     CIFAR10_MEAN,
@@ -487,9 +488,7 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{ln}\n" for ln in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{ln}\n" for ln in kept))
 
 
 def check_finite(metrics: list[dict], last_step: int) -> None:

@@ -194,8 +194,14 @@ def killed_training(run_dir: str, mode: str, step: int) -> None:
             die()
 
     train_data, test_data = data()
-    train(CONFIG, run_dir, train_data=train_data, test_data=test_data, devices=one_device(),
-          progress=progress)  # fmt: skip
+    train(
+        CONFIG,
+        run_dir,
+        train_data=train_data,
+        test_data=test_data,
+        devices=one_device(),
+        progress=progress,
+    )
 
 
 MODES = ("after_step", "before_rename", "before_manifest", "mid_prune")
@@ -229,8 +235,9 @@ def reference(tmp_path_factory):
     """An uninterrupted run: (run directory, final parameters)."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     train_data, test_data = data()
-    model, _ = train(CONFIG, run_dir, train_data=train_data, test_data=test_data,
-                     devices=one_device())  # fmt: skip
+    model, _ = train(
+        CONFIG, run_dir, train_data=train_data, test_data=test_data, devices=one_device()
+    )
     return run_dir, jax.device_get(nnx.state(model, nnx.Param))
 
 
@@ -254,14 +261,18 @@ def test_training_killed_at_random_points_resumes_exactly(reference, tmp_path):
         run_dir, mode, step = pathlib.Path(call["run_dir"]), call["mode"], call["step"]
         names = [p.name for p in (run_dir / "checkpoints").iterdir()]
         leftovers = [n for n in names if ".orbax-checkpoint-tmp" in n]
-        unsealed = [n for n in names if n.isdigit() and not (run_dir / "checkpoints" / n /
-                                                             MANIFEST_FILE).is_file()]  # fmt: skip
+        unsealed = [
+            n
+            for n in names
+            if n.isdigit() and not (run_dir / "checkpoints" / n / MANIFEST_FILE).is_file()
+        ]
         # the fault hit where it was aimed: each mode leaves its own kind of unfinished save
         assert bool(leftovers) == (mode in ("before_rename", "mid_prune")), (mode, names)
         assert unsealed == ([str(step)] if mode == "before_manifest" else []), (mode, names)
         train_data, test_data = data()
-        model, summary = train(CONFIG, run_dir, train_data=train_data, test_data=test_data,
-                               devices=one_device())  # fmt: skip
+        model, summary = train(
+            CONFIG, run_dir, train_data=train_data, test_data=test_data, devices=one_device()
+        )
         assert summary["resumed_from_step"] < 8
         assert_same_run(run_dir, model, reference)
         outcome("kill -9 during training", recovered=True)
@@ -283,8 +294,15 @@ def attack_parts(out_dir: str, kill_at: int | None = None) -> list:
         if i == kill_at:
             die()
         rows = slice(8 * i, 8 * i + 8)
-        out = attacks.attack_dataset(attacks.pgd, model_fn, ds.images[rows], ds.labels[rows],
-                                     jax.random.key(i), config, batch_size=8)  # fmt: skip
+        out = attacks.attack_dataset(
+            attacks.pgd,
+            model_fn,
+            ds.images[rows],
+            ds.labels[rows],
+            jax.random.key(i),
+            config,
+            batch_size=8,
+        )
         return {name: v.tolist() for name, v in out.items()}
 
     out = pathlib.Path(out_dir)
@@ -293,8 +311,11 @@ def attack_parts(out_dir: str, kill_at: int | None = None) -> list:
 
 def test_attack_killed_mid_run_resumes_exactly(tmp_path):
     kill_at = random.Random(17).randint(1, 2)
-    run_killed("attack_parts", tmp_path / "jax_cache",
-               [{"out_dir": str(tmp_path / "a"), "kill_at": kill_at}])  # fmt: skip
+    run_killed(
+        "attack_parts",
+        tmp_path / "jax_cache",
+        [{"out_dir": str(tmp_path / "a"), "kill_at": kill_at}],
+    )
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         f"part{i}.json" for i in range(kill_at)
     ]  # finished parts kept, no temporary file
@@ -356,8 +377,13 @@ def test_bit_flips_and_truncations_in_every_model_file(tmp_path):
     files = sorted(f for f in directory.rglob("*") if f.is_file())
     assert (directory / "config.json") in files and (directory / MANIFEST_FILE) in files
     target = nnx.eval_shape(lambda: ViT(CONFIG.model, rngs=nnx.Rngs(0)))  # what load_model builds
-    corrupt_each_file(directory, files, lambda: restore_params(directory / "params", target),
-                      "saved model", random.Random(2))  # fmt: skip
+    corrupt_each_file(
+        directory,
+        files,
+        lambda: restore_params(directory / "params", target),
+        "saved model",
+        random.Random(2),
+    )
     assert load_model(directory).config == CONFIG.model
 
 
@@ -386,8 +412,9 @@ def tiny_disk(tmp_path):
     """A 1.2 MB tmpfs (needs root); skipped where it cannot be mounted."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
     yield mount
@@ -417,8 +444,14 @@ def test_full_disk_stops_training_at_once_keeps_checkpoints_and_resumes_exactly(
     seen = []
     train_data, test_data = data()
     with pytest.raises(CheckpointError) as error:
-        train(CONFIG, run_dir, train_data=train_data, test_data=test_data, devices=one_device(),
-              progress=seen.append)  # fmt: skip
+        train(
+            CONFIG,
+            run_dir,
+            train_data=train_data,
+            test_data=test_data,
+            devices=one_device(),
+            progress=seen.append,
+        )
     message = str(error.value)
     assert f"saving checkpoint {run_dir}/checkpoints/4 failed" in message
     assert "No space left on device" in message or "ENOSPC" in message, message
@@ -431,8 +464,9 @@ def test_full_disk_stops_training_at_once_keeps_checkpoints_and_resumes_exactly(
 
     moved = tmp_path / "run"  # the run, moved to a disk with room, resumes exactly
     shutil.copytree(run_dir, moved)
-    model, summary = train(CONFIG, moved, train_data=train_data, test_data=test_data,
-                           devices=one_device())  # fmt: skip
+    model, summary = train(
+        CONFIG, moved, train_data=train_data, test_data=test_data, devices=one_device()
+    )
     assert summary["resumed_from_step"] == 2
     assert_same_run(moved, model, reference)
     outcome("full disk during a checkpoint save, then resumed", recovered=True)
@@ -453,15 +487,16 @@ def test_full_disk_json_write_names_the_file_and_leaves_no_temporary_file(tiny_d
 def test_flipped_byte_in_optimizer_state_data_is_refused(reference, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(reference[0], run_dir)
-    chunks = sorted((run_dir / "checkpoints" / "8" / "opt_state" / "ocdbt.process_0" / "d").iterdir())
+    chunks = sorted(
+        (run_dir / "checkpoints" / "8" / "opt_state" / "ocdbt.process_0" / "d").iterdir()
+    )
     target = max(chunks, key=lambda f: f.stat().st_size)  # an array data chunk
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     target.write_bytes(bytes(raw))
     train_data, test_data = data()
     with pytest.raises(CheckpointError, match=f"corrupt checkpoint file {target}"):
-        train(CONFIG, run_dir, train_data=train_data, test_data=test_data,
-              devices=one_device())  # fmt: skip
+        train(CONFIG, run_dir, train_data=train_data, test_data=test_data, devices=one_device())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,8 +544,9 @@ def test_nan_at_adversarial_points_is_invalid_never_fooled():
     assert not np.any(result.success)
     s = attacks.summarize_result(result, labels)
     assert (s.invalid, s.fooled, s.robust, s.clean_correct, s.asr) == (8, 0, 0, 0, None)
-    rec = attacks.attack_dataset(attack, model_fn, images, labels, jax.random.key(1), config,
-                                 batch_size=8)  # fmt: skip
+    rec = attacks.attack_dataset(
+        attack, model_fn, images, labels, jax.random.key(1), config, batch_size=8
+    )
     assert not rec["valid"].any()
     assert attacks.summarize_records(rec) == s
     with pytest.raises(attacks.AttackCheckError, match="disagree"):  # a NaN claimed as success
@@ -541,8 +577,13 @@ def test_analyses_give_no_bound_next_to_nan_and_refuse_to_summarise():
     assert float(finite.value) == pytest.approx(2.0) and float(finite.bound) == 0.0
     model = nan_model_of(preset("tiny", depth=1))
     with pytest.raises(FloatingPointError, match="layer 0: sigma is NaN or infinite"):
-        layer_summary(model, np.full((1, 8, 8, 3), 0.5, np.float32), key=jax.random.key(0),
-                      batch_size=4, max_iters=2)  # fmt: skip
+        layer_summary(
+            model,
+            np.full((1, 8, 8, 3), 0.5, np.float32),
+            key=jax.random.key(0),
+            batch_size=4,
+            max_iters=2,
+        )
     outcome("NaN weights in an analysis", recovered=False)
 
 
@@ -612,9 +653,15 @@ def test_attack_dataset_takes_a_plain_function():
     w = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 10))
     images = np.full((4, 8, 8, 3), 0.5, np.float32)
     labels = np.arange(4)
-    rec = attacks.attack_dataset(attacks.pgd, functools.partial(linear, w), images,
-                                 labels, jax.random.key(0), PGDConfig(eps=0.1, steps=2),
-                                 batch_size=4)  # fmt: skip
+    rec = attacks.attack_dataset(
+        attacks.pgd,
+        functools.partial(linear, w),
+        images,
+        labels,
+        jax.random.key(0),
+        PGDConfig(eps=0.1, steps=2),
+        batch_size=4,
+    )
     assert rec["valid"].all() and len(rec["adv_pred"]) == 4
 
 

@@ -324,7 +324,9 @@ def run_attack(
     images, labels, targets, ids = check_inputs(
         model_fn, images, labels, targets, ids, targeted=targeted, min_classes=min_classes
     )
-    result = _run(single, config, as_partial(model_fn), images, labels, targets, check_key(key), ids)
+    result = _run(
+        single, config, as_partial(model_fn), images, labels, targets, check_key(key), ids
+    )
     if _is_concrete(result.clean_logits):  # under a caller's jit there is no value to check
         check_finite_logits(result.clean_logits, "the clean images")
     return result
