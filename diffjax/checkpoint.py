@@ -3,15 +3,21 @@
     save_model(directory, model)      # writes atomically: a crash leaves no half-written model
     model = load_model(directory)     # rebuilds the ViT from its config, restores the parameters
 
-A *model directory* holds ``config.json`` and ``params/``. A *training run directory* (written by
-:func:`diffjax.train.train`) holds ``config.json`` (its ``"model"`` key is the ViT config),
-``metrics.jsonl`` and ``checkpoints/<step>/{params,opt_state}``, managed by
-:class:`TrainCheckpoints` (keep the last k and the best by test accuracy; saves are atomic).
-:func:`load_model` takes any of the three: a model directory, a run directory (best checkpoint,
-else the latest) or one ``checkpoints/<step>`` directory.
+A *model directory* holds ``config.json``, ``params/`` and ``manifest.json``. A *training run
+directory* (written by :func:`diffjax.train.train`) holds ``config.json`` (its ``"model"`` key is
+the ViT config), ``metrics.jsonl`` and ``checkpoints/<step>/{params,opt_state,metrics,
+manifest.json}``, managed by :class:`TrainCheckpoints` (keep the last k and the best by test
+accuracy; saves are atomic). :func:`load_model` takes any of the three: a model directory, a run
+directory (best checkpoint, else the latest) or one ``checkpoints/<step>`` directory.
+
+Integrity: every model directory and checkpoint step carries ``manifest.json``, the sha256 of
+each of its files (and of the run's ``config.json``), written last: a step without one is an
+unfinished save. Restoring verifies the digests of what it reads, so a flipped bit or a
+truncated file raises :class:`CheckpointError` naming the file instead of loading other values.
 
 Every failure mode (missing directory, missing or corrupt config, parameters that do not match
-the config) raises :class:`CheckpointError` with the path and what is wrong.
+the config, a digest mismatch, a save that fails, e.g. on a full disk) raises
+:class:`CheckpointError` with the path and what is wrong.
 """
 
 from __future__ import annotations
@@ -29,13 +35,18 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from diffjax.config import ViTConfig
+from diffjax.data.download import file_digest
 from diffjax.vit import ViT
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 OPT_STATE_DIR = "opt_state"
 CHECKPOINTS_DIR = "checkpoints"
+MANIFEST_FILE = "manifest.json"
+METRICS_DIR = "metrics"  # orbax's item for the metrics saved with a step
 BEST_METRIC = "test_accuracy"
+# what orbax names a step while writing it; one left behind is a save that never finished
+ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 # orbax warns on every save without metrics when a best_fn is set (ours are the mid-epoch
@@ -84,16 +95,96 @@ def config_from_dict(d: dict, cls: type = ViTConfig):
     return cls(**d)
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see
+    half; a failed write (e.g. a full disk) removes the temporary file and names ``path``."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _files_below(directory: pathlib.Path) -> list[str]:
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST_FILE
+    )
+
+
+def write_manifest(directory: str | os.PathLike, also: tuple[str, ...] = ()) -> None:
+    """Record the sha256 of every file below ``directory`` in ``directory/manifest.json``.
+
+    Args:
+      also: further files, as paths relative to ``directory`` (e.g. ``"../../config.json"``,
+        the run config a checkpoint step belongs to).
+    """
+    directory = pathlib.Path(directory)
+    names = _files_below(directory) + list(also)
+    digests = {name: file_digest(directory / name, "sha256") for name in names}
+    write_json_atomic(directory / MANIFEST_FILE, {"sha256": digests})
+
+
+def has_manifest(directory: str | os.PathLike) -> bool:
+    return (pathlib.Path(directory) / MANIFEST_FILE).is_file()
+
+
+def verify_manifest(directory: str | os.PathLike, parts: tuple[str, ...] | None = None) -> None:
+    """Check files below ``directory`` against its manifest.
+
+    Args:
+      parts: check only the files under these top-level names (e.g. ``("params",)``) and the
+        manifest's extra files; ``None``: every file.
+
+    Raises:
+      CheckpointError: no or an unreadable manifest, or a file missing, unexpected or with a
+        different digest; the message names the file.
+    """
+    directory = pathlib.Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {MANIFEST_FILE}: an unfinished save, or written before diffjax "
+            "recorded digests; its contents cannot be verified"
+        )
+    try:
+        digests = json.loads(path.read_text())["sha256"]
+        if not isinstance(digests, dict):
+            raise TypeError(f"sha256 is a {type(digests).__name__}")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"corrupt manifest {path}: {type(e).__name__}: {e}") from e
+
+    def selected(name: str) -> bool:
+        return parts is None or name.startswith("../") or name.split("/")[0] in parts
+
+    present = {name for name in _files_below(directory) if selected(name)}
+    recorded = {name for name in digests if selected(name)}
+    unexpected = sorted(present - recorded)
+    if unexpected:
+        raise CheckpointError(f"unexpected file {directory / unexpected[0]}: not in {path}")
+    for name in sorted(recorded):
+        file = pathlib.Path(os.path.normpath(directory / name))  # "../../config.json" in full
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file {file} is missing (listed in {path})")
+        if file_digest(file, "sha256") != digests[name]:
+            raise CheckpointError(
+                f"corrupt checkpoint file {file}: its sha256 differs from the one in {path}"
+            )
 
 
 def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
@@ -105,6 +196,7 @@ def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
         write_json_atomic(tmp / CONFIG_FILE, config_to_dict(model.config))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, nnx.state(model, nnx.Param))
+        write_manifest(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -122,7 +214,7 @@ def read_config(directory: str | os.PathLike, cls: type = ViTConfig):
     try:
         d = json.loads(path.read_text())
         return config_from_dict(d["model"] if "model" in d else d, cls)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"corrupt or invalid model config {path}: {e}") from e
 
 
@@ -166,6 +258,8 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
     params_dir = pathlib.Path(params_dir).absolute()
     if not params_dir.is_dir():
         raise CheckpointError(f"parameter checkpoint {params_dir} does not exist")
+    # the parameters and the config they were saved with (a model's or its run's config.json)
+    verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
     abstract = _abstract(nnx.state(model, nnx.Param))
     try:
         _check_fits(params_dir, abstract)
@@ -190,35 +284,49 @@ class TrainCheckpoints:
     """Training checkpoints of one run: ``<run_dir>/checkpoints/<step>/{params,opt_state}``.
 
     Keeps the ``keep`` latest steps plus the step with the highest ``test_accuracy`` among
-    those saved with metrics. Saves run in the background and become visible only when
-    complete (orbax writes to a temporary folder and renames it), so a killed run leaves the
-    previous checkpoints intact. Use as a context manager, or call :meth:`close`.
+    those saved with metrics. A save is complete, and visible, only once orbax has renamed its
+    temporary folder and the step's manifest is written; older steps are deleted only after
+    that, so a killed or failed save leaves every earlier checkpoint intact. Opening a run
+    (not read-only) removes what an unfinished save left: orbax temporary folders, and a newest
+    step without a manifest (killed between orbax's rename and the manifest). Any other step
+    without a manifest is refused with :class:`CheckpointError`, never deleted. Use as a
+    context manager, or call :meth:`close`.
     """
 
     def __init__(self, run_dir: str | os.PathLike, keep: int = 2, read_only: bool = False):
         self.directory = pathlib.Path(run_dir).absolute() / CHECKPOINTS_DIR
+        self.keep = keep
+        # one process writes, seals and deletes (the others see its files on a shared disk)
+        self._writer = not read_only and jax.process_index() == 0
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/: not a training run")
-        policies = ocp.checkpoint_managers
+        if self._writer:
+            self._sweep_unfinished()
+        # orbax reads every step's metrics when it opens a run: a corrupt one would raise a
+        # bare JSONDecodeError naming no file
+        for step_dir in self._step_dirs():
+            if has_manifest(step_dir):
+                verify_manifest(step_dir, parts=(METRICS_DIR,))
         options = ocp.CheckpointManagerOptions(
             create=not read_only,
             read_only=read_only,
             best_fn=lambda m: m[BEST_METRIC],  # makes orbax store the metrics with each step
             best_mode="max",
-            preservation_policy=policies.AnyPreservationPolicy(
-                [
-                    policies.LatestN(keep),
-                    policies.BestN(
-                        get_metric_fn=lambda m: m[BEST_METRIC],
-                        n=1,
-                        keep_checkpoints_without_metrics=False,
-                    ),
-                ]
-            ),
+            # Deleting is ours (_prune), after the new step is sealed: orbax would delete old
+            # steps even when the new one failed.
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=None),  # all
+            # Synchronous saves: a failure raises here, with its cause, instead of being
+            # logged by a background thread while training goes on.
+            enable_async_checkpointing=False,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, item_names=(PARAMS_DIR, OPT_STATE_DIR), options=options
-        )
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, item_names=(PARAMS_DIR, OPT_STATE_DIR), options=options
+            )
+        except Exception as e:  # orbax raises many types for unreadable step metadata
+            raise CheckpointError(
+                f"cannot open the checkpoints in {self.directory}: {type(e).__name__}: {e}"
+            ) from e
 
     def __enter__(self) -> TrainCheckpoints:
         return self
@@ -227,17 +335,48 @@ class TrainCheckpoints:
         self.close()
 
     def close(self) -> None:
-        """Wait for pending saves and release the manager."""
+        """Release the manager."""
         self._manager.close()
 
+    def _step_dirs(self) -> list[pathlib.Path]:
+        if not self.directory.is_dir():
+            return []
+        return [p for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()]
+
+    def _sweep_unfinished(self) -> None:
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if ORBAX_TMP_MARK in path.name:
+                    shutil.rmtree(path)
+        steps = {int(p.name): has_manifest(p) for p in self._step_dirs()}
+        unsealed = sorted(s for s, sealed in steps.items() if not sealed)
+        sealed = [s for s, ok in steps.items() if ok]
+        # Saves are sequential and each is sealed before the next starts: only the newest
+        # step can be an unfinished one, and training recomputes it exactly.
+        if unsealed[:-1] or (unsealed and sealed and unsealed[-1] < max(sealed)):
+            raise CheckpointError(
+                f"{self.directory}: steps {unsealed} have no {MANIFEST_FILE} (written before "
+                "diffjax recorded digests, or damaged); they cannot be verified, move them away"
+            )
+        if unsealed:
+            shutil.rmtree(self.step_dir(unsealed[-1]))
+
     def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """The complete (sealed) steps, ascending."""
+        return sorted(s for s in self._manager.all_steps() if has_manifest(self.step_dir(s)))
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def metrics(self, step: int) -> dict | None:
-        return self._manager.metrics(step)
+        """The test metrics saved with ``step`` (verified when the run was opened), or None."""
+        try:
+            return self._manager.metrics(step)
+        except Exception as e:  # orbax raises many types for unreadable metrics
+            raise CheckpointError(
+                f"cannot read the metrics of {self.step_dir(step)}: {type(e).__name__}: {e}"
+            ) from e
 
     def best_step(self) -> int | None:
         """The kept step with the highest test accuracy (the later one on ties), or None."""
@@ -248,21 +387,53 @@ class TrainCheckpoints:
         return self.directory / str(step)
 
     def save(self, step: int, params, opt_state, metrics: dict | None = None) -> None:
-        """Start saving (in the background) parameters and optimizer state at ``step``."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    PARAMS_DIR: ocp.args.StandardSave(params),
-                    OPT_STATE_DIR: ocp.args.StandardSave(opt_state),
-                }
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        """Save parameters, optimizer state and metrics at ``step``; seal; prune old steps.
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
+        Raises:
+          CheckpointError: the save failed (e.g. a full disk); it names the step's path and
+            the cause. Nothing of the failed step remains and earlier steps are all kept.
+        """
+        path = self.step_dir(step)
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        PARAMS_DIR: ocp.args.StandardSave(params),
+                        OPT_STATE_DIR: ocp.args.StandardSave(opt_state),
+                    }
+                ),
+                metrics=metrics,
+                force=True,
+            )
+            if self._writer:
+                run_config = self.directory.parent / CONFIG_FILE
+                also = (f"../../{CONFIG_FILE}",) if run_config.is_file() else ()
+                write_manifest(path, also=also)
+        except Exception as e:  # orbax and tensorstore raise many types for failed writes
+            if self._writer:
+                unfinished = [] if has_manifest(path) else [path]  # never a sealed step
+                for leftover in unfinished + list(self.directory.glob(f"{step}{ORBAX_TMP_MARK}*")):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            self._manager.reload()
+            raise CheckpointError(
+                f"saving checkpoint {path} failed: {type(e).__name__}: {e}; earlier "
+                f"checkpoints (steps {self.steps()}) are kept"
+            ) from e
+        if self._writer:
+            self._prune()
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        kept = set(steps[-self.keep :]) | {self.best_step()}
+        for step in steps:
+            if step not in kept:
+                # renamed first: a kill mid-delete leaves a temporary folder (swept at the next
+                # start), never a half-deleted step that still looks sealed
+                doomed = self.directory / f"{step}{ORBAX_TMP_MARK}-deleted"
+                os.replace(self.step_dir(step), doomed)
+                shutil.rmtree(doomed)
+        self._manager.reload()
 
     def restore(self, step: int, params, opt_state):
         """Restore step ``step`` into the structure, shapes and shardings of the given trees.
@@ -271,10 +442,12 @@ class TrainCheckpoints:
           (params, opt_state).
 
         Raises:
-          CheckpointError: the step is missing, corrupt, or does not fit the given trees.
+          CheckpointError: the step is missing, corrupt (a digest differs from its manifest),
+            or does not fit the given trees.
         """
-        if step not in self._manager.all_steps():
+        if step not in self.steps():
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
+        verify_manifest(self.step_dir(step))
         _check_fits(self.step_dir(step) / PARAMS_DIR, params)
         _check_fits(self.step_dir(step) / OPT_STATE_DIR, opt_state)
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import math
+import numbers
+from typing import Any, Literal
 
 from diffjax.attention import lambda_init_schedule
 
@@ -11,6 +13,47 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a finite real number (not a bool)
+    in [low, high], with either end open if asked."""
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low < value if low_open else low <= value)
+        and (value < high if high_open else value <= high)
+    )
+    if not ok and low == 0 and low_open and high == math.inf:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    if not ok:
+        ends = []
+        if low > -math.inf:
+            ends.append(f"{'>' if low_open else '>='} {low:g}")
+        if high < math.inf:
+            ends.append(f"{'<' if high_open else '<='} {high:g}")
+        raise ValueError(f"{name} must be a finite number {' and '.join(ends)}, got {value!r}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an integer (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +73,8 @@ class ViTConfig:
       attention: ``"softmax"`` (ViT) or ``"diff"`` (DiffViT).
       diff_layers: 0-based indices of the layers that use DA when ``attention == "diff"``;
         ``None`` means all layers.
-      lambda_init: ``"schedule"`` for 0.8 − 0.6·exp(−0.3·l), or a constant float for every layer.
+      lambda_init: ``"schedule"`` for 0.8 − 0.6·exp(−0.3·l), or a constant float for every layer,
+        finite and in [0, 1) (λ_init = 1 would cancel the two maps entirely at initialisation).
       qkv_bias: biases on the q/k/v/out projections.
       layer_norm_eps: LayerNorm epsilon (timm ViT: 1e-6; DiffCLIP: 1e-5).
       dropout: dropout rate after attention and MLP (0 = off; always off in eval mode).
@@ -59,13 +103,9 @@ class ViTConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        def positive(name):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-
         for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
-            positive(name)
-        positive("num_heads")
+            check_int(name, getattr(self, name), 1)
+        check_int("num_heads", self.num_heads, 1)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size {self.patch_size} does not divide image_size {self.image_size}"
@@ -81,7 +121,13 @@ class ViTConfig:
         if self.diff_layers is not None:
             if self.attention != "diff":
                 raise ValueError("diff_layers is only meaningful with attention='diff'")
-            bad = [i for i in self.diff_layers if not 0 <= i < self.depth]
+            if not isinstance(self.diff_layers, tuple):
+                raise ValueError(f"diff_layers must be a tuple, got {self.diff_layers!r}")
+            bad = [
+                i
+                for i in self.diff_layers
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.depth
+            ]
             if bad:
                 raise ValueError(f"diff_layers {bad} outside 0..{self.depth - 1}")
         if isinstance(self.lambda_init, str):
@@ -89,16 +135,17 @@ class ViTConfig:
                 raise ValueError(
                     f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}"
                 )
-        elif not isinstance(self.lambda_init, (int, float)) or isinstance(self.lambda_init, bool):
-            raise ValueError(f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}")
-        if not 0 < self.mlp_ratio:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        else:
+            check_number("lambda_init", self.lambda_init, 0, 1, high_open=True)
+        check_number("mlp_ratio", self.mlp_ratio, 0, low_open=True)
+        check_bool("qkv_bias", self.qkv_bias)
+        check_number("layer_norm_eps", self.layer_norm_eps, 0, low_open=True)
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError("mean and std need one entry per channel")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        for i, (m, sd) in enumerate(zip(self.mean, self.std, strict=True)):
+            check_number(f"mean[{i}]", m)
+            check_number(f"std[{i}]", sd, 0, low_open=True)
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise ValueError(
                 f"dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}"

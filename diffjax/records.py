@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -16,7 +17,7 @@ import math
 import os
 import pathlib
 import platform
-import tempfile
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import scipy.stats
 
-from diffjax.checkpoint import write_json_atomic
+from diffjax.checkpoint import write_text_atomic
 
 PACKAGES = ("diffjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
             "ml-collections")  # fmt: skip
@@ -61,18 +62,64 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"corrupt result file {path}: {e}") from e
 
 
-def cached(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
-    """The JSON at ``path`` if an earlier run finished it; else ``compute()``, saved atomically.
+# A part file is JSON holding its value's text and that text's sha256; the digest covers the
+# exact bytes, so any flipped bit or truncation is detected (a re-serialised value would miss a
+# flip such as 1e5 -> 1E5).
+_PART = re.compile(r'\{"sha256": "([0-9a-f]{64})", "value": (.*)\}\n', re.DOTALL)
 
-    This is how experiments resume: each finished part is a file, and a restarted run only
-    computes the parts whose files are missing.
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_part(path: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` as a part file (JSON with the sha256 of its value's text), atomically."""
+    body = json.dumps(value, indent=2, sort_keys=True)
+    write_text_atomic(path, f'{{"sha256": "{_sha256(body)}", "value": {body}}}\n')
+
+
+def read_part(path: str | os.PathLike) -> Any:
+    """The value of a part file, after checking its digest.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file is truncated, corrupt, has no digest or a different one; the
+        message names the file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file {path} does not exist")
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corrupt result file {path}: not UTF-8 text ({e})") from e
+    match = _PART.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"corrupt result file {path}: not a part file with a sha256 digest (truncated, "
+            "edited, or written before diffjax sealed its parts); delete it to recompute"
+        )
+    digest, body = match.groups()
+    if _sha256(body) != digest:
+        raise ValueError(f"corrupt result file {path}: its value does not match its sha256")
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:  # only reachable with a forged digest
+        raise ValueError(f"corrupt result file {path}: {e}") from e
+
+
+def cached(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """The part at ``path`` if an earlier run finished it; else ``compute()``, saved atomically.
+
+    This is how experiments resume: each finished part is a file (:func:`write_part`), and a
+    restarted run only computes the parts whose files are missing. A part that exists but
+    fails its digest raises ValueError naming it; it is never recomputed or used silently.
     """
     path = pathlib.Path(path)
     if path.is_file():
-        return read_json(path)
-    value = compute()
-    write_json_atomic(path, value)
-    return read_json(path)
+        return read_part(path)
+    write_part(path, compute())
+    return read_part(path)
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -85,12 +132,7 @@ def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]])
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, float]:

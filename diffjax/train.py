@@ -42,8 +42,18 @@ from diffjax.checkpoint import (
     TrainCheckpoints,
     config_from_dict,
     write_json_atomic,
+    write_text_atomic,
 )
-from diffjax.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from diffjax.config import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViTConfig,
+    check_bool,
+    check_int,
+    check_number,
+)
 from diffjax.data import Dataset, load_dataset
 from diffjax.data.pipeline import (
     augment,
@@ -114,6 +124,8 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
             raise TypeError(f"model must be a ViTConfig, got {type(self.model).__name__}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
         for name in (
             "epochs",
             "batch_size",
@@ -122,36 +134,23 @@ class TrainConfig:
             "keep_checkpoints",
             "log_every_steps",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
-        if not isinstance(self.checkpoint_every_steps, int) or self.checkpoint_every_steps < 0:
-            raise ValueError(
-                f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps!r}"
-            )
-        if not self.learning_rate > 0 or not 0 <= self.end_learning_rate <= self.learning_rate:
-            raise ValueError(
-                "need learning_rate > 0 and 0 <= end_learning_rate <= learning_rate, got "
-                f"{self.learning_rate}, {self.end_learning_rate}"
-            )
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not (0 <= self.adam_b1 < 1 and 0 <= self.adam_b2 < 1):
-            raise ValueError(
-                f"adam_b1, adam_b2 must be in [0, 1), got {self.adam_b1}, {self.adam_b2}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be None or > 0, got {self.grad_clip}")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        check_int("checkpoint_every_steps", self.checkpoint_every_steps, 0)
+        check_int("crop_padding", self.crop_padding, 0)
+        check_int("seed", self.seed, 0)
+        check_bool("flip", self.flip)
+        check_number("learning_rate", self.learning_rate, 0, low_open=True)
+        check_number("end_learning_rate", self.end_learning_rate, 0, self.learning_rate)
+        check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("adam_b1", self.adam_b1, 0, 1, high_open=True)
+        check_number("adam_b2", self.adam_b2, 0, 1, high_open=True)
+        check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, 0, low_open=True)
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -315,22 +314,31 @@ def eval_step(
       images: [B, H, W, C] uint8; labels: [B] int32; mask: [B] bool (False on padding).
 
     Returns:
-      ``correct`` (float32 count), ``loss`` (sum of plain cross-entropy), ``count`` (int32).
+      ``correct`` (float32 count), ``loss`` (sum of plain cross-entropy), ``count`` (int32),
+      ``nonfinite`` (int32 count of examples whose logits are not all finite).
     """
     logits = nnx.merge(_graphdef(model_config), params)(to_unit_range(images))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = jnp.argmax(logits, -1) == labels
+    # argmax of NaN logits is class 0: without this count, label-0 examples would look correct
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    correct = (jnp.argmax(logits, -1) == labels) & finite
     return {
         "correct": jnp.sum(jnp.where(mask, correct, False).astype(jnp.float32)),
         "loss": jnp.sum(jnp.where(mask, ce, 0.0)),
         "count": jnp.sum(mask.astype(jnp.int32)),
+        "nonfinite": jnp.sum((mask & ~finite).astype(jnp.int32)),
     }
 
 
 def evaluate_params(
     params, model_config: ViTConfig, dataset: Dataset, batch_size: int, mesh
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``params`` over every example of ``dataset`` once."""
+    """Accuracy and mean cross-entropy of ``params`` over every example of ``dataset`` once.
+
+    Raises:
+      FloatingPointError: the model's logits are not finite on some example (no accuracy of
+        such a model is meaningful).
+    """
     rows = sharding.process_rows(batch_size, mesh)
     totals = None
     for images, labels, mask in eval_batches(dataset, batch_size, rows):
@@ -341,6 +349,11 @@ def evaluate_params(
     count = int(totals["count"])
     if count != len(dataset):
         raise RuntimeError(f"evaluated {count} examples, expected {len(dataset)}")
+    if totals["nonfinite"]:
+        raise FloatingPointError(
+            f"the model's logits are NaN or infinite on {int(totals['nonfinite'])} of {count} "
+            f"examples of {dataset.name}: not a usable model (NaN or infinite parameters?)"
+        )
     return {
         "test_accuracy": float(totals["correct"]) / count,
         "test_loss": float(totals["loss"]) / count,
@@ -396,9 +409,7 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{ln}\n" for ln in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{ln}\n" for ln in kept))
 
 
 def check_finite(metrics: list[dict], last_step: int) -> None:
@@ -485,8 +496,11 @@ def train(
 
     def record(entry: dict) -> None:
         if writer:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            try:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            except OSError as e:  # a full disk: write errors name no file
+                raise OSError(e.errno, f"cannot append to {metrics_path}: {e.strerror}") from e
         emit(entry)
 
     state = sharding.replicate(init_state(config=config, steps_per_epoch=spe), mesh)
@@ -548,7 +562,6 @@ def train(
                 ckpts.save(step, state.params, state.opt_state)
             if not pending:  # evaluation time is not training time
                 interval_start = time.perf_counter()
-        ckpts.wait()
         if final_eval is None:  # the run had already finished
             final_eval = ckpts.metrics(total_steps) or evaluate_params(
                 state.params, config.model, test_data, config.eval_batch_size, mesh

@@ -17,6 +17,7 @@ from diffjax.checkpoint import (
     load_model,
     save_model,
     write_json_atomic,
+    write_manifest,
 )
 from diffjax.config import preset
 from diffjax.train import TrainConfig
@@ -95,14 +96,15 @@ def test_corrupt_checkpoint_raises_clear_error(tmp_path):
     assert data_files
     for f in data_files:  # truncated array data
         f.write_bytes(f.read_bytes()[:20])
-    with pytest.raises(CheckpointError, match="params records no arrays: corrupt"):
+    corrupt_data = r"corrupt checkpoint file .*/checkpoints/1/params/d/\w+: its sha256 differs"
+    with pytest.raises(CheckpointError, match=corrupt_data):
         load_model(tmp_path)
-    with TrainCheckpoints(tmp_path) as ckpts, pytest.raises(CheckpointError, match="corrupt"):
+    with TrainCheckpoints(tmp_path) as ckpts, pytest.raises(CheckpointError, match=corrupt_data):
         ckpts.restore(1, make_params(0), {"count": jnp.int32(0)})
     with TrainCheckpoints(tmp_path) as ckpts, pytest.raises(CheckpointError, match="no checkpoint"):
         ckpts.restore(5, make_params(0), {"count": jnp.int32(0)})
     (params_dir / "_METADATA").write_text("{")  # truncated metadata
-    with pytest.raises(CheckpointError, match="params"):
+    with pytest.raises(CheckpointError, match="params/_METADATA"):
         load_model(tmp_path)
     gc.collect()
 
@@ -113,6 +115,9 @@ def test_mismatched_config_raises_clear_error(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["model"]["width"] = 32
     (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"corrupt checkpoint file .*/config\.json"):
+        load_model(tmp_path)  # the config is not the one the step was saved with
+    write_manifest(tmp_path / "checkpoints" / "1", also=("../../config.json",))  # as if it were
     fit = r"cannot restore parameters.*width=32.*does not fit: .*saved \(16,\), expected \(32,\)"
     with pytest.raises(CheckpointError, match=fit):
         load_model(tmp_path)

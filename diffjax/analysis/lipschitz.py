@@ -45,7 +45,8 @@ class LipschitzEstimate:
     Attributes:
       value: [] the estimate.
       bound: [] accuracy of an exact value: some singular value of J lies within ``bound`` of
-        ``value`` (Lanczos/power residual; 0 for ``"svd"``, exact to rounding); NaN for empirical.
+        ``value`` (Lanczos/power residual; 0 for ``"svd"``, exact to rounding); NaN for empirical
+        and wherever ``value`` is not finite (an accuracy of 0 next to NaN would be a claim).
       products: [] JVPs + VJPs (exact) or evaluations of f (empirical).
       kind: ``"exact_local"``, ``"empirical_sampling"`` or ``"empirical_pgd"``.
       method: ``"svd"``, ``"lanczos"``, ``"power"``, ``"sampling"`` or ``"pgd"``.
@@ -94,15 +95,16 @@ def exact_local_lipschitz(
     if method == "svd":
         m = jax.eval_shape(f, x).size
         s = singular_values(jacobian_matrix(f, x))
-        return LipschitzEstimate(
-            s[0], jnp.zeros((), s.dtype), jnp.asarray(min(m, x.size)), "exact_local", "svd"
-        )
-    if method not in ("lanczos", "power"):
+        value, bound, products = s[0], jnp.zeros((), s.dtype), jnp.asarray(min(m, x.size))
+    elif method in ("lanczos", "power"):
+        if key is None:
+            raise ValueError(f"method {method!r} needs a PRNG key for its start vector")
+        r = top_singular_values(f, x, k=1, key=key, max_iters=max_iters, tol=tol, method=method)
+        value, bound, products = r.values[0], r.bounds[0], r.products
+    else:
         raise ValueError(f"method must be 'auto', 'svd', 'lanczos' or 'power', got {method!r}")
-    if key is None:
-        raise ValueError(f"method {method!r} needs a PRNG key for its start vector")
-    r = top_singular_values(f, x, k=1, key=key, max_iters=max_iters, tol=tol, method=method)
-    return LipschitzEstimate(r.values[0], r.bounds[0], r.products, "exact_local", method)
+    bound = jnp.where(jnp.isfinite(value), bound, jnp.nan)
+    return LipschitzEstimate(value, bound, products, "exact_local", method)
 
 
 def top_singular_values(

@@ -89,6 +89,18 @@ def _per_layer(model, images, key, batch_size, parts) -> list[dict]:
     return [{k: np.concatenate(v) if v[0].ndim else v[0] for k, v in d.items()} for d in out]
 
 
+def _check_finite(per_layer: list[dict], names: tuple[str, ...]) -> None:
+    """Refuse to report NaN or infinite values (e.g. of a model with NaN weights)."""
+    for layer, d in enumerate(per_layer):
+        for name in names:
+            bad = np.flatnonzero(~np.isfinite(d[name]))
+            if bad.size:
+                raise FloatingPointError(
+                    f"layer {layer}: {name} is NaN or infinite for examples {bad.tolist()[:10]} "
+                    f"({bad.size} of {len(d[name])}); is the model's state finite?"
+                )
+
+
 def layer_summary(
     model,
     images,
@@ -119,12 +131,16 @@ def layer_summary(
       ``lambda`` (DA), ``sigma_max_mean`` / ``sigma_max_max`` (σmax of ∂attn/∂u over examples,
       u = LN1(h_l), by Lanczos), ``sigma_bound_max`` (largest Lanczos residual bound), and the
       per-example values ``cos`` and ``rho`` ([B][heads]) and ``sigma`` ([B]).
+
+    Raises:
+      FloatingPointError: σmax or its bound is not finite for some example.
     """
     parts = [
         functools.partial(_alignment, row=row, wrt=wrt),
         functools.partial(_exact, max_iters=max_iters),
     ]
     per_layer = _per_layer(model, images, key, batch_size, parts)
+    _check_finite(per_layer, ("sigma", "bound"))
     rows = []
     for layer, d in enumerate(per_layer):
         cos = d["cos"].reshape(len(d["sigma"]), -1)
@@ -172,12 +188,16 @@ def layer_lipschitz(
     Returns:
       One dict per layer: ``layer``, ``kind``, and per-example lists ``exact``, ``bound``,
       ``sampled``, ``pgd``.
+
+    Raises:
+      FloatingPointError: one of the four values is not finite for some example.
     """
     parts = [
         functools.partial(_exact, max_iters=max_iters),
         functools.partial(_empirical, radius=radius, samples=samples, pgd_steps=pgd_steps),
     ]
     per_layer = _per_layer(model, images, key, batch_size, parts)
+    _check_finite(per_layer, ("sigma", "bound", "sampled", "pgd"))
     return [
         {
             "layer": layer,

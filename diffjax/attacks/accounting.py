@@ -13,6 +13,8 @@ prediction):
 * robust accuracy = #{ŷ₀ = y and ŷ = y} / n, over ALL examples (misclassified ones count as
   not robust); untargeted, robust accuracy = clean accuracy × (1 − ASR);
 * norms: mean and median of ‖δ‖∞ and ‖δ‖₂ over the fooled examples (``None`` if none);
+* invalid = examples whose logits were not finite (``valid`` False): never correct, never
+  fooled, never robust, counted apart (they still count in n);
 * 95 % Wilson score intervals for the three rates.
 
 Everything is recomputed from the predictions, not taken from the attack's success flags.
@@ -48,6 +50,7 @@ class Summary:
     clean_correct: int
     fooled: int
     robust: int
+    invalid: int
     clean_accuracy: float
     robust_accuracy: float
     asr: float | None
@@ -64,7 +67,9 @@ class Summary:
         return dataclasses.asdict(self)
 
 
-def summarize(labels, clean_pred, adv_pred, linf, l2, model_calls, targets=None) -> Summary:
+def summarize(
+    labels, clean_pred, adv_pred, linf, l2, model_calls, targets=None, valid=None
+) -> Summary:
     """Aggregate per-example records.
 
     Args:
@@ -72,20 +77,27 @@ def summarize(labels, clean_pred, adv_pred, linf, l2, model_calls, targets=None)
       linf, l2: [n] perturbation norms.
       model_calls: [n] model evaluations per example.
       targets: [n] target classes for a targeted attack, else ``None``.
+      valid: [n] bool, False where the logits behind a prediction were not finite; ``None``:
+        all valid.
 
     Raises:
-      ValueError: empty input or arrays of different lengths.
+      ValueError: empty input, arrays of different lengths, or non-finite norms of a valid
+        example.
     """
     arrays = [np.asarray(a) for a in (labels, clean_pred, adv_pred, linf, l2, model_calls)]
+    n = arrays[0].shape[0] if arrays[0].ndim == 1 else -1
+    arrays.append(np.ones(max(n, 0), bool) if valid is None else np.asarray(valid, bool))
     if targets is not None:
         arrays.append(np.asarray(targets))
-    n = arrays[0].shape[0] if arrays[0].ndim == 1 else -1
     if n <= 0 or any(a.shape != (n,) for a in arrays):
         shapes = [a.shape for a in arrays]
         raise ValueError(f"need non-empty 1-D arrays of one length, got shapes {shapes}")
-    labels, clean_pred, adv_pred, linf, l2, model_calls = arrays[:6]
-    correct = clean_pred == labels
-    hit = adv_pred == arrays[6] if targets is not None else adv_pred != labels
+    labels, clean_pred, adv_pred, linf, l2, model_calls, valid = arrays[:7]
+    bad = valid & ~(np.isfinite(linf) & np.isfinite(l2))
+    if np.any(bad):
+        raise ValueError(f"non-finite perturbation norms at examples {np.flatnonzero(bad)}")
+    correct = (clean_pred == labels) & valid
+    hit = adv_pred == arrays[7] if targets is not None else adv_pred != labels
     fooled = correct & hit
     robust = correct & (adv_pred == labels)
     n_correct, n_fooled, n_robust = int(correct.sum()), int(fooled.sum()), int(robust.sum())
@@ -98,6 +110,7 @@ def summarize(labels, clean_pred, adv_pred, linf, l2, model_calls, targets=None)
         clean_correct=n_correct,
         fooled=n_fooled,
         robust=n_robust,
+        invalid=int(n - valid.sum()),
         clean_accuracy=n_correct / n,
         robust_accuracy=n_robust / n,
         asr=n_fooled / n_correct if n_correct else None,
@@ -113,13 +126,16 @@ def summarize(labels, clean_pred, adv_pred, linf, l2, model_calls, targets=None)
 
 
 def summarize_result(result, labels, targets=None) -> Summary:
-    """:func:`summarize` of an :class:`~diffjax.attacks.interface.AttackResult`."""
+    """:func:`summarize` of an :class:`~diffjax.attacks.interface.AttackResult`; examples whose
+    clean or adversarial logits are not finite are invalid."""
+    clean_logits, logits = np.asarray(result.clean_logits), np.asarray(result.logits)
     return summarize(
         labels,
-        np.argmax(np.asarray(result.clean_logits), axis=1),
-        np.argmax(np.asarray(result.logits), axis=1),
+        np.argmax(clean_logits, axis=1),
+        np.argmax(logits, axis=1),
         result.linf,
         result.l2,
         result.model_calls,
         targets,
+        valid=np.isfinite(clean_logits).all(axis=1) & np.isfinite(logits).all(axis=1),
     )

@@ -68,8 +68,8 @@ class APGDConfig:
         itf.check_int("num_targets", self.num_targets, 1)
         if self.loss not in APGD_LOSSES:
             raise ValueError(f"loss must be one of {APGD_LOSSES}, got {self.loss!r}")
-        if not 0 < self.rho <= 1 or not 0 < self.momentum <= 1:
-            raise ValueError("rho and momentum must lie in (0, 1]")
+        itf.check_fraction("rho", self.rho)
+        itf.check_fraction("momentum", self.momentum)
 
     @property
     def runs(self) -> int:

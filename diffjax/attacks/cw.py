@@ -57,11 +57,13 @@ class CWConfig:
     targeted: bool = False
 
     def __post_init__(self):
-        itf.check_eps(self.confidence)  # the same rule: a finite number >= 0
+        itf.check_nonnegative("confidence", self.confidence)
         itf.check_int("binary_search_steps", self.binary_search_steps, 1)
         itf.check_int("max_iterations", self.max_iterations, 1)
         itf.check_positive("learning_rate", self.learning_rate)
         itf.check_positive("initial_const", self.initial_const)
+        itf.check_bool("abort_early", self.abort_early)
+        itf.check_bool("targeted", self.targeted)
 
 
 def _cw_single(model, x0, label, target, key, cfg: CWConfig):

@@ -19,6 +19,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffjax.attacks.accounting import Summary, summarize
+from diffjax.attacks.interface import as_partial
 
 Array = jax.Array
 
@@ -42,7 +43,8 @@ def recheck(model_fn, images, adv_images, labels, success, eps=None, norm=None, 
         means ℓ∞, the only norm of the attacks whose config has none, e.g. Square).
 
     Returns:
-      ``{"adv_pred", "linf", "l2"}`` numpy arrays [B], recomputed here.
+      ``{"adv_pred", "linf", "l2", "valid"}`` numpy arrays [B], recomputed here; ``valid`` is
+      False where the re-evaluated logits are not finite (such an example is not fooled).
 
     Raises:
       AttackCheckError: an example leaves [0, 1] or the ε-ball, or its success flag disagrees
@@ -58,12 +60,14 @@ def recheck(model_fn, images, adv_images, labels, success, eps=None, norm=None, 
         dist = {"linf": linf, "l2": l2}[norm]
         if np.any(dist > eps + NORM_SLACK):
             raise AttackCheckError(f"{norm} distance {dist.max()} exceeds eps {eps}")
-    pred = np.asarray(jax.jit(model_fn)(jax.numpy.asarray(adv_images))).argmax(axis=1)
+    logits = np.asarray(jax.jit(model_fn)(jax.numpy.asarray(adv_images)))
+    pred, valid = logits.argmax(axis=1), np.isfinite(logits).all(axis=1)
     fooled = pred == np.asarray(targets) if targets is not None else pred != np.asarray(labels)
+    fooled &= valid  # argmax of NaN logits is class 0: no prediction at all
     if np.any(fooled != np.asarray(success)):
         bad = np.flatnonzero(fooled != np.asarray(success))
         raise AttackCheckError(f"success flags disagree with the re-evaluated model at {bad}")
-    return {"adv_pred": pred, "linf": linf, "l2": l2}
+    return {"adv_pred": pred, "linf": linf, "l2": l2, "valid": valid}
 
 
 def attack_dataset(
@@ -92,7 +96,12 @@ def attack_dataset(
 
     Returns:
       Per-example arrays [N]: ``index``, ``label``, ``clean_pred``, ``adv_pred`` (re-evaluated),
-      ``success``, ``linf``, ``l2`` (re-measured), ``model_calls``, and the attack's extras.
+      ``valid`` (re-evaluated logits finite), ``success``, ``linf``, ``l2`` (re-measured),
+      ``model_calls``, and the attack's extras.
+
+    Raises:
+      ValueError: bad inputs, or NaN / infinite clean logits (from the attack).
+      AttackCheckError: a returned example fails the re-check (:func:`recheck`).
     """
     n = len(images)
     if labels.shape != (n,):
@@ -102,7 +111,8 @@ def attack_dataset(
         raise ValueError(f"batch_size must be a positive multiple of {len(devices)} devices")
     mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,))
     rows = NamedSharding(mesh, P("data"))
-    model_fn = jax.device_put(model_fn, NamedSharding(mesh, P()))
+    # a plain function becomes a leafless Partial, as the attacks themselves accept it
+    model_fn = jax.device_put(as_partial(model_fn), NamedSharding(mesh, P()))
     eps, norm = getattr(config, "eps", None), getattr(config, "norm", None)
     out: dict[str, list] = {}
     batches = -(-n // batch_size)
@@ -128,6 +138,7 @@ def attack_dataset(
             "label": y[:k],
             "clean_pred": np.asarray(result.clean_logits).argmax(axis=1)[:k],
             "adv_pred": checked["adv_pred"][:k],
+            "valid": checked["valid"][:k],
             "success": np.asarray(result.success)[:k],
             "linf": checked["linf"][:k],
             "l2": checked["l2"][:k],
@@ -153,4 +164,5 @@ def summarize_records(records: dict[str, np.ndarray]) -> Summary:
         records["l2"],
         records["model_calls"],
         records.get("target"),
+        records.get("valid"),
     )

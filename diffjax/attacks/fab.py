@@ -63,8 +63,8 @@ class FABConfig:
         itf.check_int("steps", self.steps, 1)
         itf.check_int("restarts", self.restarts, 1)
         itf.check_int("num_targets", self.num_targets, 1)
-        if not 0 <= self.alpha_max <= 1 or not 0 < self.beta <= 1:
-            raise ValueError("alpha_max must lie in [0, 1] and beta in (0, 1]")
+        itf.check_fraction("alpha_max", self.alpha_max, zero=True)
+        itf.check_fraction("beta", self.beta)
         itf.check_positive("eta", self.eta)
 
     @property

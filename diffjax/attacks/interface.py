@@ -9,7 +9,10 @@ Each attack is written for ONE example and ``vmap``ped over the batch inside one
 its randomness from ``fold_in(key, ids[e])``, so its result does not depend on which other
 examples share its batch, their order, or how the batch is sharded over devices. Inputs are
 checked on the host before the jit (shapes, dtypes, [0, 1] range, NaN, label range), so bad
-input raises a ValueError instead of producing a wrong number.
+input raises a ValueError instead of producing a wrong number. Logits are checked too: NaN or
+infinite clean logits raise a ValueError after the attack (the argmax of NaN is class 0, which
+would count label-0 examples as correct), and an example whose adversarial logits are not
+finite is never a success; :func:`~diffjax.attacks.summarize_result` counts it as invalid.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class AttackResult:
       adv_images: [B, H, W, C] float32 in [0, 1]; the clean image where the attack found nothing
         better (never a zero image).
       success: [B] bool; argmax(logits) ≠ label (untargeted) or = target (targeted), computed from
-        ``logits``, i.e. from the returned image.
+        ``logits``, i.e. from the returned image; False where ``logits`` are not all finite.
       logits: [B, K] float32, the model's logits at ``adv_images``.
       clean_logits: [B, K] float32 at the clean images.
       linf, l2: [B] float32, ‖adv_images − images‖∞ and ‖·‖₂ (pixel units, [0, 1] scale).
@@ -76,11 +79,27 @@ def succeeded(logits: Array, label: Array, target: Array, targeted: bool) -> Arr
 # Config validation shared by the attack configs (frozen dataclasses validate in __post_init__).
 
 
+def check_nonnegative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
 def check_eps(eps: Any) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise ValueError(f"eps must be a number, got {eps!r}")
-    if not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    check_nonnegative("eps", eps)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_fraction(name: str, value: Any, *, zero: bool = False) -> None:
+    """A number in (0, 1], or [0, 1] with ``zero``."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and (0 <= value if zero else 0 < value) and value <= 1):
+        raise ValueError(f"{name} must lie in {'[' if zero else '('}0, 1], got {value!r}")
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
@@ -305,7 +324,24 @@ def run_attack(
     images, labels, targets, ids = check_inputs(
         model_fn, images, labels, targets, ids, targeted=targeted, min_classes=min_classes
     )
-    return _run(single, config, as_partial(model_fn), images, labels, targets, check_key(key), ids)
+    result = _run(
+        single, config, as_partial(model_fn), images, labels, targets, check_key(key), ids
+    )
+    if _is_concrete(result.clean_logits):  # under a caller's jit there is no value to check
+        check_finite_logits(result.clean_logits, "the clean images")
+    return result
+
+
+def check_finite_logits(logits, where: str) -> None:
+    """Raise ValueError if any row of ``logits`` [B, K] is not finite."""
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    if not bool(jnp.all(finite)):
+        bad = [int(i) for i in jnp.flatnonzero(~finite)]
+        raise ValueError(
+            f"model_fn returned NaN or infinite logits on {where} at batch positions "
+            f"{bad[:10]}{' …' if len(bad) > 10 else ''} ({len(bad)} of {len(finite)}): no "
+            "prediction, hence no accuracy or success, is defined there"
+        )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -320,6 +356,7 @@ def _run(single, config, model_fn, images, labels, targets, key, ids) -> AttackR
     adv, logits, clean_logits, calls, extras = jax.vmap(one)(images, labels, targets, ids)
     delta = (adv - images).reshape(images.shape[0], -1)
     success = jax.vmap(lambda z, y, t: succeeded(z, y, t, targeted))(logits, labels, targets)
+    success &= jnp.all(jnp.isfinite(logits), axis=-1)  # a NaN prediction fools no one
     return AttackResult(
         adv_images=adv,
         success=success,

@@ -54,8 +54,10 @@ class PGDConfig:
     def __post_init__(self):
         itf.check_eps(self.eps)
         itf.check_norm(self.norm)
-        itf.check_int("steps", self.steps, 0)
+        itf.check_int("steps", self.steps, 1)
         itf.check_int("restarts", self.restarts, 1)
+        itf.check_bool("random_start", self.random_start)
+        itf.check_bool("targeted", self.targeted)
         if self.step_size is not None:
             itf.check_positive("step_size", self.step_size)
         if not callable(self.loss) and self.loss not in losses.LOSSES:

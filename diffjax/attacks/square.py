@@ -43,8 +43,7 @@ class SquareConfig:
     def __post_init__(self):
         itf.check_eps(self.eps)
         itf.check_int("queries", self.queries, 0)
-        if not 0 < self.p_init <= 1:
-            raise ValueError(f"p_init must lie in (0, 1], got {self.p_init}")
+        itf.check_fraction("p_init", self.p_init)
 
 
 def square_fraction(i: Array, p_init: float) -> Array:

@@ -6,7 +6,15 @@ import dataclasses
 import math
 from typing import Literal
 
-from diffjax.config import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from diffjax.config import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViTConfig,
+    check_int,
+    check_number,
+)
 
 # The released DiffCLIP models use λ_init = 0.8 in all 24 DA layers (da-spec §2.1).
 DIFFCLIP_LAMBDA_INIT = 0.8
@@ -64,11 +72,8 @@ class CLIPConfig:
 
     def __post_init__(self):
         for name in ("embed_dim", "context_length", "vocab_size", "text_width", "text_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.text_heads, int) or self.text_heads <= 0:
-            raise ValueError(f"text_heads must be a positive integer, got {self.text_heads!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("text_heads", self.text_heads, 1)
         if self.text_width % self.text_heads:
             raise ValueError(
                 f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}"
@@ -78,12 +83,9 @@ class CLIPConfig:
                 f"DiffCLIP needs an even text_heads (DA heads = text_heads / 2), got "
                 f"{self.text_heads}"
             )
-        if not self.text_mlp_ratio > 0:
-            raise ValueError(f"text_mlp_ratio must be > 0, got {self.text_mlp_ratio}")
-        if not self.text_ln_eps > 0:
-            raise ValueError(f"text_ln_eps must be > 0, got {self.text_ln_eps}")
-        if not self.vision_ln_eps > 0:
-            raise ValueError(f"vision_ln_eps must be > 0, got {self.vision_ln_eps}")
+        check_number("text_mlp_ratio", self.text_mlp_ratio, 0, low_open=True)
+        check_number("text_ln_eps", self.text_ln_eps, 0, low_open=True)
+        check_number("vision_ln_eps", self.vision_ln_eps, 0, low_open=True)
         self.vision_config()  # validates the image-tower fields
 
     def vision_config(self) -> ViTConfig:

@@ -19,11 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from diffjax.data.download import DatasetUnavailableError
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file that exists but is not in the expected format (corrupt, truncated, wrong)."""
+from diffjax.data.download import DatasetFormatError, DatasetUnavailableError
 
 
 class FileTree:

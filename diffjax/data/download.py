@@ -35,6 +35,10 @@ class DatasetUnavailableError(FileNotFoundError):
     """A dataset that is neither on disk nor downloadable; the message says what to put where."""
 
 
+class DatasetFormatError(ValueError):
+    """A dataset file that exists but is not in the expected format (corrupt, truncated, wrong)."""
+
+
 class ChecksumError(ValueError):
     """A file whose digest differs from the published one."""
 
@@ -159,19 +163,39 @@ def fetch(
     return destination
 
 
+def _check_member(archive: pathlib.Path, directory: pathlib.Path, name: str) -> None:
+    # zipfile and tarfile's "data" filter would silently rewrite such names
+    parts = pathlib.PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+        raise DatasetFormatError(
+            f"{archive}: member {name!r} would be extracted outside {directory}"
+        )
+
+
 def extract(archive: str | os.PathLike, directory: str | os.PathLike, folder: str) -> pathlib.Path:
     """Extract ``archive`` (.tar.gz or .zip), whose top folder is ``folder``, into ``directory``.
 
     Extraction goes to a temporary folder; ``directory/folder`` appears only when complete.
+
+    Raises:
+      DatasetFormatError: a member is an absolute path, contains ``..``, or is a link out of
+        the folder; nothing is extracted from such an archive.
     """
     archive, directory = pathlib.Path(archive), pathlib.Path(directory)
     with _temporary(directory, f".{folder}.", folder=True) as tmp:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    _check_member(archive, directory, name)
                 z.extractall(tmp)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(tmp, filter="data")
+                for name in t.getnames():
+                    _check_member(archive, directory, name)
+                try:
+                    t.extractall(tmp, filter="data")
+                except tarfile.FilterError as e:  # e.g. a link pointing outside
+                    raise DatasetFormatError(f"{archive}: unsafe member refused: {e}") from e
         if not (tmp / folder).is_dir():
             raise DatasetUnavailableError(f"{archive} does not contain the folder {folder}/")
         os.replace(tmp / folder, directory / folder)
