@@ -489,10 +489,8 @@ def run(config, ctx: Context) -> dict:
         raise ValueError("config.checkpoint is required: the model directory to analyse")
     fields = config.to_dict()
     fields.pop("experiment")
-    # The config writes "none" as "", -1 or 0 (typed fields); the analysis takes None.
-    fields |= {"base_checkpoint": config.base_checkpoint or None,
-               "head": None if config.head < 0 else config.head, "tol": config.tol or None,
-               "data_dir": ctx.data_dir, "out": str(ctx.workdir)}  # fmt: skip
+    fields |= {"base_checkpoint": config.base_checkpoint or None, "data_dir": ctx.data_dir,
+               "out": str(ctx.workdir)}  # fmt: skip
     summary = _run(argparse.Namespace(**fields))
     for s in summary.get("layers", []):
         print(

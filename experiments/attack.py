@@ -39,11 +39,11 @@ def build_attack(c) -> tuple:
         raise ValueError("targeted applies to pgd and cw only")
     eps, norm = c.eps, c.norm
     if c.attack == "pgd":
-        config = attacks.PGDConfig(eps, norm, steps=c.steps or 20,
-                                   step_size=c.step_size or None, restarts=c.restarts,
+        config = attacks.PGDConfig(eps, norm, steps=20 if c.steps is None else c.steps,
+                                   step_size=c.step_size, restarts=c.restarts,
                                    loss=c.loss, targeted=c.targeted)  # fmt: skip
         return attacks.pgd, config
-    steps = c.steps or 100
+    steps = 100 if c.steps is None else c.steps
     if c.attack.startswith("apgd"):
         loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[c.attack]
         config = attacks.APGDConfig(eps, norm, steps, c.restarts, loss=loss,
@@ -100,11 +100,11 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
     devices = jax.devices()
     if c.batch_size <= 0 or c.batch_size % len(devices):
         raise ValueError(f"batch_size must be a positive multiple of the {len(devices)} devices")
-    if c.num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0 (0: all), got {c.num_examples}")
+    if c.num_examples is not None and c.num_examples <= 0:
+        raise ValueError(f"num_examples must be positive (None: all), got {c.num_examples}")
 
     data = load_dataset(c.dataset, c.split, ctx.data_dir, download=not ctx.offline)
-    if c.num_examples:
+    if c.num_examples is not None:
         data = data.take(c.num_examples)
     settings = {
         "checkpoint": str(pathlib.Path(c.checkpoint).resolve()),
@@ -227,7 +227,8 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
     print(
         f"{s.get('examples')} examples: clean accuracy {s.get('clean_accuracy')}, "
         f"robust accuracy {s.get('robust_accuracy')}, ASR {s.get('asr')}, "
-        f"mean linf {s.get('mean_linf')}, mean l2 {s.get('mean_l2')} -> {output}"
+        f"mean linf {s.get('mean_linf')}, mean l2 {s.get('mean_l2')}, invalid (non-finite) "
+        f"{s.get('invalid')} -> {output}"
     )
     return out
 

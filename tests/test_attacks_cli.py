@@ -67,6 +67,7 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys)
         (["--config.norm=l2", "--config=attack:square"], "square"),
         (["--resume", "--overwrite"], "exclude each other"),
         (["--config.num_examples=-1"], "num_examples"),
+        (["--config.steps=0"], "steps"),
         (["--config.targeted=true", "--config=attack:apgd-ce"], "targeted"),
     ],
 )

@@ -6,7 +6,7 @@
 Per example: branch alignment, the paper's theorems, exact and empirical local Lipschitz
 constants and depth/noise cancellation (docs/analysis.md). ``base_checkpoint`` (optional) is the
 standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is ``all``, ``cls``
-or a token index; ``head`` −1 means all heads; ``tol`` 0 means the method's default; ``skip``
+or a token index; ``head`` None means all heads; ``tol`` None means the method's default; ``skip``
 is a comma-separated subset of alignment, lipschitz, empirical, depth. Writes
 ``WORKDIR/settings.json``, ``WORKDIR/examples/NNNNNN.json`` (an interrupted run resumes) and
 ``WORKDIR/summary.json``.
@@ -28,12 +28,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.start = 0
     c.batch_size = 8
     c.wrt = "image"
-    c.head = -1
+    c.head = ml_collections.config_dict.placeholder(int)
     c.row = "all"
     c.precision = "float64"
     c.lipschitz_method = "auto"
     c.max_iters = 100
-    c.tol = 0.0
+    c.tol = ml_collections.config_dict.placeholder(float)
     c.radius = 1e-3
     c.samples = 64
     c.pgd_steps = 20

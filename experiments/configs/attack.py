@@ -4,8 +4,9 @@
         --workdir results/vit_pgd
 
 Attacks: pgd, apgd-ce, apgd-dlr, apgd-t, cw, square, fab-t, autoattack. ``eps`` is on the [0, 1]
-pixel scale (4/255 = 0.0157; ignored by cw); ``steps`` 0 means the attack's default (PGD 20,
-APGD/FAB/AutoAttack 100); ``step_size`` 0 means PGD's default 2.5·eps/steps. Results go to
+pixel scale (4/255 = 0.0157; ignored by cw); ``steps`` None means the attack's default (PGD 20,
+APGD/FAB/AutoAttack 100); ``step_size`` None means PGD's default; ``num_examples`` None means
+the whole split. Results go to
 ``WORKDIR/attack.json``, rewritten atomically after every batch (``--resume`` continues it).
 """
 
@@ -23,13 +24,13 @@ def get_config(arg: str = "pgd") -> ml_collections.ConfigDict:
     c.checkpoint = ""
     c.dataset = "cifar10"
     c.split = "test"
-    c.num_examples = 0  # 0: all
+    c.num_examples = ml_collections.config_dict.placeholder(int)
     c.batch_size = 100
     c.norm = "linf"
     c.eps = 4 / 255
     c.seed = 0
-    c.steps = 0
-    c.step_size = 0.0
+    c.steps = ml_collections.config_dict.placeholder(int)
+    c.step_size = ml_collections.config_dict.placeholder(float)
     c.restarts = 1
     c.loss = "ce"
     c.targeted = False
