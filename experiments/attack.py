@@ -164,6 +164,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
                 r["l2"],
                 r["model_calls"],
                 targets,
+                r["valid"],
             ).as_dict()
         write_json_atomic(output, result)
         return result
@@ -212,6 +213,8 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
                 "linf": float(checked["linf"][j]),
                 "l2": float(checked["l2"][j]),
                 "model_calls": int(result.model_calls[j]),
+                # False where the re-checked logits were not finite: counted apart.
+                "valid": bool(checked["valid"][j]),
             }
             if targets is not None:
                 rec["target"] = int(targets[j])

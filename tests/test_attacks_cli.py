@@ -38,6 +38,7 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys)
     assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records)
     assert all(r["success"] == (r["adv_pred"] != r["label"]) for r in records)
     r = {k: np.array([rec[k] for rec in records]) for k in records[0]}
+    assert r["valid"].all()
     want = attacks.summarize(
         r["label"], r["clean_pred"], r["adv_pred"], r["linf"], r["l2"], r["model_calls"]
     )

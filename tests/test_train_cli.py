@@ -41,8 +41,14 @@ def test_overrides_reach_the_validated_config():
 
 
 def test_a_smoke_training_run_writes_the_resolved_config(tmp_path):
-    summary = diffjax("train", "--config=train:smoke", "--config.train.epochs=1",
-                      "--config.train.model.attention=diff", "--workdir", str(tmp_path))  # fmt: skip
+    summary = diffjax(
+        "train",
+        "--config=train:smoke",
+        "--config.train.epochs=1",
+        "--config.train.model.attention=diff",
+        "--workdir",
+        str(tmp_path),
+    )
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["model"]["attention"] == "diff"
     assert summary["steps"] == 128 // 32
