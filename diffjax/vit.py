@@ -318,7 +318,7 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
         return model
     config = model.config.replace(scan_layers=scan_layers)
     target = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     if scan_layers:
         layers = [params["blocks"][i] for i in range(config.depth)]
         params["blocks"] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
