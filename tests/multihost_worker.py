@@ -1,7 +1,10 @@
 """One process of the multi-host test (``tests/test_multihost.py``), or the in-process reference.
 
-    python -m tests.multihost_worker --devices 2 --num-processes 2 --process-id 0 \\
-        --port 12345 --workdir RUN --out RESULT.npz
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:12345 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \\
+        python -m tests.multihost_worker --devices 2 --workdir RUN --out RESULT.npz
+
+With ``JAX_COORDINATOR_ADDRESS`` set it joins the others through
+``diffjax.sharding.initialize_distributed`` (what ``diffjax --distributed`` calls).
 
 Trains the ``smoke`` recipe data-parallel over every device of every process
 (:func:`diffjax.train.train`, resuming when ``RUN`` holds checkpoints), attacks a batch of
@@ -12,6 +15,7 @@ writes (process 0) the final parameters and the attack records to ``RESULT.npz``
 from __future__ import annotations
 
 import argparse
+import os
 
 import jax
 import numpy as np
@@ -68,19 +72,13 @@ def run(workdir) -> dict[str, np.ndarray]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--devices", type=int, required=True, help="CPU devices of this process")
-    p.add_argument("--num-processes", type=int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--port", type=int, default=0)
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     jax.config.update("jax_num_cpu_devices", args.devices)
-    if args.num_processes > 1:
-        jax.distributed.initialize(
-            coordinator_address=f"127.0.0.1:{args.port}",
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
+    from diffjax import sharding
+
+    sharding.initialize_distributed("JAX_COORDINATOR_ADDRESS" in os.environ)
     result = run(args.workdir)
     if jax.process_index() == 0:
         np.savez(args.out, **result)

@@ -40,10 +40,13 @@ def _free_port() -> int:
 def _worker(devices: int, workdir, out, *, num_processes: int = 1, process_id: int = 0,
             port: int = 0) -> subprocess.Popen:  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    env.pop("XLA_FLAGS", None)
+    for var in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(var, None)
+    if num_processes > 1:  # the launch recipe of docs/accelerators.md
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(process_id))
     argv = [sys.executable, "-m", "tests.multihost_worker", "--devices", str(devices),
-            "--num-processes", str(num_processes), "--process-id", str(process_id),
-            "--port", str(port), "--workdir", str(workdir), "--out", str(out)]  # fmt: skip
+            "--workdir", str(workdir), "--out", str(out)]  # fmt: skip
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
