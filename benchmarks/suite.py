@@ -19,8 +19,9 @@ median over ``--repeats`` runs after a warm-up (compile time reported separately
 
 Each model runs with every attention implementation of ``--impls`` (``reference``: einsums and a
 materialised softmax, the default; ``fused``: ``jax.nn.dot_product_attention``), one row each
-(column ``attention``); PyTorch runs once per model. It prints img/s for both, the ratio diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost
-analysis of the compiled step) as a fraction of this machine's measured float32 matmul peak.
+(column ``attention``); PyTorch runs once per model. It prints img/s for both, the ratio
+diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of the compiled step) as a
+fraction of this machine's measured float32 matmul peak.
 PyTorch is the optional ``bench`` extra; the reference is checked against diffjax on shared
 weights in ``tests/test_torch_reference.py``.
 """

@@ -13,6 +13,7 @@ leading layer axis, run by ``nnx.scan``): the same function, compiled once whate
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -324,7 +325,10 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
         params["blocks"] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
     else:
         stacked = params["blocks"]["layers"]
-        params["blocks"] = {i: jax.tree.map(lambda x: x[i], stacked) for i in range(config.depth)}
+        params["blocks"] = {
+            i: jax.tree.map(functools.partial(lambda i, x: x[i], i), stacked)
+            for i in range(config.depth)
+        }
     state = nnx.state(target, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(target, state)

@@ -46,7 +46,8 @@ def run(workdir) -> dict[str, np.ndarray]:
     from diffjax.train import train
 
     out = {}
-    steps = sorted(pathlib.Path(workdir).glob(f"{CHECKPOINTS_DIR}/[0-9]*"), key=lambda p: int(p.name))
+    found = pathlib.Path(workdir).glob(f"{CHECKPOINTS_DIR}/[0-9]*")
+    steps = sorted(found, key=lambda p: int(p.name))
     if steps:
         loaded = flat_params(load_model(steps[-1]))
         out.update({"loaded:" + k: v for k, v in loaded.items()})

@@ -124,5 +124,6 @@ def test_scanned_checkpoint_loads_as_loop_or_scan(tmp_path):
     np.testing.assert_allclose(loop(x), model(x), rtol=1e-6, atol=1e-7)
     assert load_model(tmp_path / "m", scan_layers=None).config.scan_layers
     back = relayout(loop, True)
-    for a, b in zip(jax.tree.leaves(nnx.state(back)), jax.tree.leaves(nnx.state(model)), strict=True):
+    leaves = zip(jax.tree.leaves(nnx.state(back)), jax.tree.leaves(nnx.state(model)), strict=True)
+    for a, b in leaves:
         np.testing.assert_array_equal(a, b)

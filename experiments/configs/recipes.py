@@ -15,7 +15,9 @@ recipe does not set keep the dataclasses' defaults.
 | `embedded` | Nano/4, depth 3    | the 5,000 embedded images     | 12     | ~1 min per model   |
 | `cpu`      | Nano/4, depth 4    | 10,000 CIFAR-10 images        | 4      | ~2 min per model   |
 | `paper`    | S/4 (dropout 0.1)  | all 50,000 CIFAR-10 images    | 200    | GPU                |
-| `gpu`      | S/4, bf16, fused   | all 50,000 CIFAR-10 images    | 50     | ~1 min per model (1 H100/H200, sized in docs/accelerators.md) |
+| `gpu`      | S/4, bf16, fused   | all 50,000 CIFAR-10 images    | 50     | ~1 min/model, GPU  |
+
+(`gpu`: one H100/H200, sized in docs/accelerators.md.)
 """
 
 from __future__ import annotations
