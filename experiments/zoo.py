@@ -97,7 +97,8 @@ class Zoo:
         Returns:
           (model, train summary, run directory): the model in the per-layer loop layout the
           analyses index, whatever ``scan_layers`` it trained with; the summary's ``run`` names
-          the run directory relative to the runs root (results name the model, not this machine's folders).
+          the run directory relative to the runs root (results name the model, not this
+          machine's folders).
         """
         config = self.config(train_data, attention, seed=seed, depth=depth,
                              lambda_init=lambda_init, dataset=dataset)  # fmt: skip
