@@ -2,6 +2,7 @@
 
     python -m benchmarks.suite                        # depths 1, 6, 12; batch 128 (minutes)
     python -m benchmarks.suite --depths 1 --batch 16 --repeats 2     # a quick look
+    python -m benchmarks.suite --impls reference fused --no-torch     # both attention paths
 
 For ViT and DiffViT (width 192, 6 heads, patch 4, CIFAR shapes) at each depth it times, as the
 median over ``--repeats`` runs after a warm-up (compile time reported separately):
@@ -16,8 +17,11 @@ median over ``--repeats`` runs after a warm-up (compile time reported separately
 * σmax: the exact local Lipschitz constant of the first attention layer at one example by
   Lanczos (``diffjax.analysis``; no PyTorch counterpart).
 
-It prints img/s for both, the ratio diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost
-analysis of the compiled step) as a fraction of this machine's measured float32 matmul peak.
+Each model runs with every attention implementation of ``--impls`` (``reference``: einsums and a
+materialised softmax, the default; ``fused``: ``jax.nn.dot_product_attention``), one row each
+(column ``attention``); PyTorch runs once per model. It prints img/s for both, the ratio
+diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of the compiled step) as a
+fraction of this machine's measured float32 matmul peak.
 PyTorch is the optional ``bench`` extra; the reference is checked against diffjax on shared
 weights in ``tests/test_torch_reference.py``.
 """
@@ -25,6 +29,7 @@ weights in ``tests/test_torch_reference.py``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -189,6 +194,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attack-steps", type=int, default=5, help="PGD steps / CW iterations timed")
     p.add_argument("--no-torch", action="store_true", help="diffjax only")
+    p.add_argument("--impls", nargs="+", choices=("reference", "fused"), default=["reference"],
+                   help="attention implementations, one row each")
     args = p.parse_args(argv)
     use_torch = torch is not None and not args.no_torch
     if use_torch:
@@ -197,25 +204,30 @@ def main(argv=None) -> list[dict]:
     peak = matmul_peak()
     print(f"devices: {jax.devices()}; load average {os.getloadavg()[0]:.1f}; "
           f"float32 matmul peak {peak:.1f} GFLOP/s (XLA, 2048²)")  # fmt: skip
-    print("| model | depth | kind | diffjax img/s | PyTorch img/s | ratio | GFLOP/s | of peak | "
-          "compile s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | attention | depth | kind | diffjax img/s | PyTorch img/s | ratio | GFLOP/s | "
+          "of peak | compile s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for depth in args.depths:
-        for name, attention in (("ViT", "softmax"), ("DiffViT", "diff")):
+        for (name, attention), impl in itertools.product(
+            (("ViT", "softmax"), ("DiffViT", "diff")), args.impls
+        ):
             config = dj.preset("cifar", attention=attention, depth=depth, width=args.width,
-                               num_heads=args.heads)  # fmt: skip
+                               num_heads=args.heads, attention_impl=impl)  # fmt: skip
             model = dj.ViT(config, rngs=nnx.Rngs(0))
             x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
             y = jnp.arange(args.batch, dtype=jnp.int32) % config.num_classes
             ours = jax_cases(model, x, y, args)
-            ref = torch_cases(model, x, y, args) if use_torch else {}
+            # The PyTorch reference has one attention implementation: timed once per model.
+            first = impl == args.impls[0]
+            ref = torch_cases(model, x, y, args) if use_torch and first else {}
             for kind, (compile_s, sec, flops) in ours.items():
                 n = 1 if kind == "sigma_max" else args.batch
                 ips = n / sec
                 t_ips = n / ref[kind] if kind in ref else None
                 gflops = flops / sec / 1e9 if flops else None
-                row = {"model": name, "depth": depth, "kind": kind, "img_per_s": ips,
+                row = {"model": name, "attention": impl, "depth": depth, "kind": kind,
+                       "img_per_s": ips,
                        "torch_img_per_s": t_ips, "ratio": t_ips and ips / t_ips,
                        "gflops": gflops, "peak_fraction": gflops and gflops / peak,
                        "compile_s": compile_s}  # fmt: skip
@@ -223,6 +235,7 @@ def main(argv=None) -> list[dict]:
                 f = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
                 cells = [
                     name,
+                    impl,
                     depth,
                     kind,
                     f"{ips:.1f}",

@@ -15,6 +15,16 @@ The pure functions :func:`softmax_attention` and :func:`diff_attention` take par
 mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect
 to the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
 parameters and call them.
+
+Two implementations compute the same function (``impl``):
+
+* ``"reference"`` (the default): einsums and a softmax that materialise every [N, N] map, in the
+  input's precision (float64 for the exact analyses). The only path that returns the maps.
+* ``"fused"``: :func:`jax.nn.dot_product_attention` (cuDNN on a GPU in bf16/fp16, XLA elsewhere),
+  which never hands back a map. DA is two such calls, one per branch map, each applied to the
+  2d-wide value heads (queries and keys zero-padded from d to 2d, which leaves every logit
+  unchanged), combined after as O1 − λ·O2, then the same RMSNorm and (1 − λ_init). Asking it for
+  the maps (``return_maps=True``) runs the reference path instead, so analyses always see them.
 """
 
 from __future__ import annotations
@@ -104,12 +114,51 @@ def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
 
 
+IMPLS = ("reference", "fused")
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"attention implementation must be one of {IMPLS}, got {impl!r}")
+
+
+def _tokens_heads(x: Array, p: Mapping[str, Array], heads: int) -> Array:
+    """Project [B, N, D] tokens to the token-major [B, N, heads, D / heads] of the fused call."""
+    b, n, _ = x.shape
+    return _dense(x, p).reshape(b, n, heads, -1)
+
+
+def fused_attention(q: Array, k: Array, v: Array, scale: float, mask: Array | None) -> Array:
+    """softmax(q kᵀ · scale) v per head through :func:`jax.nn.dot_product_attention`.
+
+    Args:
+      q, k: [B, N, H, dq]; v: [B, N, H, dv] (all of one dtype).
+      scale: the logit scale.
+      mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
+
+    Returns:
+      [B, N, H, dv] in the input dtype. cuDNN's kernel runs on a GPU for bf16/fp16 inputs of
+      shapes it supports (it checks while tracing); everything else runs XLA's implementation.
+    """
+    if mask is not None:  # the fused call takes 4-d masks only
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(
+                q, k, v, mask=mask, scale=scale, implementation="cudnn"
+            )
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass  # a shape, dtype or cuDNN version the kernel does not take: XLA below
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+
+
 def softmax_attention(
     params: Mapping[str, Any],
     x: Array,
     num_heads: int,
     mask: Array | None = None,
     return_maps: bool = False,
+    impl: str = "reference",
 ):
     """Multi-head softmax self-attention.
 
@@ -118,14 +167,21 @@ def softmax_attention(
       x: [B, N, D] tokens.
       num_heads: H, head dim d = D / H, scale d^-½.
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
-      return_maps: also return the :class:`AttentionMaps` (a1 = [B, H, N, N]).
+      return_maps: also return the :class:`AttentionMaps` (a1 = [B, H, N, N]); always through
+        the reference path.
+      impl: ``"reference"`` or ``"fused"`` (module docstring).
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
     _check_input(x, params, num_heads)
+    _check_impl(impl)
     b, n, width = x.shape
     d = width // num_heads
+    if impl == "fused" and not return_maps:
+        q, k, v = (_tokens_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+        o = fused_attention(q, k, v, d**-0.5, mask)
+        return _dense(o.reshape(b, n, width), params["out"])
     q, k, v = (_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     a = _softmax_wide(logits, mask)
@@ -146,6 +202,30 @@ def diff_lambda(params: Mapping[str, Any], lambda_init: float, dtype=jnp.float32
     )
 
 
+def _sub_layer_norm(o: Array, params: Mapping[str, Any], lambda_init: float) -> Array:
+    """The per-head RMSNorm over the last (2d) axis, its scale, and (1 − λ_init)."""
+    o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + RMS_EPS)
+    return o * params["subln_scale"].astype(o.dtype) * (1.0 - lambda_init)
+
+
+def _fused_diff_heads(
+    params: Mapping[str, Any], x: Array, h: int, d: int, lambda_init: float, mask: Array | None
+) -> Array:
+    """DA's per-head output before the out projection, by two fused calls: [B, N, h, 2d]."""
+    q, k = (_tokens_heads(x, params[name], 2 * h) for name in ("q", "k"))
+    v = _tokens_heads(x, params["v"], h)
+    b, n = x.shape[:2]
+    # Sub-heads (2h, 2h+1) are the two branches; zero-padding q and k to the value width 2d
+    # adds exact zeros to every logit, so each branch is one call with equal head dims.
+    pad = ((0, 0), (0, 0), (0, 0), (0, 0), (0, d))
+    q, k = (jnp.pad(t.reshape(b, n, h, 2, d), pad) for t in (q, k))
+    o1 = fused_attention(q[..., 0, :], k[..., 0, :], v, d**-0.5, mask)
+    o2 = fused_attention(q[..., 1, :], k[..., 1, :], v, d**-0.5, mask)
+    o1, o2 = _wide(o1), _wide(o2)
+    lam = diff_lambda(params, lambda_init, o1.dtype)
+    return _sub_layer_norm(o1 - lam * o2, params, lambda_init)
+
+
 def diff_attention(
     params: Mapping[str, Any],
     x: Array,
@@ -153,6 +233,7 @@ def diff_attention(
     lambda_init: float,
     mask: Array | None = None,
     return_maps: bool = False,
+    impl: str = "reference",
 ):
     """Differential Attention.
 
@@ -164,16 +245,22 @@ def diff_attention(
         H = H_base / 2 DIFF heads, sub-head dim d = D / H_base, value head 2d.
       lambda_init: the layer's λ_init (a Python float, not learned).
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
-      return_maps: also return :class:`AttentionMaps` (a1, a2 = [B, H, N, N], lam = []).
+      return_maps: also return :class:`AttentionMaps` (a1, a2 = [B, H, N, N], lam = []); always
+        through the reference path.
+      impl: ``"reference"`` or ``"fused"`` (module docstring).
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
     """
     _check_input(x, params, num_heads)
+    _check_impl(impl)
     b, n, width = x.shape
     if num_heads % 2:
         raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
     h, d = num_heads // 2, width // num_heads
+    if impl == "fused" and not return_maps:
+        o = _fused_diff_heads(params, x, h, d, lambda_init, mask)
+        return _dense(o.astype(x.dtype).reshape(b, n, width), params["out"])
     q, k = (_heads(x, params[name], 2 * h) for name in ("q", "k"))
     v = _heads(x, params["v"], h)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
@@ -181,9 +268,7 @@ def diff_attention(
     a1, a2 = p[:, :, 0], p[:, :, 1]
     lam = diff_lambda(params, lambda_init, a1.dtype)
     a = a1 - lam * a2
-    o = jnp.einsum("bhqk,bhkd->bhqd", a, v.astype(a.dtype))
-    o = o * jax.lax.rsqrt(jnp.mean(o * o, axis=-1, keepdims=True) + RMS_EPS)
-    o = o * params["subln_scale"].astype(a.dtype) * (1.0 - lambda_init)
+    o = _sub_layer_norm(jnp.einsum("bhqk,bhkd->bhqd", a, v.astype(a.dtype)), params, lambda_init)
     o = o.astype(x.dtype).transpose(0, 2, 1, 3).reshape(b, n, width)
     out = _dense(o, params["out"])
     return (out, AttentionMaps(a1=a1, a2=a2, lam=lam)) if return_maps else out
@@ -205,12 +290,26 @@ def _linear_params(layer: nnx.Linear) -> dict[str, Array | None]:
 
 
 class SoftmaxAttention(nnx.Module):
-    """Multi-head softmax self-attention (q/k/v/out D→D projections) over [B, N, D]."""
+    """Multi-head softmax self-attention (q/k/v/out D→D projections) over [B, N, D].
 
-    def __init__(self, width: int, num_heads: int, *, use_bias: bool = True, rngs: nnx.Rngs):
+    ``impl`` (``"reference"`` or ``"fused"``) picks the implementation of the forward pass; the
+    maps (``return_maps=True``) always come from the reference path.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        use_bias: bool = True,
+        impl: str = "reference",
+        rngs: nnx.Rngs,
+    ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        _check_impl(impl)
         self.num_heads = num_heads
+        self.impl = impl
         self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
 
     def params(self) -> dict[str, Any]:
@@ -218,14 +317,15 @@ class SoftmaxAttention(nnx.Module):
         return {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
-        return softmax_attention(self.params(), x, self.num_heads, mask, return_maps)
+        return softmax_attention(self.params(), x, self.num_heads, mask, return_maps, self.impl)
 
 
 class DiffAttention(nnx.Module):
     """Differential Attention over [B, N, D], parameter-matched to ``SoftmaxAttention(D, H_base)``.
 
     Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the
-    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module.
+    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module. ``impl`` as
+    for :class:`SoftmaxAttention`.
     """
 
     def __init__(
@@ -235,14 +335,17 @@ class DiffAttention(nnx.Module):
         lambda_init: float,
         *,
         use_bias: bool = True,
+        impl: str = "reference",
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         if num_heads % 2:
             raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
+        _check_impl(impl)
         d = width // num_heads
         self.num_heads = num_heads
+        self.impl = impl
         self.lambda_init = float(lambda_init)
         self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
         lam_init = nnx.initializers.normal(stddev=LAMBDA_STD)
@@ -262,4 +365,6 @@ class DiffAttention(nnx.Module):
         return diff_lambda(self.params(), self.lambda_init)
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
-        return diff_attention(self.params(), x, self.num_heads, self.lambda_init, mask, return_maps)
+        return diff_attention(
+            self.params(), x, self.num_heads, self.lambda_init, mask, return_maps, self.impl
+        )

@@ -36,7 +36,7 @@ from flax import nnx
 
 from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
-from diffjax.vit import ViT
+from diffjax.vit import ViT, relayout
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -219,8 +219,19 @@ def read_config(directory: str | os.PathLike, cls: type = ViTConfig):
 
 
 def _abstract(tree):
-    """Shape, dtype and sharding of every array: the restore target orbax needs."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    """Shape, dtype and sharding of every array: the restore target orbax needs.
+
+    Abstract leaves (``nnx.eval_shape``) carry no sharding; they get this process's first local
+    device, so that a checkpoint written on any number of devices or processes restores here
+    (orbax otherwise falls back to the saved topology and refuses a different one).
+    """
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or here)
+
+    return jax.tree.map(target, tree)
 
 
 def _check_fits(item_dir: pathlib.Path, target) -> None:
@@ -494,16 +505,24 @@ def resolve_model_dir(directory: str | os.PathLike) -> tuple[pathlib.Path, pathl
     )
 
 
-def load_model(directory: str | os.PathLike, seed: int = 0) -> ViT:
+def load_model(
+    directory: str | os.PathLike, seed: int = 0, scan_layers: bool | None = False
+) -> ViT:
     """Load a saved model, the model of a training run, or one training checkpoint.
+
+    Written on any number of devices or processes, the parameters land on this process's first
+    local device.
 
     Args:
       directory: a :func:`save_model` directory; a training run directory (its best checkpoint
         by test accuracy, else its latest); or one ``<run>/checkpoints/<step>`` directory.
       seed: seed of the rebuilt module's initialisers (unused: every parameter is restored).
+      scan_layers: the layout of the returned model: ``False`` (default) the per-layer loop the
+        analyses index, ``True`` the ``nnx.scan`` layout, ``None`` the layout it was saved in.
     """
     config_dir, params_dir = resolve_model_dir(directory)
     config = read_config(config_dir)
     # An abstract module: every parameter is restored, so none needs initialising.
     model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(seed)))
-    return restore_params(params_dir, model)
+    model = restore_params(params_dir, model)
+    return model if scan_layers is None else relayout(model, scan_layers)

@@ -82,6 +82,16 @@ class ViTConfig:
       dtype: compute dtype of matmuls: ``"float32"``, ``"bfloat16"`` (accelerators; parameters,
         softmax, λ, norms and the residual stream stay float32) or ``"float64"`` (exact analyses;
         needs ``jax_enable_x64``).
+      attention_impl: ``"reference"`` (einsums and a materialised softmax: the exact path of the
+        analyses and the float64 checks) or ``"fused"`` (``jax.nn.dot_product_attention``: cuDNN
+        on a GPU, XLA elsewhere; for training and attacks). Anything that asks for the maps
+        (``capture=True``, ``return_maps=True``) runs the reference path either way.
+      scan_layers: run the blocks as one ``nnx.scan`` over stacked parameters (compile time
+        independent of depth; for training and attacks). Needs identical layers: every layer
+        softmax, or every layer DA with one constant ``lambda_init``. Per-layer analysis needs
+        the loop model: :func:`diffjax.vit.unscan` (``load_model`` returns it by default).
+      remat: recompute each block's activations in the backward pass instead of storing them
+        (``nnx.remat``): less memory, about one more forward pass of compute.
     """
 
     image_size: int = 32
@@ -101,6 +111,9 @@ class ViTConfig:
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
     dtype: str = "float32"
+    attention_impl: Literal["reference", "fused"] = "reference"
+    scan_layers: bool = False
+    remat: bool = False
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
@@ -150,6 +163,29 @@ class ViTConfig:
             raise ValueError(
                 f"dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}"
             )
+        if self.attention_impl not in ("reference", "fused"):
+            raise ValueError(
+                f"attention_impl must be 'reference' or 'fused', got {self.attention_impl!r}"
+            )
+        if self.attention_impl == "fused" and self.dtype == "float64":
+            raise ValueError(
+                "attention_impl='fused' computes its softmax in float32; float64 (exact) models "
+                "need attention_impl='reference'"
+            )
+        for name in ("scan_layers", "remat"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.scan_layers and self.attention == "diff":
+            if self.diff_layers is not None and len(set(self.diff_layers)) < self.depth:
+                raise ValueError(
+                    "scan_layers=True needs identical layers; diff_layers "
+                    f"{self.diff_layers} mixes softmax and DA layers"
+                )
+            if self.lambda_init == "schedule":
+                raise ValueError(
+                    "scan_layers=True needs identical layers; lambda_init='schedule' gives each "
+                    "layer its own λ_init (use a constant lambda_init, or scan_layers=False)"
+                )
 
     @property
     def num_patches(self) -> int:

@@ -11,6 +11,7 @@ to :func:`shard_batch`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -20,15 +21,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+# Read by initialize_distributed where the arguments are not given (JAX itself reads only the
+# coordinator's address from the environment).
+PROCESS_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+
+
 def initialize_distributed(enabled: bool, **kwargs) -> None:
     """Call ``jax.distributed.initialize(**kwargs)`` when ``enabled`` (multi-host runs).
 
     Must run before any other JAX call. On TPU pods, Slurm and Open MPI the coordinator is
     found automatically; elsewhere pass ``coordinator_address``, ``num_processes`` and
-    ``process_id``. A plain single-host run leaves it off.
+    ``process_id``, or set ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0),
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (what ``diffjax --distributed`` relies on).
+    A plain single-host run leaves it off.
     """
-    if enabled:
-        jax.distributed.initialize(**kwargs)
+    if not enabled:
+        return
+    for arg, var in PROCESS_ENV.items():
+        if arg not in kwargs and os.environ.get(var):
+            kwargs[arg] = int(os.environ[var])
+    jax.distributed.initialize(**kwargs)
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -5,10 +5,15 @@
 Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
 attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every
 layer, the block input h_l and the attention maps, which is the hook the analysis code uses.
+
+With ``config.scan_layers`` the blocks are one :class:`ScannedBlocks` (parameters stacked along a
+leading layer axis, run by ``nnx.scan``): the same function, compiled once whatever the depth.
+:func:`relayout` converts a model between the two layouts; per-layer analysis needs the loop.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +23,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from diffjax.attention import DENSE_INIT, AttentionMaps, DiffAttention, SoftmaxAttention
+from diffjax.attention import (
+    DENSE_INIT,
+    AttentionMaps,
+    DiffAttention,
+    SoftmaxAttention,
+    diff_lambda,
+)
 from diffjax.config import ViTConfig
 
 Array = jax.Array
@@ -76,16 +87,32 @@ def _tokens_dense(layer: nnx.Linear, x: Array) -> Array:
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
-def run_blocks(blocks, h: Array, *, capture: bool, **kwargs) -> tuple[Array, Intermediates | None]:
-    """``h`` [B, N, D] through ``blocks``; with ``capture`` also each block's input and maps."""
+def _apply_block(block, h: Array, rngs: nnx.Rngs | None) -> Array:
+    return block(h) if rngs is None else block(h, rngs=rngs)
+
+
+# Recomputes the block's activations in the backward pass instead of keeping them.
+_remat_block = nnx.remat(_apply_block)
+
+
+def run_blocks(
+    blocks, h: Array, *, capture: bool, remat: bool = False, rngs: nnx.Rngs | None = None
+) -> tuple[Array, Intermediates | None]:
+    """``h`` [B, N, D] through ``blocks``; with ``capture`` also each block's input and maps.
+
+    ``remat`` rematerialises each block in the backward pass (not with ``capture``); ``rngs``
+    (dropout) is passed to blocks that take it.
+    """
     inputs, maps = [], []
+    apply = _remat_block if remat else _apply_block
     for block in blocks:
         if capture:
             inputs.append(h)
+            kwargs = {} if rngs is None else {"rngs": rngs}
             h, m = block(h, return_maps=True, **kwargs)
             maps.append(m)
         else:
-            h = block(h, **kwargs)
+            h = apply(block, h, rngs)
     captured = Intermediates(layer_inputs=tuple(inputs), maps=tuple(maps)) if capture else None
     return h, captured
 
@@ -103,12 +130,11 @@ class Block(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
         self.accum_dtype = jnp.dtype(c.accum_dtype)
         self.norm1 = _layer_norm(c, rngs)
+        attn = dict(use_bias=c.qkv_bias, impl=c.attention_impl, rngs=rngs)
         if c.is_diff_layer(layer):
-            self.attn = DiffAttention(
-                c.width, c.num_heads, c.layer_lambda_init(layer), use_bias=c.qkv_bias, rngs=rngs
-            )
+            self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
         else:
-            self.attn = SoftmaxAttention(c.width, c.num_heads, use_bias=c.qkv_bias, rngs=rngs)
+            self.attn = SoftmaxAttention(c.width, c.num_heads, **attn)
         self.norm2 = _layer_norm(c, rngs)
         hidden = int(round(c.width * c.mlp_ratio))
         dense = dict(
@@ -138,6 +164,39 @@ class Block(nnx.Module):
         return (h, maps) if return_maps else h
 
 
+class ScannedBlocks(nnx.Module):
+    """``depth`` identical blocks as one :class:`Block` whose parameters have a leading layer
+    axis [depth, ...], applied by ``nnx.scan`` (one compiled block body, any depth).
+
+    Built from the loop's blocks, so a scanned and a loop model of one seed hold the same
+    parameters. It cannot be indexed: per-layer code needs ``relayout(model, False)``.
+    """
+
+    def __init__(self, blocks: list[Block]):
+        graphdef = nnx.graphdef(blocks[0])
+        states = [nnx.state(b) for b in blocks]
+        self.depth = len(blocks)
+        self.layers = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+    def __getitem__(self, index):
+        raise TypeError(
+            "the blocks of a scan_layers=True model are one stacked module and cannot be "
+            "indexed; per-layer code needs the loop model: diffjax.vit.relayout(model, False)"
+        )
+
+    def __call__(self, h: Array, *, rngs: nnx.Rngs | None = None, remat: bool = False) -> Array:
+        """h [B, N, D] → h after every block. With ``rngs``, layer l's dropout draws from the
+        l-th of ``depth`` keys split from one ``rngs.dropout()`` key (not the loop's stream)."""
+        keys = None if rngs is None else jax.random.split(rngs.dropout(), self.depth)
+        apply = _remat_block if remat else _apply_block
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+        def body(h, block, key):
+            return apply(block, h, None if key is None else nnx.Rngs(dropout=key))
+
+        return body(h, self.layers, keys)
+
+
 class ViT(nnx.Module):
     """ViT (``attention="softmax"``) or DiffViT (``attention="diff"``) classifier.
 
@@ -158,12 +217,19 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(
             DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
         )
-        self.blocks = nnx.List([Block(c, i, rngs=rngs) for i in range(c.depth)])
+        blocks = [Block(c, i, rngs=rngs) for i in range(c.depth)]
+        self.blocks = ScannedBlocks(blocks) if c.scan_layers else nnx.List(blocks)
         self.norm = _layer_norm(c, rngs)
         self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
 
     def lambdas(self) -> list[float | None]:
         """λ of every layer, in order; ``None`` for softmax layers (host floats: for logging)."""
+        if isinstance(self.blocks, ScannedBlocks):
+            attn = self.blocks.layers.attn
+            if not isinstance(attn, DiffAttention):
+                return [None] * self.blocks.depth
+            lam = jax.vmap(lambda p: diff_lambda(p, attn.lambda_init))(attn.params())
+            return [float(x) for x in lam]
         return [float(b.attn.lam()) if isinstance(b.attn, DiffAttention) else None
                 for b in self.blocks]  # fmt: skip
 
@@ -209,20 +275,64 @@ class ViT(nnx.Module):
     ):
         """Logits of ``images``; dropout is active only when ``rngs`` is given.
 
-        With ``capture=True`` returns ``(logits, Intermediates)``.
+        With ``capture=True`` returns ``(logits, Intermediates)`` (loop models only).
         """
+        c = self.config
+        if capture and c.scan_layers:
+            raise ValueError(
+                "capture=True needs the per-layer model, this one has scan_layers=True: "
+                "use diffjax.vit.relayout(model, False)"
+            )
         single = images.ndim == 3
         if single:
             images = images[None]
         h = self.embed(images)
-        if rngs is not None:
-            h = self.blocks[0]._dropout(h, rngs)
-        h, captured = run_blocks(self.blocks, h, capture=capture, rngs=rngs)
+        if c.scan_layers:
+            if rngs is not None:
+                h = self.blocks.layers._dropout(h, rngs)
+            h, captured = self.blocks(h, rngs=rngs, remat=c.remat), None
+        else:
+            if rngs is not None:
+                h = self.blocks[0]._dropout(h, rngs)
+            h, captured = run_blocks(
+                self.blocks, h, capture=capture, remat=c.remat and not capture, rngs=rngs
+            )
         logits = self.classify(h)
         if single:
             logits = logits[0]
             captured = captured and unbatch(captured)
         return (logits, captured) if capture else logits
+
+
+def relayout(model: ViT, scan_layers: bool) -> ViT:
+    """The same model (same parameters) with its blocks in a loop or stacked for ``nnx.scan``.
+
+    Args:
+      model: a ViT of either layout.
+      scan_layers: the layout wanted (``False``: the per-layer model the analyses index).
+
+    Returns:
+      ``model`` itself when it has that layout already, else a new ViT whose config differs only
+      in ``scan_layers``.
+    """
+    if model.config.scan_layers == scan_layers:
+        return model
+    config = model.config.replace(scan_layers=scan_layers)
+    target = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if scan_layers:
+        layers = [params["blocks"][i] for i in range(config.depth)]
+        params["blocks"] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+    else:
+        stacked = params["blocks"]["layers"]
+        params["blocks"] = {
+            i: jax.tree.map(functools.partial(lambda i, x: x[i], i), stacked)
+            for i in range(config.depth)
+        }
+    state = nnx.state(target, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(target, state)
+    return target
 
 
 def count_params(model: nnx.Module) -> int:

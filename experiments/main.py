@@ -61,12 +61,12 @@ def run(config, ctx: Context) -> dict:
         for n, r in per_model.items()
         for a in r["pgd"]
     ]  # fmt: skip
-    body = {"models": per_model,
-            "data": "embedded CIFAR-10 sample: 5,000 JPEG-decoded training images, "
-                    "1,000 exact test images"}  # fmt: skip
+    data = ("embedded CIFAR-10 sample: 5,000 JPEG-decoded training images, 1,000 exact test "
+            "images") if config.train.dataset == "embedded" else config.train.dataset  # fmt: skip
+    body = {"models": per_model, "data": data}
     result = write_results(out_dir, config, body, rows)
 
-    print("\nSummary (embedded CIFAR-10 sample; ASR over initially correct test images)")
+    print(f"\nSummary ({data}; ASR over initially correct test images)")
     print(f"{'':<22}" + "".join(f"{NAMES[n]:>12}" for n in per_model))
     print(f"{'clean accuracy':<22}" + "".join(f"{fmt(r['clean_accuracy']):>12}"
                                               for r in per_model.values()))  # fmt: skip

@@ -24,6 +24,7 @@ import pathlib
 from diffjax.data import Dataset, DatasetFormatError, DatasetUnavailableError, load_dataset
 from diffjax.experiments.common import Context, TrainBar
 from diffjax.train import TrainConfig, fit_to_data, train
+from diffjax.vit import relayout
 
 NAMES = {"softmax": "vit", "diff": "diffvit"}
 SYNTHETIC_IMAGES = 256  # per split of the smoke data
@@ -94,8 +95,10 @@ class Zoo:
         """Train the model (or resume it, or load it when finished).
 
         Returns:
-          (model, train summary, run directory); the summary's ``run`` names the run directory
-          relative to the runs root (results name the model, not this machine's folders).
+          (model, train summary, run directory): the model in the per-layer loop layout the
+          analyses index, whatever ``scan_layers`` it trained with; the summary's ``run`` names
+          the run directory relative to the runs root (results name the model, not this
+          machine's folders).
         """
         config = self.config(train_data, attention, seed=seed, depth=depth,
                              lambda_init=lambda_init, dataset=dataset)  # fmt: skip
@@ -105,4 +108,5 @@ class Zoo:
                        self.ctx.quiet)  # fmt: skip
         model, summary = train(config, run_dir, train_data=train_data, test_data=test_data,
                                progress=bar)  # fmt: skip
+        model = relayout(model, scan_layers=False)
         return model, {**summary, "run": str(run_dir.relative_to(self.ctx.runs))}, run_dir

@@ -36,7 +36,8 @@ def with_dtype(model: ViT, dtype: str) -> ViT:
     """The same model (the same parameter values) computing in ``dtype``.
 
     ``"float64"`` gives the float64 evaluation of the trained float32 weights that the exact
-    checks use; it needs ``jax_enable_x64`` at build and call time. Returns ``model`` itself when
+    checks use, through the reference attention path; it needs ``jax_enable_x64`` at build and
+    call time. Returns ``model`` itself when
     it already computes in ``dtype``.
     """
     if model.config.dtype == dtype:
@@ -44,7 +45,9 @@ def with_dtype(model: ViT, dtype: str) -> ViT:
     if dtype == "float64" and jax.dtypes.canonicalize_dtype(jax.numpy.float64) != "float64":
         # Without x64 JAX would silently evaluate the "float64" model in float32.
         raise RuntimeError("a float64 model needs jax_enable_x64 (e.g. `with jax.enable_x64():`)")
-    config = model.config.replace(dtype=dtype)
+    # float64 is the exact evaluation: always the reference attention, whatever was trained.
+    exact = {"attention_impl": "reference"} if dtype == "float64" else {}
+    config = model.config.replace(dtype=dtype, **exact)
     # eval_shape builds the module without initialising weights that are overwritten at once.
     other = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
     nnx.update(other, nnx.state(model))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -111,8 +112,10 @@ def attack_dataset(
         raise ValueError(f"batch_size must be a positive multiple of {len(devices)} devices")
     mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,))
     rows = NamedSharding(mesh, P("data"))
-    # a plain function becomes a leafless Partial, as the attacks themselves accept it
-    model_fn = jax.device_put(as_partial(model_fn), NamedSharding(mesh, P()))
+    # a plain function becomes a leafless Partial, as the attacks themselves accept it; the
+    # re-check runs apart from the attack, on this process's own copy of the model.
+    local_model_fn = as_partial(model_fn)
+    model_fn = jax.device_put(local_model_fn, NamedSharding(mesh, P()))
     eps, norm = getattr(config, "eps", None), getattr(config, "norm", None)
     out: dict[str, list] = {}
     batches = -(-n // batch_size)
@@ -130,8 +133,9 @@ def attack_dataset(
         result = attack_fn(
             model_fn, jax.device_put(x, rows), jax.device_put(y, rows), key, config, **kwargs
         )
-        result = jax.device_get(result)
-        checked = recheck(model_fn, x, result.adv_images, y, result.success, eps, norm, t)
+        # Every process gets the whole batch (a plain device_get in one process).
+        result = multihost_utils.process_allgather(result, tiled=True)
+        checked = recheck(local_model_fn, x, result.adv_images, y, result.success, eps, norm, t)
         k = len(index)
         fields = {
             "index": index,

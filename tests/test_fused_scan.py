@@ -1,0 +1,129 @@
+"""The accelerator paths against the reference: fused attention, scanned layers, remat.
+
+The fused path (``jax.nn.dot_product_attention``) must compute the reference attention to float32
+tolerance, outputs and input gradients, softmax and DA, with and without a mask; the scanned and
+rematerialised models must compute the loop model's logits and gradients.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import diffjax as dj
+from diffjax.checkpoint import load_model, save_model
+from diffjax.vit import relayout
+
+B, N, D, H = 2, 7, 32, 4
+RTOL, ATOL = 1e-5, 1e-6
+MASKS = {
+    "none": None,
+    "causal": jnp.tril(jnp.ones((N, N), bool)),
+    # per example, shared by the heads; every row keeps its diagonal (no fully masked row)
+    "random": jax.random.bernoulli(jax.random.key(5), 0.6, (B, 1, N, N)) | jnp.eye(N, dtype=bool),
+}
+
+
+def _attention(kind):
+    if kind == "softmax":
+        module = dj.SoftmaxAttention(D, H, rngs=nnx.Rngs(2))
+        return module.params(), lambda p, x, m, impl: dj.softmax_attention(p, x, H, m, impl=impl)
+    module = dj.DiffAttention(D, H, 0.37, rngs=nnx.Rngs(1))
+    return module.params(), lambda p, x, m, impl: dj.diff_attention(p, x, H, 0.37, m, impl=impl)
+
+
+@pytest.mark.parametrize("mask", sorted(MASKS))
+@pytest.mark.parametrize("kind", ["softmax", "diff"])
+def test_fused_attention_equals_reference_outputs_and_input_gradients(kind, mask):
+    params, f = _attention(kind)
+    m = MASKS[mask]
+    x = jax.random.normal(jax.random.key(0), (B, N, D))
+    ref, fused = f(params, x, m, "reference"), f(params, x, m, "fused")
+    np.testing.assert_allclose(fused, ref, rtol=RTOL, atol=ATOL)
+    w = jax.random.normal(jax.random.key(3), ref.shape)  # a random cotangent
+    g_ref = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "reference")))(x)
+    g_fused = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "fused")))(x)
+    np.testing.assert_allclose(g_fused, g_ref, rtol=RTOL, atol=ATOL * np.abs(g_ref).max())
+
+
+@pytest.mark.parametrize("attention", ["softmax", "diff"])
+def test_fused_vit_equals_reference_vit_and_maps_come_from_the_reference(attention):
+    config = dj.preset("tiny", attention=attention)
+    ref = dj.ViT(config, rngs=nnx.Rngs(0))
+    fused = dj.ViT(config.replace(attention_impl="fused"), rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
+    np.testing.assert_allclose(fused(x), ref(x), rtol=RTOL, atol=ATOL)
+    grad = lambda m: jax.grad(lambda x: m(x)[:, 0].sum())(x)  # noqa: E731
+    np.testing.assert_allclose(grad(fused), grad(ref), rtol=RTOL, atol=ATOL)
+    _, maps_fused = fused(x, capture=True)
+    _, maps_ref = ref(x, capture=True)
+    for a, b in zip(jax.tree.leaves(maps_fused), jax.tree.leaves(maps_ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_clip_text_tower_equals_reference():
+    # The CLIP text tower shares the attention modules with a causal mask.
+    attn = dj.DiffAttention(D, H, 0.8, rngs=nnx.Rngs(4))
+    x = jax.random.normal(jax.random.key(2), (B, N, D))
+    mask = jnp.tril(jnp.ones((N, N), bool))
+    fused = dj.DiffAttention(D, H, 0.8, impl="fused", rngs=nnx.Rngs(4))
+    np.testing.assert_allclose(fused(x, mask=mask), attn(x, mask=mask), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"attention_impl": "flash"}, "attention_impl must be"),
+        ({"attention_impl": "fused", "dtype": "float64"}, "float64"),
+        ({"scan_layers": 1}, "scan_layers must be True or False"),
+        ({"attention": "diff", "scan_layers": True, "lambda_init": "schedule"}, "schedule"),
+        ({"attention": "diff", "scan_layers": True, "diff_layers": (0,)}, "diff_layers"),
+    ],
+)
+def test_bad_accelerator_configs_raise_clear_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        dj.preset("tiny", **overrides)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "diff"])
+def test_scanned_and_remat_models_equal_the_loop(attention):
+    config = dj.preset("tiny", attention=attention, depth=3)
+    x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
+    y = jnp.arange(3) % 10
+    loop = dj.ViT(config, rngs=nnx.Rngs(0))
+
+    def loss_and_grads(model):
+        apply, params = dj.functional(model)
+        loss = lambda p: -jax.nn.log_softmax(apply(p, x))[jnp.arange(3), y].mean()  # noqa: E731
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    ref_loss, ref_grads = loss_and_grads(loop)
+    for changes in ({"scan_layers": True}, {"remat": True}, {"scan_layers": True, "remat": True}):
+        model = dj.ViT(config.replace(**changes), rngs=nnx.Rngs(0))  # the same initial values
+        loss, grads = loss_and_grads(model)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        grads = dj.functional(relayout(nnx.merge(nnx.graphdef(model), grads), False))[1]
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    scanned = dj.ViT(config.replace(scan_layers=True), rngs=nnx.Rngs(0))
+    assert scanned.lambdas() == pytest.approx(loop.lambdas()) if attention == "diff" else True
+    with pytest.raises(ValueError, match="relayout"):
+        scanned(x, capture=True)
+    with pytest.raises(TypeError, match="relayout"):
+        scanned.blocks[0]
+
+
+def test_scanned_checkpoint_loads_as_loop_or_scan(tmp_path):
+    config = dj.preset("tiny", attention="diff", scan_layers=True)
+    model = dj.ViT(config, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+    save_model(tmp_path / "m", model)
+    loop = load_model(tmp_path / "m")  # default: the per-layer model the analyses index
+    assert not loop.config.scan_layers and len(loop.blocks) == config.depth
+    np.testing.assert_allclose(loop(x), model(x), rtol=1e-6, atol=1e-7)
+    assert load_model(tmp_path / "m", scan_layers=None).config.scan_layers
+    back = relayout(loop, True)
+    leaves = zip(jax.tree.leaves(nnx.state(back)), jax.tree.leaves(nnx.state(model)), strict=True)
+    for a, b in leaves:
+        np.testing.assert_array_equal(a, b)
