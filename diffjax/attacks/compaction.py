@@ -1,0 +1,424 @@
+"""Attacks as plans of segments, run either as one vmapped program or compacted between segments.
+
+    plan = Plan((Stage(APGDPhase, APGDConfig(8 / 255, loss="dlr-targeted")),))
+    result = run_plan(plan, model_fn, images, labels, key)                 # compacted (default)
+    result = run_plan(plan, model_fn, images, labels, key, compact=False)  # one vmapped jit
+
+An attack is a sequence of *stages* (AutoAttack: APGD-CE, APGD-T, FAB-T, Square; any other
+attack: one stage), and each stage a sequence of *segments* — its restarts, its targets, or (Square)
+chunks of queries — that an example stops taking once it is done (fooled). A :class:`Phase`
+describes one stage per example: ``init`` its state (carry), run ``segment`` s on it, tell when it
+is ``done``, and give its ``output``.
+
+**Uncompacted**, every example runs under ``vmap`` in a ``lax.while_loop`` over its segments; the
+vmapped loop keeps running the whole batch while any example is not done (the done ones are
+masked). **Compacted**, a host loop runs one jitted segment at a time on only the examples not yet
+done, gathered into a smaller batch whose size is rounded up to a *bucket* (a power of two, at
+least ``min_bucket``, a multiple of the device count, at most the batch): the padding repeats a
+real example and its results are dropped, so at most ⌈log₂ B⌉ + 1 sizes are compiled per segment
+function. Because example e's randomness is ``fold_in(key, ids[e])`` and segments are the same
+per-example computation, both give the same per-example results; the model's batched matmuls then
+see other batch sizes, which on some backends changes float rounding in the last bit.
+
+Several budgets (``eps`` [B], one radius per example) go through the same code: the stage configs
+take the radius as a traced value, so one compilation serves every ε.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from diffjax.attacks import interface as itf
+
+Array = jax.Array
+
+CLEAN_SALT = 1 << 20  # a randomised model's clean logits use fold_in(example key, CLEAN_SALT)
+MIN_BUCKET = 8
+
+
+class Example(NamedTuple):
+    """One example as a stage sees it (under ``vmap``: one entry per example).
+
+    Attributes:
+      x0: [H, W, C] clean image; label, target: int32 scalars (target = label if untargeted);
+      key: the stage's PRNG key; clean: [K] clean logits.
+    """
+
+    x0: Array
+    label: Array
+    target: Array
+    key: Array
+    clean: Array
+
+
+class Phase(Protocol):
+    """One stage of an attack on ONE example (static methods; the class is a static jit arg)."""
+
+    @staticmethod
+    def segments(cfg) -> int:
+        """How many segments (restarts, targets, query chunks) the stage has at most."""
+
+    @staticmethod
+    def init(model: itf.ExampleModel, ex: Example, cfg) -> Any:
+        """The carry before segment 0 (a pytree of arrays, no model call)."""
+
+    @staticmethod
+    def segment(model: itf.ExampleModel, ex: Example, cfg, carry, seg: Array) -> Any:
+        """The carry after segment ``seg`` (int32 scalar)."""
+
+    @staticmethod
+    def done(ex: Example, cfg, carry) -> Array:
+        """bool scalar: no further segment runs for this example."""
+
+    @staticmethod
+    def output(ex: Example, cfg, carry) -> tuple[Array, Array, Array]:
+        """(adversarial image [H, W, C], its logits [K], model calls of the stage)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A phase with its config; the stage key is fold_in(example key, salt) (None: the example
+    key itself)."""
+
+    phase: type
+    config: Any
+    salt: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """An attack as stages.
+
+    Attributes:
+      stages: run in order.
+      first_success: AutoAttack's rule: a stage runs only on examples no earlier stage fooled,
+        each example keeps the first successful adversarial, and ``extras["stage"]`` records
+        which stage it was (−1: none). Otherwise (one stage) its output is the result.
+      targeted: success means prediction = target (else ≠ label).
+      randomized: the model takes (images, keys) and draws its randomness from the keys.
+      min_classes: classes the stages need.
+    """
+
+    stages: tuple[Stage, ...]
+    first_success: bool = False
+    targeted: bool = False
+    randomized: bool = False
+    min_classes: int = 2
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("a plan needs at least one stage")
+        if len(self.stages) > 1 and not self.first_success:
+            raise ValueError("several stages need first_success=True")
+
+
+def with_eps(cfg, eps):
+    """``cfg`` with radius ``eps`` (a traced per-example scalar), or ``cfg`` if eps is None."""
+    return cfg if eps is None else dataclasses.replace(cfg, eps=eps)
+
+
+def stage_key(key: Array, salt: int | None) -> Array:
+    return key if salt is None else jax.random.fold_in(key, salt)
+
+
+def clean_logits(model: itf.ExampleModel, x0: Array, key: Array) -> Array:
+    if model.randomized:
+        return model(x0, key=jax.random.fold_in(key, CLEAN_SALT))
+    return model(x0)
+
+
+def run_phase(phase, model, ex: Example, cfg, active) -> tuple[Array, Array, Array]:
+    """A whole stage on one example: its segments in a while loop while not done and ``active``."""
+    n = phase.segments(cfg)
+
+    def more(c):
+        seg, carry = c
+        return active & (seg < n) & ~phase.done(ex, cfg, carry)
+
+    def body(c):
+        seg, carry = c
+        return seg + 1, phase.segment(model, ex, cfg, carry, seg)
+
+    _, carry = lax.while_loop(more, body, (jnp.int32(0), phase.init(model, ex, cfg)))
+    return phase.output(ex, cfg, carry)
+
+
+def plan_single(model, x0, label, target, key, eps, plan: Plan):
+    """The whole plan on one example (the uncompacted path).
+
+    Returns:
+      (adv [H, W, C], adv logits [K], clean logits [K], model calls, extras).
+    """
+    clean = clean_logits(model, x0, key)
+    success = itf.succeeded(clean, label, target, plan.targeted)
+    adv, logits, calls, stage = x0, clean, jnp.int32(1), jnp.int32(-1)
+    for s, st in enumerate(plan.stages):
+        ex = Example(x0, label, target, stage_key(key, st.salt), clean)
+        active = ~success if plan.first_success else True
+        adv_s, logits_s, calls_s = run_phase(st.phase, model, ex, with_eps(st.config, eps), active)
+        if plan.first_success:
+            new = ~success & itf.succeeded(logits_s, label, target, plan.targeted)
+            adv = jnp.where(new, adv_s, adv)
+            logits = jnp.where(new, logits_s, logits)
+            stage = jnp.where(new, s, stage)
+            success = success | new
+        else:
+            adv, logits = adv_s, logits_s
+        calls = calls + calls_s
+    return adv, logits, clean, calls, ({"stage": stage} if plan.first_success else {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point: validation, then either path.
+
+
+def run_plan(
+    plan: Plan,
+    model_fn,
+    images,
+    labels,
+    key,
+    *,
+    targets=None,
+    ids=None,
+    eps=None,
+    compact: bool = True,
+    min_bucket: int = MIN_BUCKET,
+) -> itf.AttackResult:
+    """Validate the inputs and run ``plan`` on every example.
+
+    Args:
+      plan: the attack.
+      model_fn: images [B, H, W, C] in [0, 1] → logits [B, K] (randomised plans:
+        ``model_fn(images, keys [B])``).
+      images: [B, H, W, C] floating, in [0, 1]; labels: [B] integers.
+      key: one PRNG key; example e uses ``fold_in(key, ids[e])``.
+      targets: [B] target classes, required iff ``plan.targeted``.
+      ids: [B] non-negative example identifiers (default ``arange(B)``).
+      eps: [B] per-example radius overriding the stage configs' ``eps`` (None: the configs').
+      compact: run the segments on the still-active examples only (see the module docstring).
+        Inside an outer trace (jit, vmap) the uncompacted path is used.
+      min_bucket: smallest compacted batch.
+
+    Returns:
+      :class:`~diffjax.attacks.interface.AttackResult`.
+    """
+    images, labels, targets, ids = itf.check_inputs(
+        model_fn,
+        images,
+        labels,
+        targets,
+        ids,
+        targeted=plan.targeted,
+        min_classes=plan.min_classes,
+        randomized=plan.randomized,
+    )
+    if eps is not None:
+        eps = jnp.asarray(eps, jnp.float32)
+        if eps.shape != (images.shape[0],):
+            raise ValueError(f"eps must be one radius per example [{images.shape[0]}], got {eps.shape}")
+        if not isinstance(eps, jax.core.Tracer) and not bool(jnp.all((eps >= 0) & jnp.isfinite(eps))):
+            raise ValueError("eps must be finite and >= 0")
+    itf.check_int("min_bucket", min_bucket, 1)
+    model_fn, key = itf.as_partial(model_fn), itf.check_key(key)
+    traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, targets, ids, eps, key))
+    if not compact or traced:
+        return _run_plan(plan, model_fn, images, labels, targets, key, ids, eps)
+    return _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_bucket)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_plan(plan, model_fn, images, labels, targets, key, ids, eps) -> itf.AttackResult:
+    model = itf.ExampleModel(model_fn, plan.randomized)
+
+    def one(x0, label, target, example_id, e):
+        k = jax.random.fold_in(key, example_id)
+        return plan_single(model, x0, label, target, k, e, plan)
+
+    eps_axis = None if eps is None else 0
+    adv, logits, clean, calls, extras = jax.vmap(one, in_axes=(0, 0, 0, 0, eps_axis))(
+        images, labels, targets, ids, eps
+    )
+    return _result(plan.targeted, images, labels, targets, adv, logits, clean, calls, extras)
+
+
+def _result(targeted, images, labels, targets, adv, logits, clean, calls, extras):
+    delta = (adv - images).reshape(images.shape[0], -1)
+    success = jax.vmap(lambda z, y, t: itf.succeeded(z, y, t, targeted))(logits, labels, targets)
+    return itf.AttackResult(
+        adv_images=adv,
+        success=success,
+        logits=logits,
+        clean_logits=clean,
+        linf=jnp.max(jnp.abs(delta), axis=1),
+        l2=jnp.sqrt(jnp.sum(jnp.square(delta), axis=1)),
+        model_calls=calls.astype(jnp.int32),
+        extras=dict(extras),
+    )
+
+
+_finish = jax.jit(_result, static_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compacted path: one jitted function per (phase, config, bucket size).
+
+
+def bucket_size(n: int, full: int, multiple: int = 1, floor: int = MIN_BUCKET) -> int:
+    """The compacted batch for ``n`` active examples out of ``full``: the next power of two ≥ n
+    (and ≥ ``floor``), rounded up to a multiple of ``multiple`` (the devices), at most ``full``."""
+    if not 0 < n <= full:
+        raise ValueError(f"need 0 < n <= full, got n={n}, full={full}")
+    size = max(1 << (n - 1).bit_length(), floor)
+    size = -(-size // multiple) * multiple
+    return full if size >= full else size
+
+
+def _examples(stage: Stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps):
+    """(model, per-example function wrapper) shared by the three jitted stage functions."""
+    model = itf.ExampleModel(model_fn, randomized)
+
+    def wrap(fn):
+        def one(x0, label, target, example_id, clean, e, *rest):
+            k = stage_key(jax.random.fold_in(key, example_id), stage.salt)
+            ex = Example(x0, label, target, k, clean)
+            return fn(model, ex, with_eps(stage.config, e), *rest)
+
+        eps_axis = None if eps is None else 0
+        return lambda *rest, axes=(): jax.vmap(one, in_axes=(0, 0, 0, 0, 0, eps_axis, *axes))(
+            x0, labels, targets, ids, clean, eps, *rest
+        )
+
+    return wrap
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _stage_init(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps):
+    wrap = _examples(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps)
+
+    def init(model, ex, cfg):
+        carry = stage.phase.init(model, ex, cfg)
+        return carry, stage.phase.done(ex, cfg, carry)
+
+    return wrap(init)()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _stage_segment(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps, carry,
+                   seg):  # fmt: skip
+    wrap = _examples(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps)
+
+    def segment(model, ex, cfg, carry):
+        carry = stage.phase.segment(model, ex, cfg, carry, seg)
+        return carry, stage.phase.done(ex, cfg, carry)
+
+    return wrap(segment)(carry, axes=(0,))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _stage_output(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps, carry):
+    wrap = _examples(stage, randomized, model_fn, key, x0, labels, targets, ids, clean, eps)
+    return wrap(lambda model, ex, cfg, carry: stage.phase.output(ex, cfg, carry))(carry, axes=(0,))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _clean(randomized, model_fn, key, images, ids):
+    model = itf.ExampleModel(model_fn, randomized)
+    return jax.vmap(lambda x, i: clean_logits(model, x, jax.random.fold_in(key, i)))(images, ids)
+
+
+def _row_sharding(images) -> NamedSharding | None:
+    """Rows sharded over a 1-D mesh, if the caller sharded the batch that way."""
+    sharding = getattr(images, "sharding", None)
+    if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1:
+        mesh = sharding.mesh
+        if len(mesh.axis_names) == 1:
+            return NamedSharding(mesh, P(mesh.axis_names[0]))
+    return None
+
+
+def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_bucket):
+    rows = _row_sharding(images)
+    multiple = len(rows.device_set) if rows is not None else 1
+    full = images.shape[0]
+    if rows is not None and full % multiple:
+        rows, multiple = None, 1  # an uneven batch cannot be row-sharded; run it unsharded
+
+    def put(tree):
+        return jax.tree.map(lambda a: jax.device_put(a, rows) if rows is not None else a, tree)
+
+    host = jax.device_get((images, labels, targets, ids, eps))
+    x_np, y_np, t_np, id_np, eps_np = (np.asarray(a) if a is not None else None for a in host)
+    clean = np.asarray(_clean(plan.randomized, model_fn, key, images, ids))
+    adv, logits = x_np.copy(), clean.copy()
+    calls = np.ones(full, np.int32)
+    stage_of = np.full(full, -1, np.int32)
+    success = _succeeded(clean, y_np, t_np, plan.targeted)
+
+    def gather(index, size, *arrays):
+        """Rows ``index`` of each array, padded to ``size`` by repeating the first."""
+        padded = np.concatenate([index, np.full(size - len(index), index[0], index.dtype)])
+        return put(tuple(None if a is None else jax.tree.map(lambda v: v[padded], a)
+                         for a in arrays))  # fmt: skip
+
+    for s, st in enumerate(plan.stages):
+        members = np.flatnonzero(~success) if plan.first_success else np.arange(full)
+        if len(members) == 0:
+            continue
+        m = len(members)
+        size = bucket_size(m, full, multiple, min_bucket) if m < full else full
+        inputs = (x_np, y_np, t_np, id_np, clean, eps_np)
+        args = (st, plan.randomized, model_fn, key)
+        carry, done = jax.device_get(_stage_init(*args, *gather(members, size, *inputs)))
+        carry = jax.tree.map(lambda a: np.array(a[:m]), carry)
+        done = np.array(done[:m])
+        for seg in range(st.phase.segments(st.config)):
+            live = np.flatnonzero(~done)
+            if len(live) == 0:
+                break
+            size = bucket_size(len(live), full, multiple, min_bucket) if len(live) < full else full
+            batch = gather(members[live], size, *inputs)
+            part = jax.tree.map(lambda a: a[np.r_[live, np.full(size - len(live), live[0])]], carry)
+            new, new_done = jax.device_get(
+                _stage_segment(*args, *batch, put(part), jnp.int32(seg))
+            )
+            k = len(live)
+            carry = jax.tree.map(lambda a, n: _scatter(a, live, n[:k]), carry, new)
+            done[live] = new_done[:k]
+        size = bucket_size(m, full, multiple, min_bucket) if m < full else full
+        part = jax.tree.map(lambda a: a[np.r_[np.arange(m), np.zeros(size - m, int)]], carry)
+        adv_s, logits_s, calls_s = jax.device_get(
+            _stage_output(*args, *gather(members, size, *inputs), put(part))
+        )
+        adv_s, logits_s, calls_s = (np.asarray(a[:m]) for a in (adv_s, logits_s, calls_s))
+        if plan.first_success:
+            new = _succeeded(logits_s, y_np[members], t_np[members], plan.targeted)
+            fooled = members[new]
+            adv[fooled], logits[fooled], stage_of[fooled] = adv_s[new], logits_s[new], s
+            success[fooled] = True
+        else:
+            adv[members], logits[members] = adv_s, logits_s
+        calls[members] += calls_s
+    extras = {"stage": stage_of} if plan.first_success else {}
+    out = put((images, labels, targets, adv, logits, clean, calls, extras))
+    return _finish(plan.targeted, *out)
+
+
+def _scatter(a: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    a[index] = values
+    return a
+
+
+def _succeeded(logits: np.ndarray, labels: np.ndarray, targets: np.ndarray, targeted: bool):
+    pred = np.argmax(logits, axis=-1)
+    return pred == targets if targeted else pred != labels
+
