@@ -248,10 +248,16 @@ def _run_plan(plan, model_fn, images, labels, targets, key, ids, eps) -> itf.Att
     adv, logits, clean, calls, extras = jax.vmap(one, in_axes=(0, 0, 0, 0, eps_axis))(
         images, labels, targets, ids, eps
     )
-    return _result(plan.targeted, images, labels, targets, adv, logits, clean, calls, extras)
+    return _result(plan, model_fn, images, labels, targets, adv, logits, clean, calls, extras)
 
 
-def _result(targeted, images, labels, targets, adv, logits, clean, calls, extras):
+def _result(plan, model_fn, images, labels, targets, adv, logits, clean, calls, extras):
+    """The AttackResult. A deterministic model's logits at the returned images come from one
+    batched forward of the whole batch (not counted as a model call), so that they do not depend
+    on the batch sizes the attack ran at; a randomised model's are the attack's own draw."""
+    targeted = plan.targeted
+    if not plan.randomized:
+        logits = model_fn(adv).astype(jnp.float32)
     delta = (adv - images).reshape(images.shape[0], -1)
     success = jax.vmap(lambda z, y, t: itf.succeeded(z, y, t, targeted))(logits, labels, targets)
     return itf.AttackResult(
@@ -410,7 +416,7 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
         calls[members] += calls_s
     extras = {"stage": stage_of} if plan.first_success else {}
     out = put((images, labels, targets, adv, logits, clean, calls, extras))
-    return _finish(plan.targeted, *out)
+    return _finish(plan, model_fn, *out)
 
 
 def _scatter(a: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
