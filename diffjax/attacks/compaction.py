@@ -230,6 +230,17 @@ def run_plan(
             raise ValueError("eps must be finite and >= 0")
     itf.check_int("min_bucket", min_bucket, 1)
     model_fn, key = itf.as_partial(model_fn), itf.check_key(key)
+    # The radius always travels as a traced per-example value and the static configs carry a
+    # placeholder: one compilation serves every ε, and a radius gives the same float32 numbers
+    # whether it came from the config or from ``eps``.
+    radii = {st.config.eps for st in plan.stages}
+    if eps is None:
+        if len(radii) != 1:
+            raise ValueError(f"the stages have different radii {sorted(radii)}; pass eps")
+        eps = jnp.full(images.shape[0], radii.pop(), jnp.float32)
+    plan = dataclasses.replace(
+        plan, stages=tuple(dataclasses.replace(st, config=with_eps(st.config, 0.0)) for st in plan.stages)
+    )
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, targets, ids, eps, key))
     if not compact or traced:
         return _run_plan(plan, model_fn, images, labels, targets, key, ids, eps)
