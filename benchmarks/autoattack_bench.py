@@ -117,6 +117,21 @@ class NCHW:
         return Wrapped().eval()
 
 
+def table_row(r: dict, n: int) -> str:
+    """One Markdown row of the printed table."""
+
+    def acc(k, ci):
+        lo, hi = r[ci]
+        return f"{r[k] / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    return (
+        f"| {r['attack']} | {r['diffjax_cold_s']:.1f} s ({r['diffjax_compile_s']:.1f} s) | "
+        f"{r['diffjax_run_s']:.1f} s | {r['diffjax_warm_s']:.1f} s | {r['torch_s']:.1f} s | "
+        f"{r['ratio_warm']:.3f} | {acc('diffjax_robust', 'diffjax_ci')} | "
+        f"{acc('torch_robust', 'torch_ci')} | {r['only_diffjax']} | {r['only_torch']} |"
+    )
+
+
 def worker(args) -> None:
     """The warm run, in its own process: persistent cache already filled by the parent."""
     import jax
@@ -236,14 +251,7 @@ def main(argv=None) -> dict:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in rows:
-        def acc(k, ci):
-            lo, hi = r[ci]
-            return f"{r[k] / n:.3f} [{lo:.3f}, {hi:.3f}]"
-
-        print(f"| {r['attack']} | {r['diffjax_cold_s']:.1f} s ({r['diffjax_compile_s']:.1f} s) | "
-              f"{r['diffjax_run_s']:.1f} s | {r['diffjax_warm_s']:.1f} s | {r['torch_s']:.1f} s | "
-              f"{r['ratio_warm']:.2f} | {acc('diffjax_robust', 'diffjax_ci')} | "
-              f"{acc('torch_robust', 'torch_ci')} | {r['only_diffjax']} | {r['only_torch']} |")  # fmt: skip
+        print(table_row(r, n))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     return {"rows": rows}

@@ -1,7 +1,6 @@
 """The RobustBench-style benchmark: robust accuracy over all examples, the per-attack breakdown,
 and the JSON fields, checked against the per-example records."""
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

@@ -296,7 +296,9 @@ def test_square_l2_fools_at_twice_the_minimal_distance_without_gradients():
     model, w, b, batch = _smooth_linear()
     eps = 0.1
     x, y = batch(eps, near=2.0, far=0.98)
-    result = attacks.square(model, x, y, jax.random.key(0), attacks.SquareConfig(eps, 2000, norm="l2"))
+    result = attacks.square(
+        model, x, y, jax.random.key(0), attacks.SquareConfig(eps, 2000, norm="l2")
+    )
     adv = np.asarray(result.adv_images, np.float64)
     l2 = np.linalg.norm((adv - x).reshape(len(x), -1), axis=1)
     assert np.all(l2 <= eps * (1 + 1e-5))

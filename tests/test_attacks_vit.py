@@ -103,10 +103,15 @@ def test_l2_autoattack_and_its_rand_version_on_the_trained_model(trained):
     apgd = attacks.apgd(model_fn, x, y, jax.random.key(0), attacks.APGDConfig(eps, "l2", steps=5))
     assert 0 < np.sum(apgd.success) < 16  # a budget where later stages have work to do
     assert np.sum(result.success) >= np.sum(apgd.success) - 1
-    assert np.all((stage >= 0) == (np.asarray(result.success) & (np.asarray(result.clean_logits).argmax(1) == y)))
+    assert np.all(
+        (stage >= 0)
+        == (np.asarray(result.success) & (np.asarray(result.clean_logits).argmax(1) == y))
+    )
 
     # Square-ℓ2 alone, gradient-free: within the ball, success re-checked.
-    square = attacks.square(model_fn, x, y, jax.random.key(1), attacks.SquareConfig(eps, 200, norm="l2"))
+    square = attacks.square(
+        model_fn, x, y, jax.random.key(1), attacks.SquareConfig(eps, 200, norm="l2")
+    )
     recheck(model_fn, square, x, y, eps, "l2")
     assert np.sum(square.success) > np.sum(np.asarray(square.clean_logits).argmax(1) != y)
 
@@ -121,6 +126,8 @@ def test_l2_autoattack_and_its_rand_version_on_the_trained_model(trained):
     assert np.all(np.abs(adv - x).reshape(16, -1).max(1) <= 10 / 255 * (1 + 1e-5))
     # The success flags are those of the model's draw at the returned image; a fresh draw of
     # the noise agrees on almost all of them (the noise is small).
-    fresh = np.asarray(noisy(jnp.asarray(adv, jnp.float32), jax.random.split(jax.random.key(9), 16)))
+    fresh = np.asarray(
+        noisy(jnp.asarray(adv, jnp.float32), jax.random.split(jax.random.key(9), 16))
+    )
     assert np.mean((fresh.argmax(1) != y) == np.asarray(out.success)) >= 0.8
     assert np.sum(out.success) > np.sum(np.asarray(out.clean_logits).argmax(1) != y)

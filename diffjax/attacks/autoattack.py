@@ -4,7 +4,8 @@
     result = autoattack(model_fn, images, labels, key, AutoAttackConfig(eps=4 / 255))
     result.extras["stage"]   # index in config.sequence of the attack that fooled each example
 
-    noisy = lambda x, keys: model_fn(x + 0.05 * jax.vmap(jax.random.normal, (0, None))(keys, x.shape[1:]))
+    def noisy(x, keys):  # a randomised model: Gaussian input noise from per-example keys
+        return model_fn(x + 0.05 * jax.vmap(jax.random.normal, (0, None))(keys, x.shape[1:]))
     result = autoattack(noisy, images, labels, key, AutoAttackConfig(8 / 255, version="rand"))
 
 Each stage runs only on the examples still robust after the previous ones (clean-misclassified
@@ -19,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from diffjax.attacks import interface as itf
 from diffjax.attacks.apgd import APGDConfig, APGDPhase
@@ -153,6 +153,4 @@ def autoattack(model_fn, images, labels, key, config: AutoAttackConfig, *, ids=N
       ``config.sequence`` of the stage that fooled the example (−1: not fooled, or misclassified
       from the start).
     """
-    return run_plan(
-        plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact
-    )
+    return run_plan(plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact)

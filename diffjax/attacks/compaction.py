@@ -225,8 +225,12 @@ def run_plan(
     if eps is not None:
         eps = jnp.asarray(eps, jnp.float32)
         if eps.shape != (images.shape[0],):
-            raise ValueError(f"eps must be one radius per example [{images.shape[0]}], got {eps.shape}")
-        if not isinstance(eps, jax.core.Tracer) and not bool(jnp.all((eps >= 0) & jnp.isfinite(eps))):
+            raise ValueError(
+                f"eps must be one radius per example [{images.shape[0]}], got {eps.shape}"
+            )
+        if not isinstance(eps, jax.core.Tracer) and not bool(
+            jnp.all((eps >= 0) & jnp.isfinite(eps))
+        ):
             raise ValueError("eps must be finite and >= 0")
     itf.check_int("min_bucket", min_bucket, 1)
     model_fn, key = itf.as_partial(model_fn), itf.check_key(key)
@@ -239,7 +243,10 @@ def run_plan(
             raise ValueError(f"the stages have different radii {sorted(radii)}; pass eps")
         eps = jnp.full(images.shape[0], radii.pop(), jnp.float32)
     plan = dataclasses.replace(
-        plan, stages=tuple(dataclasses.replace(st, config=with_eps(st.config, 0.0)) for st in plan.stages)
+        plan,
+        stages=tuple(
+            dataclasses.replace(st, config=with_eps(st.config, 0.0)) for st in plan.stages
+        ),
     )
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, targets, ids, eps, key))
     if not compact or traced:
@@ -381,42 +388,36 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
     stage_of = np.full(full, -1, np.int32)
     success = _succeeded(clean, y_np, t_np, plan.targeted)
 
-    def gather(index, size, *arrays):
-        """Rows ``index`` of each array, padded to ``size`` by repeating the first."""
-        padded = np.concatenate([index, np.full(size - len(index), index[0], index.dtype)])
-        return put(tuple(None if a is None else jax.tree.map(lambda v: v[padded], a)
-                         for a in arrays))  # fmt: skip
+    def size_for(n: int) -> int:
+        return bucket_size(n, full, multiple, min_bucket) if n < full else full
 
+    def gather(index, size, *trees):
+        """Rows ``index`` of each tree, padded to ``size`` by repeating the first, on device."""
+        return put(tuple(_rows(t, _padded(index, size)) for t in trees))
+
+    inputs = (x_np, y_np, t_np, id_np, clean, eps_np)
     for s, st in enumerate(plan.stages):
         members = np.flatnonzero(~success) if plan.first_success else np.arange(full)
-        if len(members) == 0:
-            continue
         m = len(members)
-        size = bucket_size(m, full, multiple, min_bucket) if m < full else full
-        inputs = (x_np, y_np, t_np, id_np, clean, eps_np)
+        if m == 0:
+            continue
         args = (st, plan.randomized, model_fn, key)
-        carry, done = jax.device_get(_stage_init(*args, *gather(members, size, *inputs)))
-        carry = jax.tree.map(lambda a: np.array(a[:m]), carry)
-        done = np.array(done[:m])
+        carry, done = jax.device_get(_stage_init(*args, *gather(members, size_for(m), *inputs)))
+        carry, done = _rows(carry, np.arange(m)), np.array(done[:m])
         for seg in range(st.phase.segments(st.config)):
-            live = np.flatnonzero(~done)
+            live = np.flatnonzero(~done)  # positions in ``members`` still not done
             if len(live) == 0:
                 break
-            size = bucket_size(len(live), full, multiple, min_bucket) if len(live) < full else full
+            size = size_for(len(live))
             batch = gather(members[live], size, *inputs)
-            part = jax.tree.map(lambda a: a[np.r_[live, np.full(size - len(live), live[0])]], carry)
-            new, new_done = jax.device_get(
-                _stage_segment(*args, *batch, put(part), jnp.int32(seg))
-            )
-            k = len(live)
-            carry = jax.tree.map(lambda a, n: _scatter(a, live, n[:k]), carry, new)
-            done[live] = new_done[:k]
-        size = bucket_size(m, full, multiple, min_bucket) if m < full else full
-        part = jax.tree.map(lambda a: a[np.r_[np.arange(m), np.zeros(size - m, int)]], carry)
-        adv_s, logits_s, calls_s = jax.device_get(
-            _stage_output(*args, *gather(members, size, *inputs), put(part))
-        )
-        adv_s, logits_s, calls_s = (np.asarray(a[:m]) for a in (adv_s, logits_s, calls_s))
+            part = put(_rows(carry, _padded(live, size)))
+            new, new_done = jax.device_get(_stage_segment(*args, *batch, part, jnp.int32(seg)))
+            _scatter(carry, live, _rows(new, np.arange(len(live))))
+            done[live] = new_done[: len(live)]
+        size = size_for(m)
+        part = put(_rows(carry, _padded(np.arange(m), size)))
+        outputs = jax.device_get(_stage_output(*args, *gather(members, size, *inputs), part))
+        adv_s, logits_s, calls_s = _rows(outputs, np.arange(m))
         if plan.first_success:
             new = _succeeded(logits_s, y_np[members], t_np[members], plan.targeted)
             fooled = members[new]
@@ -430,12 +431,24 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
     return _finish(plan, model_fn, *out)
 
 
-def _scatter(a: np.ndarray, index: np.ndarray, values: np.ndarray) -> np.ndarray:
-    a[index] = values
-    return a
+def _padded(index: np.ndarray, size: int) -> np.ndarray:
+    """``index`` padded to ``size`` entries by repeating its first (a real example)."""
+    return np.concatenate([index, np.full(size - len(index), index[0], index.dtype)])
+
+
+def _rows(tree, index: np.ndarray):
+    """Rows ``index`` of every array of a host pytree (None stays None), as writable copies."""
+    if tree is None:
+        return None
+    return jax.tree.map(lambda a: np.array(np.asarray(a)[index]), tree)
+
+
+def _scatter(tree, index: np.ndarray, values) -> None:
+    """tree[index] = values, leaf by leaf, in place."""
+    for a, v in zip(jax.tree.leaves(tree), jax.tree.leaves(values), strict=True):
+        a[index] = v
 
 
 def _succeeded(logits: np.ndarray, labels: np.ndarray, targets: np.ndarray, targeted: bool):
     pred = np.argmax(logits, axis=-1)
     return pred == targets if targeted else pred != labels
-

@@ -153,6 +153,4 @@ def fab_targeted(model_fn, images, labels, key, config: FABConfig, *, ids=None, 
     Returns:
       :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + 2·steps per run.
     """
-    return run_plan(
-        plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact
-    )
+    return run_plan(plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact)

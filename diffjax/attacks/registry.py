@@ -99,7 +99,9 @@ def build_attack(name: str, **fields) -> tuple[Callable, Any]:
     fields = {k: v for k, v in fields.items() if v is not None}
     fixed = sorted(set(fields) & set(spec.fixed))
     if fixed:
-        raise ValueError(f"{name} fixes the fields {fixed} (to {dict(spec.fixed)}); do not pass them")
+        raise ValueError(
+            f"{name} fixes the fields {fixed} (to {dict(spec.fixed)}); do not pass them"
+        )
     unknown = sorted(set(fields) - set(spec.fields))
     if unknown:
         raise ValueError(

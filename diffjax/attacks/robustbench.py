@@ -1,6 +1,6 @@
 """Robust accuracy in the RobustBench convention: standard AutoAttack on the first n test images.
 
-    result = attacks.benchmark(model_fn, "cifar10", threat_model="Linf", eps=8 / 255, n_examples=1000)
+    result = attacks.benchmark(model_fn, "cifar10", threat_model="Linf", eps=8 / 255)
     result.clean_accuracy, result.robust_accuracy, result.per_attack, result.robustbench_json()
 
 Conventions (Croce et al., RobustBench, NeurIPS 2021 Datasets and Benchmarks):
@@ -147,7 +147,9 @@ def benchmark(
     from diffjax.data import Dataset, load_dataset
 
     if threat_model not in THREAT_MODELS:
-        raise ValueError(f"threat_model must be one of {sorted(THREAT_MODELS)}, got {threat_model!r}")
+        raise ValueError(
+            f"threat_model must be one of {sorted(THREAT_MODELS)}, got {threat_model!r}"
+        )
     norm = THREAT_MODELS[threat_model]
     eps = DEFAULT_EPS[threat_model] if eps is None else eps
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples <= 0:
@@ -166,7 +168,9 @@ def benchmark(
     elif isinstance(dataset, Dataset):
         name, data = dataset.name, dataset
     else:
-        raise ValueError(f"dataset must be a Dataset or a dataset name, got {type(dataset).__name__}")
+        raise ValueError(
+            f"dataset must be a Dataset or a dataset name, got {type(dataset).__name__}"
+        )
     data = data.take(min(n_examples, len(data)))
     key = jax.random.key(0) if key is None else key
     batch_size = min(batch_size, -(-len(data) // jax.device_count()) * jax.device_count())
@@ -180,7 +184,9 @@ def benchmark(
     for s, attack in enumerate(config.sequence):
         fooled = int(np.sum(correct & (stages == s)))
         remaining -= fooled
-        per_attack.append({"attack": attack, "fooled": fooled, "robust_accuracy_after": remaining / n})
+        per_attack.append(
+            {"attack": attack, "fooled": fooled, "robust_accuracy_after": remaining / n}
+        )
     return BenchmarkResult(
         dataset=name,
         threat_model=threat_model,

@@ -3,9 +3,9 @@
     result = square(model_fn, images, labels, key, SquareConfig(eps=4 / 255, queries=5000))
     result = square(model_fn, images, labels, key, SquareConfig(eps=0.5, norm="l2"))
 
-ℓ∞: start from vertical stripes x + ε·s (one random sign per column and channel), clipped to the box.
-Each query sets one random square window of side ⌈√(p·H·W)⌉ (rounded) to ±ε (one random sign per
-channel), keeps the proposal if the margin loss z_y − max_{i≠y} z_i decreases or the example is
+ℓ∞: start from vertical stripes x + ε·s (one random sign per column and channel), clipped to the
+box. Each query sets one random square window of side ⌈√(p·H·W)⌉ (rounded) to ±ε (one random
+sign per channel), keeps the proposal if the margin loss z_y − max_{i≠y} z_i decreases or the example is
 fooled, and stops for the example once it is fooled. p follows AutoAttack's schedule, halving
 from ``p_init`` at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000.
 
@@ -240,6 +240,4 @@ def square(model_fn, images, labels, key, config: SquareConfig, *, ids=None, eps
       :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + the queries used
       (the stripe start counts as one).
     """
-    return run_plan(
-        plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact
-    )
+    return run_plan(plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact)
