@@ -6,8 +6,8 @@
 ℓ∞: start from vertical stripes x + ε·s (one random sign per column and channel), clipped to the
 box. Each query sets one random square window of side ⌈√(p·H·W)⌉ (rounded) to ±ε (one random
 sign per channel), keeps the proposal if the margin loss z_y − max_{i≠y} z_i decreases or the
-example is fooled, and stops for the example once it is fooled. p follows AutoAttack's schedule, halving
-from ``p_init`` at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000.
+example is fooled, and stops for the example once it is fooled. p follows AutoAttack's schedule,
+halving from ``p_init`` at queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000.
 
 ℓ2: start from a grid of (up to 5 × 5) squares of side ⌊min(H, W)/5⌋, each holding the
 "meta-pattern" (a positive bump over its top half, a negative one below, randomly transposed,
