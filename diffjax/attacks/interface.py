@@ -40,7 +40,8 @@ class AttackResult:
         better (never a zero image).
       success: [B] bool; argmax(logits) ≠ label (untargeted) or = target (targeted), computed from
         ``logits``, i.e. from the returned image.
-      logits: [B, K] float32, the model's logits at ``adv_images``.
+      logits: [B, K] float32, the model's logits at ``adv_images`` (for deterministic models
+        from one batched forward of the whole batch after the attack).
       clean_logits: [B, K] float32 at the clean images.
       linf, l2: [B] float32, ‖adv_images − images‖∞ and ‖·‖₂ (pixel units, [0, 1] scale).
       model_calls: [B] int32, model evaluations spent on the example (a forward with its
