@@ -291,7 +291,11 @@ def test_summary_without_correct_examples():
         lambda: attacks.CWConfig(binary_search_steps=0),
         lambda: attacks.SquareConfig(eps=0.1, p_init=0),
         lambda: attacks.FABConfig(eps=-0.1),
-        lambda: attacks.AutoAttackConfig(eps=0.1, norm="l2", stages=("square",)),
+        lambda: attacks.AutoAttackConfig(eps=0.1, version="rand", stages=("square",)),
+        lambda: attacks.AutoAttackConfig(eps=0.1, version="plus"),
+        lambda: attacks.AutoAttackConfig(eps=0.1, eot_iter=0),
+        lambda: attacks.APGDConfig(eps=0.1, eot_iter=0),
+        lambda: attacks.SquareConfig(eps=0.1, norm="l1"),
         lambda: attacks.AutoAttackConfig(eps=0.1, stages=("pgd",)),
     ],
 )

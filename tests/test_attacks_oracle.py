@@ -237,3 +237,95 @@ def test_sharded_batch_gives_the_same_results():
     assert len(sharded.adv_images.sharding.device_set) == jax.device_count()
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(sharded), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_standard_autoattack_l2_has_four_stages_and_each_respects_the_boundary():
+    assert attacks.AutoAttackConfig(0.5, "l2").sequence == ("apgd-ce", "apgd-t", "fab-t", "square")
+    eps = EPS["l2"]
+    x, y, _ = make_batch("l2")
+    # APGD-T first so it must fool the near half; the far half then goes through APGD-CE, FAB-T
+    # and Square-ℓ2, none of which may fool it.
+    config = attacks.AutoAttackConfig(eps, "l2", stages=("apgd-t", "apgd-ce", "fab-t", "square"),
+                                      steps=20, num_targets=4, square_queries=200)  # fmt: skip
+    result = attacks.autoattack(linear, x, y, jax.random.key(0), config)
+    recheck(result, x, y, eps, "l2")
+    np.testing.assert_array_equal(np.asarray(result.success), NEAR_HALF)
+    np.testing.assert_array_equal(np.asarray(result.extras["stage"]), np.where(NEAR_HALF, 0, -1))
+    # The far half ran every stage in full: 1 + 4·21 (APGD-T) + 21 + 4·40 (FAB-T) + 201 (Square).
+    np.testing.assert_array_equal(np.asarray(result.model_calls)[HALF:], 1 + 84 + 21 + 160 + 201)
+
+
+def _smooth_linear(k=5, shape=(16, 16, 3), seed=0):
+    """A linear classifier whose weights are constant on 4×4 pixel blocks (the low-frequency
+    structure of network gradients that Square's windows exploit), and a builder of examples at
+    known ℓ2 distances from its boundary (as :func:`make_batch`)."""
+    d = int(np.prod(shape))
+    coarse = np.random.default_rng(seed).normal(0, 10, (k, shape[0] // 4, shape[1] // 4, shape[2]))
+    w = np.stack([np.kron(c, np.ones((4, 4, 1))) for c in coarse]).reshape(k, d)
+    w = w.astype(np.float32).astype(np.float64)
+    b = -w @ np.full(d, 0.5)
+    w32, b32 = jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)
+
+    def model(x):
+        return x.reshape(x.shape[0], -1) @ w32.T + b32
+
+    def batch(eps, near, far, seed=1):
+        rng = np.random.default_rng(seed)
+        dist = np.r_[np.full(HALF, eps / near), np.full(HALF, eps / far)]
+        xs, ys = [], []
+        for i, di in enumerate(dist):
+            yi = i % k
+            nearest = (yi + 1 + rng.integers(k - 1)) % k
+            s = np.array([0.0 if j == yi else -(1.0 if j == nearest else 10.0) * di
+                          * np.linalg.norm(w[yi] - w[j]) for j in range(k)])  # fmt: skip
+            xs.append(0.5 + np.linalg.pinv(w) @ s)
+            ys.append(yi)
+        x = np.stack(xs).astype(np.float32).reshape(-1, *shape)
+        z = x.reshape(len(x), -1).astype(np.float64) @ w.T + b
+        y = np.array(ys, np.int32)
+        for zi, yi, di in zip(z, y, dist, strict=True):  # closed-form distance, float32 inputs
+            gaps = [(zi[yi] - zi[j]) / np.linalg.norm(w[yi] - w[j]) for j in range(k) if j != yi]
+            assert min(gaps) == pytest.approx(di, rel=1e-3)
+        assert x.min() > eps and x.max() < 1 - eps  # the box never binds
+        return x, y
+
+    return model, w, b, batch
+
+
+def test_square_l2_fools_at_twice_the_minimal_distance_without_gradients():
+    model, w, b, batch = _smooth_linear()
+    eps = 0.1
+    x, y = batch(eps, near=2.0, far=0.98)
+    result = attacks.square(
+        model, x, y, jax.random.key(0), attacks.SquareConfig(eps, 2000, norm="l2")
+    )
+    adv = np.asarray(result.adv_images, np.float64)
+    l2 = np.linalg.norm((adv - x).reshape(len(x), -1), axis=1)
+    assert np.all(l2 <= eps * (1 + 1e-5))
+    pred = (adv.reshape(len(x), -1) @ w.T + b).argmax(1)
+    np.testing.assert_array_equal(np.asarray(result.success), pred != y)
+    np.testing.assert_array_equal(np.asarray(result.success), NEAR_HALF)
+    calls = np.asarray(result.model_calls)
+    assert np.all(calls[:HALF] < 2002) and np.all(calls[HALF:] == 2002)  # stops once fooled
+
+
+def test_rand_autoattack_with_eot_on_a_randomised_linear_model():
+    # The randomness rescales the logits by a factor in [1, 2): predictions never change, so the
+    # near half must be fooled and the far half never, and every draw is a model call.
+    def randomised(x, keys):
+        scale = 1.0 + jax.vmap(jax.random.uniform)(keys)
+        return linear(x) * scale[:, None]
+
+    eps = EPS["linf"]
+    x, y, _ = make_batch("linf")
+    config = attacks.AutoAttackConfig(eps, version="rand", steps=20, eot_iter=3)
+    assert config.sequence == ("apgd-ce", "apgd-dlr")
+    result = attacks.autoattack(randomised, x, y, jax.random.key(0), config)
+    adv = np.asarray(result.adv_images, np.float64)
+    assert np.all(np.abs(adv - x).reshape(len(x), -1).max(1) <= eps * (1 + 1e-5))
+    fooled = logits64(adv).argmax(1) != y  # deterministic re-check: scaling keeps the argmax
+    np.testing.assert_array_equal(fooled, NEAR_HALF)
+    np.testing.assert_array_equal(np.asarray(result.success), NEAR_HALF)
+    np.testing.assert_array_equal(np.asarray(result.model_calls)[HALF:], 1 + 2 * 21 * 3)
+    with pytest.raises(ValueError, match="keys"):
+        attacks.autoattack(linear, x, y, jax.random.key(0), config)  # not randomised

@@ -90,3 +90,44 @@ def test_cw_fools_every_correct_example(trained):
     assert summary.asr == 1.0
     assert np.all(np.asarray(result.success))  # misclassified ones count as fooled at 0
     assert summary.mean_l2 > 0
+
+
+def test_l2_autoattack_and_its_rand_version_on_the_trained_model(trained):
+    model_fn, x, y = trained
+    x, y = x[:16], y[:16]
+    eps = 0.5
+    config = attacks.AutoAttackConfig(eps, "l2", steps=5, num_targets=3, square_queries=100)
+    result = attacks.autoattack(model_fn, x, y, jax.random.key(0), config)
+    recheck(model_fn, result, x, y, eps, "l2")
+    stage = np.asarray(result.extras["stage"])
+    apgd = attacks.apgd(model_fn, x, y, jax.random.key(0), attacks.APGDConfig(eps, "l2", steps=5))
+    assert 0 < np.sum(apgd.success) < 16  # a budget where later stages have work to do
+    assert np.sum(result.success) >= np.sum(apgd.success) - 1
+    assert np.all(
+        (stage >= 0)
+        == (np.asarray(result.success) & (np.asarray(result.clean_logits).argmax(1) == y))
+    )
+
+    # Square-ℓ2 alone, gradient-free: within the ball, success re-checked.
+    square = attacks.square(
+        model_fn, x, y, jax.random.key(1), attacks.SquareConfig(eps, 200, norm="l2")
+    )
+    recheck(model_fn, square, x, y, eps, "l2")
+    assert np.sum(square.success) > np.sum(np.asarray(square.clean_logits).argmax(1) != y)
+
+    # rand: the model made random by Gaussian input noise drawn from the per-example keys.
+    def noisy(images, keys):
+        noise = jax.vmap(lambda k: 0.02 * jax.random.normal(k, images.shape[1:]))(keys)
+        return model_fn(jnp.clip(images + noise, 0, 1))
+
+    rand = attacks.AutoAttackConfig(10 / 255, version="rand", steps=5, eot_iter=4)
+    out = attacks.autoattack(noisy, x, y, jax.random.key(0), rand)
+    adv = np.asarray(out.adv_images, np.float64)
+    assert np.all(np.abs(adv - x).reshape(16, -1).max(1) <= 10 / 255 * (1 + 1e-5))
+    # The success flags are those of the model's draw at the returned image; a fresh draw of
+    # the noise agrees on almost all of them (the noise is small).
+    fresh = np.asarray(
+        noisy(jnp.asarray(adv, jnp.float32), jax.random.split(jax.random.key(9), 16))
+    )
+    assert np.mean((fresh.argmax(1) != y) == np.asarray(out.success)) >= 0.8
+    assert np.sum(out.success) > np.sum(np.asarray(out.clean_logits).argmax(1) != y)

@@ -12,6 +12,8 @@ Every attack takes (model_fn, images in [0, 1], labels, key, config) and returns
 from diffjax.attacks.accounting import Summary, summarize, summarize_result, wilson_interval
 from diffjax.attacks.apgd import APGDConfig, apgd
 from diffjax.attacks.autoattack import AutoAttackConfig, autoattack
+from diffjax.attacks.budgets import attack_epsilons
+from diffjax.attacks.compaction import Plan, Stage, bucket_size, run_plan
 from diffjax.attacks.cw import CWConfig, cw_l2
 from diffjax.attacks.evaluate import (
     AttackCheckError,
@@ -24,21 +26,32 @@ from diffjax.attacks.interface import AttackResult, model_function
 from diffjax.attacks.losses import cross_entropy, dlr, dlr_targeted, margin
 from diffjax.attacks.pgd import PGDConfig, pgd
 from diffjax.attacks.projections import project, uniform_start
+from diffjax.attacks.registry import ATTACKS, AttackSpec, build_attack
+from diffjax.attacks.robustbench import BenchmarkResult, benchmark
 from diffjax.attacks.square import SquareConfig, square
 
 __all__ = [
+    "ATTACKS",
     "APGDConfig",
+    "AttackSpec",
     "AttackCheckError",
     "AttackResult",
     "AutoAttackConfig",
+    "BenchmarkResult",
     "CWConfig",
     "FABConfig",
     "PGDConfig",
+    "Plan",
     "SquareConfig",
+    "Stage",
     "Summary",
     "apgd",
     "attack_dataset",
+    "attack_epsilons",
     "autoattack",
+    "benchmark",
+    "bucket_size",
+    "build_attack",
     "cross_entropy",
     "cw_l2",
     "dlr",
@@ -49,6 +62,7 @@ __all__ = [
     "pgd",
     "project",
     "recheck",
+    "run_plan",
     "square",
     "summarize",
     "summarize_records",

@@ -28,6 +28,7 @@ from jax import lax
 
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
+from diffjax.attacks.compaction import Example, Plan, Stage, run_plan
 from diffjax.attacks.projections import boundary_start, normalized_step, project
 from diffjax.attacks.tracking import Best
 
@@ -49,6 +50,10 @@ class APGDConfig:
       num_targets: APGD-T's targets, the 2nd … (num_targets + 1)-th most likely classes.
       rho: the checkpoint's fraction of loss-increasing steps below which η is halved.
       momentum: α after the first step.
+      eot_iter: Expectation over Transformation: draws of a randomised model averaged per
+        gradient (AutoAttack's ``rand`` version: 20). Above 1 the model function takes
+        ``(images, keys [B])``; the draws of example e are keyed by its key, so they do not
+        depend on the batch.
     """
 
     eps: float
@@ -59,6 +64,7 @@ class APGDConfig:
     num_targets: int = 9
     rho: float = 0.75
     momentum: float = 0.75
+    eot_iter: int = 1
 
     def __post_init__(self):
         itf.check_eps(self.eps)
@@ -66,6 +72,7 @@ class APGDConfig:
         itf.check_int("steps", self.steps, 1)
         itf.check_int("restarts", self.restarts, 1)
         itf.check_int("num_targets", self.num_targets, 1)
+        itf.check_int("eot_iter", self.eot_iter, 1)
         if self.loss not in APGD_LOSSES:
             raise ValueError(f"loss must be one of {APGD_LOSSES}, got {self.loss!r}")
         itf.check_fraction("rho", self.rho)
@@ -74,6 +81,11 @@ class APGDConfig:
     @property
     def runs(self) -> int:
         return self.restarts * (self.num_targets if self.loss == "dlr-targeted" else 1)
+
+    @property
+    def draws(self) -> int:
+        """Model evaluations per iterate."""
+        return self.eot_iter
 
     @property
     def min_classes(self) -> int:
@@ -101,11 +113,8 @@ def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_check, lengths
 
 
-def apgd_core(model, x0, label, target, key, cfg: APGDConfig, clean: Array, active: Array):
-    """APGD on one example (all runs). Returns (adv, adv logits [K], model calls, extras)."""
-    del target  # APGD-T picks its own targets; success is untargeted
-    is_check, window = (jnp.asarray(a) for a in checkpoint_schedule(cfg.steps))
-    ranked = jnp.argsort(-clean)  # classes by clean logit, most likely first
+def _loss_of(cfg: APGDConfig):
+    """Per-example loss(logits [K], label, run target) -> scalar."""
 
     def loss_of(logits, label, run_target):
         if cfg.loss == "ce":
@@ -114,22 +123,68 @@ def apgd_core(model, x0, label, target, key, cfg: APGDConfig, clean: Array, acti
             return losses.dlr(logits, label)
         return losses.dlr_targeted(logits, label, run_target)
 
-    def success_of(logits):
-        return itf.succeeded(logits, label, label, False)
+    return loss_of
 
-    def one_run(carry):
-        run, best, calls = carry
+
+class APGDPhase:
+    """APGD as a stage: one segment per run (restart × target); carry (Best, model calls)."""
+
+    @staticmethod
+    def segments(cfg: APGDConfig) -> int:
+        return cfg.runs
+
+    @staticmethod
+    def init(model, ex: Example, cfg: APGDConfig):
+        ranked = jnp.argsort(-ex.clean)
+        loss = _loss_of(cfg)(ex.clean, ex.label, ranked[1])
+        success = itf.succeeded(ex.clean, ex.label, ex.label, False)
+        return Best(ex.x0, ex.clean, loss, success), jnp.int32(0)
+
+    @staticmethod
+    def done(ex: Example, cfg: APGDConfig, carry) -> Array:
+        return carry[0].success
+
+    @staticmethod
+    def output(ex: Example, cfg: APGDConfig, carry):
+        best, calls = carry
+        return best.x, best.logits, calls
+
+    @staticmethod
+    def segment(model, ex: Example, cfg: APGDConfig, carry, run: Array):
+        best, calls = carry
+        x0, label, key = ex.x0, ex.label, ex.key
+        is_check, window = (jnp.asarray(a) for a in checkpoint_schedule(cfg.steps))
+        ranked = jnp.argsort(-ex.clean)  # classes by clean logit, most likely first
         run_target = ranked[1 + run // cfg.restarts]
+        loss_of = _loss_of(cfg)
+        run_key = jax.random.fold_in(key, run)
 
-        def value_grad(x):
-            return model.value_and_grad(loss_of, x, label, run_target)
+        def success_of(logits):
+            return itf.succeeded(logits, label, label, False)
+
+        def value_grad(x, i):
+            """Loss, logits and gradient at iterate i (0: the start); with EOT (randomised
+            model) the loss and gradient are means over ``eot_iter`` draws and the logits the
+            last draw's, as in Croce & Hein's code."""
+            if not model.randomized:
+                return model.value_and_grad(loss_of, x, label, run_target)
+            draw_key = jax.random.fold_in(run_key, i + 1)
+
+            def draw(j, acc):
+                k = jax.random.fold_in(draw_key, j)
+                loss, logits, grad = model.value_and_grad(loss_of, x, label, run_target, key=k)
+                return acc[0] + loss, logits, acc[2] + grad
+
+            zero = (jnp.float32(0), ex.clean, jnp.zeros_like(x))
+            loss, logits, grad = lax.fori_loop(0, cfg.eot_iter, draw, zero)
+            return loss / cfg.eot_iter, logits, grad / cfg.eot_iter
 
         def step(i, s):
             alpha = jnp.where(i == 0, 1.0, cfg.momentum)
             x, x_prev = s["x"], s["x_prev"]
             z = project(x + s["eta"] * normalized_step(s["grad"], cfg.norm), x0, cfg.eps, cfg.norm)
             x_new = project(x + alpha * (z - x) + (1 - alpha) * (x - x_prev), x0, cfg.eps, cfg.norm)
-            loss, logits, grad = value_grad(x_new)
+            loss, logits, grad = value_grad(x_new, i + 1)
             best = s["best"].update(x_new, logits, loss, success_of(logits))
             improved = loss > s["loss_max"]
             s = dict(
@@ -158,13 +213,13 @@ def apgd_core(model, x0, label, target, key, cfg: APGDConfig, clean: Array, acti
                 n_increase=jnp.where(is_check[i], 0, s["n_increase"]),
             )
 
-        x = boundary_start(jax.random.fold_in(key, run), x0, cfg.eps, cfg.norm)
-        loss, logits, grad = value_grad(x)
+        x = boundary_start(run_key, x0, cfg.eps, cfg.norm)
+        loss, logits, grad = value_grad(x, 0)
         state = dict(
             x=x,
             x_prev=x,
             grad=grad,
-            eta=jnp.float32(2 * cfg.eps),
+            eta=jnp.asarray(2 * cfg.eps, jnp.float32),
             best=best.update(x, logits, loss, success_of(logits)),
             n_increase=jnp.int32(0),
             loss_prev=loss,
@@ -175,38 +230,24 @@ def apgd_core(model, x0, label, target, key, cfg: APGDConfig, clean: Array, acti
             reduced_last=jnp.bool_(True),
         )
         state = lax.fori_loop(0, cfg.steps, step, state)
-        return run + 1, state["best"], calls + cfg.steps + 1
-
-    def more(carry):
-        run, best, _ = carry
-        return active & (run < cfg.runs) & ~best.success
-
-    best = Best(x0, clean, loss_of(clean, label, ranked[1]), success_of(clean))
-    _, best, calls = lax.while_loop(more, one_run, (0, best, jnp.int32(0)))
-    return best.x, best.logits, calls, {}
+        return state["best"], calls + (cfg.steps + 1) * cfg.draws
 
 
-def _apgd_single(model, x0, label, target, key, cfg):
-    clean = model(x0)
-    adv, logits, calls, extras = apgd_core(model, x0, label, target, key, cfg, clean, True)
-    return adv, logits, clean, calls + 1, extras
+def plan(config: APGDConfig, randomized: bool = False) -> Plan:
+    return Plan((Stage(APGDPhase, config),), randomized=randomized, min_classes=config.min_classes)
 
 
-def apgd(model_fn, images, labels, key, config: APGDConfig, *, ids=None):
+def apgd(model_fn, images, labels, key, config: APGDConfig, *, ids=None, eps=None, compact=True):
     """Run APGD (CE, DLR or targeted DLR) on a batch; untargeted success.
 
-    Args: as :func:`diffjax.attacks.pgd.pgd` (no targets: APGD-T chooses them).
+    Args: as :func:`diffjax.attacks.pgd.pgd` (no targets: APGD-T chooses them). With
+    ``config.eot_iter > 1`` the model is randomised: ``model_fn(images [B, H, W, C], keys [B])``.
 
     Returns:
-      :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + (steps + 1) per run.
+      :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + (steps + 1) per run
+      (times ``eot_iter`` with EOT).
     """
-    return itf.run_attack(
-        _apgd_single,
-        model_fn,
-        images,
-        labels,
-        key,
-        config,
-        ids=ids,
-        min_classes=config.min_classes,
-    )
+    return run_plan(
+        plan(config, randomized=config.eot_iter > 1), model_fn, images, labels, key, ids=ids,
+        eps=eps, compact=compact,
+    )  # fmt: skip

@@ -90,7 +90,9 @@ def attack_dataset(
       model_fn: images → logits.
       images: [N, H, W, C] uint8 (divided by 255 here) or float in [0, 1].
       labels: [N] int; targets: [N] for targeted attacks.
-      key: PRNG key; example i uses ``fold_in(key, i)``, so results do not depend on batching.
+      key: PRNG key; example i uses ``fold_in(key, i)``, so results do not depend on batching
+        (nor on the compaction inside each batch: the attacks run their restarts, targets and
+        stages on the still-robust examples only, see :mod:`diffjax.attacks.compaction`).
       config: the attack's config (its ``eps``/``norm``, if any, are re-checked).
       batch_size: a multiple of the device count; the last batch is padded (one compile).
       on_batch: called with (batches done, total batches) for progress bars.

@@ -26,6 +26,7 @@ from jax import lax
 
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
+from diffjax.attacks.compaction import Example, Plan, Stage, run_plan
 from diffjax.attacks.projections import norm_of, project_hyperplane_box
 
 Array = jax.Array
@@ -72,18 +73,40 @@ class FABConfig:
         return self.restarts * self.num_targets
 
 
-def fab_core(model, x0, label, target, key, cfg: FABConfig, clean: Array, active: Array):
-    """FAB-T on one example. Returns (adv, adv logits [K], model calls, extras)."""
-    del target
-    ranked = jnp.argsort(-clean)
+def _gap(logits, t, label):
+    """g = z_t − z_y."""
+    return losses.label_logit(logits, t) - losses.label_logit(logits, label)
 
-    def gap(logits, t, label):
-        """g = z_t − z_y."""
-        return losses.label_logit(logits, t) - losses.label_logit(logits, label)
 
-    def one_run(carry):
-        run, best_x, best_logits, best_norm, calls = carry
-        t = ranked[1 + run // cfg.restarts]
+class FABPhase:
+    """FAB-T as a stage: one segment per run (target × restart); carry (best image, its logits,
+    its norm, model calls)."""
+
+    @staticmethod
+    def segments(cfg: FABConfig) -> int:
+        return cfg.runs
+
+    @staticmethod
+    def init(model, ex: Example, cfg: FABConfig):
+        clean_success = itf.succeeded(ex.clean, ex.label, ex.label, False)
+        best_norm = jnp.where(clean_success, 0.0, jnp.inf).astype(jnp.float32)
+        return ex.x0, ex.clean, best_norm, jnp.int32(0)
+
+    @staticmethod
+    def done(ex: Example, cfg: FABConfig, carry) -> Array:
+        return carry[2] <= cfg.eps
+
+    @staticmethod
+    def output(ex: Example, cfg: FABConfig, carry):
+        best_x, best_logits, best_norm, calls = carry
+        found = best_norm <= cfg.eps
+        return jnp.where(found, best_x, ex.x0), jnp.where(found, best_logits, ex.clean), calls
+
+    @staticmethod
+    def segment(model, ex: Example, cfg: FABConfig, carry, run: Array):
+        best_x, best_logits, best_norm, calls = carry
+        x0, label, key = ex.x0, ex.label, ex.key
+        t = jnp.argsort(-ex.clean)[1 + run // cfg.restarts]
         if cfg.norm == "linf":
             u = jax.random.uniform(jax.random.fold_in(key, run), x0.shape, x0.dtype, -1.0, 1.0)
         else:
@@ -93,7 +116,7 @@ def fab_core(model, x0, label, target, key, cfg: FABConfig, clean: Array, active
 
         def step(_, s):
             x, best_x, best_logits, best_norm = s
-            g, _, grad = model.value_and_grad(gap, x, t, label)
+            g, _, grad = model.value_and_grad(_gap, x, t, label)
             b = jnp.vdot(grad, x) - g
             d_x = project_hyperplane_box(x, grad, b, cfg.norm)
             d_0 = project_hyperplane_box(x0, grad, b, cfg.norm)
@@ -115,39 +138,19 @@ def fab_core(model, x0, label, target, key, cfg: FABConfig, clean: Array, active
         _, best_x, best_logits, best_norm = lax.fori_loop(
             0, cfg.steps, step, (x, best_x, best_logits, best_norm)
         )
-        return run + 1, best_x, best_logits, best_norm, calls + 2 * cfg.steps
-
-    def more(carry):
-        run, _, _, best_norm, _ = carry
-        return active & (run < cfg.runs) & ~(best_norm <= cfg.eps)
-
-    clean_success = itf.succeeded(clean, label, label, False)
-    init = (0, x0, clean, jnp.where(clean_success, 0.0, jnp.inf).astype(jnp.float32), jnp.int32(0))
-    _, best_x, best_logits, best_norm, calls = lax.while_loop(more, one_run, init)
-    found = best_norm <= cfg.eps
-    return jnp.where(found, best_x, x0), jnp.where(found, best_logits, clean), calls, {}
+        return best_x, best_logits, best_norm, calls + 2 * cfg.steps
 
 
-def _fab_single(model, x0, label, target, key, cfg):
-    clean = model(x0)
-    adv, logits, calls, extras = fab_core(model, x0, label, target, key, cfg, clean, True)
-    return adv, logits, clean, calls + 1, extras
+def plan(config: FABConfig) -> Plan:
+    return Plan((Stage(FABPhase, config),), min_classes=config.num_targets + 1)
 
 
-def fab_targeted(model_fn, images, labels, key, config: FABConfig, *, ids=None):
+def fab_targeted(model_fn, images, labels, key, config: FABConfig, *, ids=None, eps=None,
+                 compact=True):  # fmt: skip
     """Run FAB-T on a batch (success = misclassified within ε); arguments as
     :func:`diffjax.attacks.pgd.pgd`.
 
     Returns:
       :class:`~diffjax.attacks.interface.AttackResult`; ``model_calls`` = 1 + 2·steps per run.
     """
-    return itf.run_attack(
-        _fab_single,
-        model_fn,
-        images,
-        labels,
-        key,
-        config,
-        ids=ids,
-        min_classes=config.num_targets + 1,
-    )
+    return run_plan(plan(config), model_fn, images, labels, key, ids=ids, eps=eps, compact=compact)

@@ -43,7 +43,8 @@ class AttackResult:
         better (never a zero image).
       success: [B] bool; argmax(logits) ≠ label (untargeted) or = target (targeted), computed from
         ``logits``, i.e. from the returned image; False where ``logits`` are not all finite.
-      logits: [B, K] float32, the model's logits at ``adv_images``.
+      logits: [B, K] float32, the model's logits at ``adv_images`` (for deterministic models
+        from one batched forward of the whole batch after the attack).
       clean_logits: [B, K] float32 at the clean images.
       linf, l2: [B] float32, ‖adv_images − images‖∞ and ‖·‖₂ (pixel units, [0, 1] scale).
       model_calls: [B] int32, model evaluations spent on the example (a forward with its
@@ -87,6 +88,8 @@ def check_nonnegative(name: str, value: Any) -> None:
 
 
 def check_eps(eps: Any) -> None:
+    if isinstance(eps, jax.core.Tracer):
+        return  # a per-example radius inside a trace (several budgets in one call)
     check_nonnegative("eps", eps)
 
 
@@ -149,6 +152,7 @@ def check_inputs(
     *,
     targeted: bool = False,
     min_classes: int = 2,
+    randomized: bool = False,
 ) -> tuple[Array, Array, Array, Array]:
     """Validate a batch and return (images float32, labels int32, targets int32, ids int32).
 
@@ -175,7 +179,18 @@ def check_inputs(
         if lo < 0 or hi > 1:
             raise ValueError(f"images must lie in [0, 1], got values in [{lo}, {hi}]")
 
-    out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct(images.shape, jnp.float32))
+    spec = jax.ShapeDtypeStruct(images.shape, jnp.float32)
+    if randomized:
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
+        try:
+            out = jax.eval_shape(model_fn, spec, keys)
+        except TypeError as e:
+            raise ValueError(
+                "a randomised attack (EOT) needs model_fn(images [B, H, W, C], keys [B]) -> "
+                f"logits [B, K]: {e}"
+            ) from e
+    else:
+        out = jax.eval_shape(model_fn, spec)
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != b:
         raise ValueError(f"model_fn must return logits [B={b}, K], got {out}")
     k = int(out.shape[1])
@@ -241,34 +256,57 @@ class ExampleModel:
     model's parameters (the Partial's leaves) are passed as explicit, unbatched arguments.
     """
 
-    def __init__(self, model_fn: jax.tree_util.Partial):
+    def __init__(self, model_fn: jax.tree_util.Partial, randomized: bool = False):
         self._params, self._treedef = jax.tree.flatten(model_fn)
+        self.randomized = randomized
 
-    def _logits(self, params, x: Array) -> Array:
-        return jax.tree.unflatten(self._treedef, params)(x).astype(jnp.float32)
+    def _logits(self, params, x: Array, key_data: Array | None = None) -> Array:
+        fn = jax.tree.unflatten(self._treedef, params)
+        if key_data is None:
+            return fn(x).astype(jnp.float32)
+        return fn(x, jax.random.wrap_key_data(key_data)).astype(jnp.float32)
+
+    def _key_args(self, key) -> tuple:
+        """A randomised model's per-example key travels as raw key data (an ordinary batched
+        array through ``custom_vmap``); a deterministic model takes none."""
+        if self.randomized != (key is not None):
+            raise ValueError("a randomised model needs a key per call, a deterministic one none")
+        return () if key is None else (jax.random.key_data(key),)
 
     @staticmethod
     def _check_unbatched(params_batched) -> None:
         if any(jax.tree.leaves(params_batched)):
             raise ValueError("model parameters must be the same for every example")
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, key: Array | None = None) -> Array:
+        """Logits [K] of one image; ``key`` draws a randomised model's randomness."""
+        keys = self._key_args(key)
+
         @jax.custom_batching.custom_vmap
-        def forward(params, x):
-            return self._logits(params, x[None])[0]
+        def forward(params, x, *keys):
+            return self._logits(params, x[None], *(k[None] for k in keys))[0]
 
         @forward.def_vmap
-        def _(axis_size, in_batched, params, x):
+        def _(axis_size, in_batched, params, x, *keys):
             self._check_unbatched(in_batched[0])
-            (x,) = _broadcast(axis_size, in_batched[1:], (x,))
-            return self._logits(params, x), True
+            args = _broadcast(axis_size, in_batched[1:], (x, *keys))
+            return self._logits(params, *args), True
 
-        return forward(self._params, x)
+        return forward(self._params, x, *keys)
 
-    def value_and_grad(self, loss_fn: Callable[..., Array], x: Array, *aux: Array):
+    def value_and_grad(
+        self, loss_fn: Callable[..., Array], x: Array, *aux: Array, key: Array | None = None
+    ):
+        keys = self._key_args(key)
+        if keys:  # the key data rides along as the last aux array, unused by the loss
+            loss_fn = (lambda f: lambda logits, *a: f(logits, *a[:-1]))(loss_fn)
+            aux = (*aux, *keys)
+
         def batched(params, x, *aux):
+            key_data = aux[-1] if keys else None
+
             def total(z):
-                logits = self._logits(params, z)
+                logits = self._logits(params, z, key_data)
                 loss = jax.vmap(loss_fn)(logits, *aux)
                 return jnp.sum(loss), (loss, logits)
 
