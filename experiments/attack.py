@@ -33,32 +33,7 @@ OUTPUT = "attack.json"
 
 def build_attack(c) -> tuple:
     """(attack function, its config) from an attack ConfigDict (``configs/attack.py``)."""
-    if c.attack == "cw":
-        return attacks.cw_l2, attacks.CWConfig(**c.cw.to_dict(), targeted=c.targeted)
-    if c.targeted and c.attack != "pgd":
-        raise ValueError("targeted applies to pgd and cw only")
-    eps, norm = c.eps, c.norm
-    if c.attack == "pgd":
-        config = attacks.PGDConfig(eps, norm, steps=20 if c.steps is None else c.steps,
-                                   step_size=c.step_size, restarts=c.restarts,
-                                   loss=c.loss, targeted=c.targeted)  # fmt: skip
-        return attacks.pgd, config
-    steps = 100 if c.steps is None else c.steps
-    if c.attack.startswith("apgd"):
-        loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[c.attack]
-        config = attacks.APGDConfig(eps, norm, steps, c.restarts, loss=loss,
-                                    num_targets=c.num_targets)  # fmt: skip
-        return attacks.apgd, config
-    if c.attack == "square":
-        if norm != "linf":
-            raise ValueError("square is implemented for norm linf only")
-        return attacks.square, attacks.SquareConfig(eps, c.queries)
-    if c.attack == "fab-t":
-        config = attacks.FABConfig(eps, norm, steps, c.restarts, num_targets=c.num_targets)
-        return attacks.fab_targeted, config
-    config = attacks.AutoAttackConfig(eps, norm, steps=steps, num_targets=c.num_targets,
-                                      square_queries=c.queries)  # fmt: skip
-    return attacks.autoattack, config
+    return attacks.build_attack(c.attack, **c.params.to_dict())
 
 
 def random_targets(seed: int, indices: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -97,6 +72,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
     if not c.checkpoint:
         raise ValueError("config.checkpoint is required: the model directory to attack")
     attack_fn, config = build_attack(c)
+    targeted = bool(getattr(config, "targeted", False))
     devices = jax.devices()
     if c.batch_size <= 0 or c.batch_size % len(devices):
         raise ValueError(f"batch_size must be a positive multiple of the {len(devices)} devices")
@@ -114,7 +90,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
         "num_examples": len(data),
         "batch_size": c.batch_size,
         "seed": c.seed,
-        "targeted": c.targeted,
+        "targeted": targeted,
         "attack": c.attack,
         "config": config_record(config),
     }
@@ -155,7 +131,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
         }
         if records:
             r = {k: np.asarray([rec[k] for rec in records]) for k in records[0]}
-            targets = r["target"] if c.targeted else None
+            targets = r["target"] if targeted else None
             result["summary"] = attacks.summarize(
                 r["label"],
                 r["clean_pred"],
@@ -178,7 +154,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
         labels = data.labels[padded].astype(np.int32)
         kwargs = {"ids": jax.device_put(padded.astype(np.int32), batch_sharding)}
         targets = None
-        if c.targeted:
+        if targeted:
             targets = random_targets(c.seed, padded, labels, mc.num_classes)
             kwargs["targets"] = jax.device_put(targets, batch_sharding)
         result = attack_fn(

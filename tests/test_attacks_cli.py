@@ -11,7 +11,6 @@ from flax import nnx
 import diffjax as dj
 from diffjax import attacks
 from diffjax.checkpoint import save_model
-from diffjax.experiments.configs.attack import ATTACKS
 from tests.commandline import diffjax, diffjax_error
 
 
@@ -23,7 +22,7 @@ def checkpoint(tmp_path_factory):
 
 def args(checkpoint, workdir, *extra, attack="pgd"):
     return ["attack", f"--config=attack:{attack}", f"--config.checkpoint={checkpoint}",
-            f"--config.eps={8 / 255}", "--config.steps=2", "--config.num_examples=8",
+            f"--config.params.eps={8 / 255}", "--config.params.steps=2", "--config.num_examples=8",
             "--config.batch_size=4", "--config.dataset=synthetic", "--workdir", str(workdir),
             *extra]  # fmt: skip
 
@@ -63,13 +62,14 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys)
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--config.eps=one"], "eps"),
+        (["--config.params.eps=one"], "eps"),
+        (["--config.params.eps=-0.1"], "eps"),
         (["--config.checkpoint=/nonexistent/model"], "/nonexistent/model"),
-        (["--config.norm=l2", "--config=attack:square"], "square"),
+        (["--config.params.norm=l3"], "norm"),
         (["--resume", "--overwrite"], "exclude each other"),
         (["--config.num_examples=-1"], "num_examples"),
-        (["--config.steps=0"], "steps"),
-        (["--config.targeted=true", "--config=attack:apgd-ce"], "targeted"),
+        (["--config.params.steps=0"], "steps"),
+        (["--config=attack:apgd-ce", "--config.params.targeted=true"], "targeted"),
     ],
 )
 def test_attack_command_rejects_bad_input(checkpoint, tmp_path, capsys, extra, message):
@@ -89,9 +89,9 @@ def test_batch_size_must_split_over_the_devices(checkpoint, tmp_path, capsys):
 
 
 def test_every_attack_has_a_config_and_the_help_lists_its_fields(capsys):
-    for name in ATTACKS:
+    for name in attacks.ATTACKS:
         with pytest.raises(SystemExit) as e:
             diffjax("attack", f"--config=attack:{name}", "--help")
         assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--config.eps=0.01568" in out and "--config.cw.binary_search_steps=9" in out
+    assert "--config.params.eps=0.01568" in out and "--config.params.restarts=1" in out

@@ -13,7 +13,8 @@ from diffjax.experiments import configs, zoo
 from diffjax.experiments.configs import recipes
 from diffjax.train import TrainConfig
 
-ARGS = {"main": ("embedded", "smoke"), "attack": ("pgd", "cw", "autoattack"), "analyse": ("",),
+ARGS = {"main": ("embedded", "smoke", "gpu"), "attack": ("pgd", "cw", "autoattack"),
+        "analyse": ("",),
         "train": tuple(recipes.RECIPES)}  # fmt: skip
 
 
@@ -79,8 +80,10 @@ def test_overrides_are_typed_checked_and_may_clear_a_field():
 
 def test_config_files_by_path_and_clear_errors(tmp_path):
     path = tmp_path / "mine.py"
-    path.write_text("import ml_collections\n\ndef get_config(arg='x'):\n"
-                    "    return ml_collections.ConfigDict({'experiment': 'mine', 'arg': arg})\n")
+    path.write_text(
+        "import ml_collections\n\ndef get_config(arg='x'):\n"
+        "    return ml_collections.ConfigDict({'experiment': 'mine', 'arg': arg})\n"
+    )
     assert configs.load(f"{path}:y").arg == "y"
     with pytest.raises(configs.ConfigError, match="does not exist"):
         configs.load(str(tmp_path / "missing.py"))

@@ -13,6 +13,7 @@ field, a value of the wrong type or a missing file is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import pathlib
@@ -99,3 +100,26 @@ def flat(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str,
 def to_dict(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as JSON-ready data (tuples as lists), for results files."""
     return json.loads(json.dumps(config.to_dict()))
+
+
+def _annotation_type(cls, name: str) -> type:
+    """The non-None type of a dataclass field whose annotation is ``X | None``."""
+    text = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+    head = str(text).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(head.split("[")[0], tuple)
+
+
+def as_config_dict(obj) -> ml_collections.ConfigDict:
+    """A frozen dataclass as a ConfigDict (its fields, nested dataclasses as sub-configs);
+    ``None`` fields become typed placeholders, so they stay overridable."""
+    out = ml_collections.ConfigDict()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = as_config_dict(value)
+        elif value is None:
+            value = ml_collections.config_dict.placeholder(_annotation_type(type(obj), f.name))
+        elif f.name == "lambda_init":
+            value = str(value)  # a float or "schedule": one string field on the command line
+        setattr(out, f.name, value)
+    return out

@@ -22,11 +22,10 @@ recipe does not set keep the dataclasses' defaults.
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
 from diffjax.config import ViTConfig, variant
+from diffjax.experiments import configs
 from diffjax.train import TrainConfig
 
 RECIPES: dict[str, dict] = {
@@ -96,28 +95,6 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def _annotation_type(cls, name: str) -> type:
-    """The non-None type of a dataclass field whose annotation is ``X | None``."""
-    text = next(f.type for f in dataclasses.fields(cls) if f.name == name)
-    head = str(text).split("|")[0].strip()
-    return {"int": int, "float": float, "str": str, "bool": bool}.get(head.split("[")[0], tuple)
-
-
-def _as_config_dict(obj) -> ml_collections.ConfigDict:
-    """A dataclass as a ConfigDict; ``None`` fields become typed placeholders (overridable)."""
-    out = ml_collections.ConfigDict()
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = _as_config_dict(value)
-        elif value is None:
-            value = ml_collections.config_dict.placeholder(_annotation_type(type(obj), f.name))
-        elif f.name == "lambda_init":
-            value = str(value)  # a float or "schedule": one string field on the command line
-        setattr(out, f.name, value)
-    return out
-
-
 def training(preset: str, **changes) -> ml_collections.ConfigDict:
     """The training recipe ``preset`` (``smoke``, ``embedded``, ``cpu``, ``paper``, ``gpu``).
 
@@ -133,7 +110,7 @@ def training(preset: str, **changes) -> ml_collections.ConfigDict:
     recipe = dict(RECIPES[preset])
     name, model_changes = recipe.pop("model")
     config = TrainConfig(model=variant(name, **model_changes), **{**recipe, **changes})
-    return _as_config_dict(config)
+    return configs.as_config_dict(config)
 
 
 def model_config(cd: ml_collections.ConfigDict) -> ViTConfig:
