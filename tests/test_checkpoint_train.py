@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -36,8 +36,8 @@ def params_of(model):
 
 
 def assert_params_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    """Same tree structure, shapes, dtypes and values, bit for bit."""
+    chex.assert_trees_all_equal(a, b, strict=True)
 
 
 def make_run(run_dir, accuracies, keep=1):
