@@ -250,8 +250,13 @@ def run_plan(
     )
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, labels, targets, ids, eps, key))
     if not compact or traced:
-        return _run_plan(plan, model_fn, images, labels, targets, key, ids, eps)
-    return _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_bucket)
+        result = _run_plan(plan, model_fn, images, labels, targets, key, ids, eps)
+    else:
+        result = _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps,
+                                min_bucket)  # fmt: skip
+    if itf._is_concrete(result.clean_logits):  # under a caller's jit there is no value
+        itf.check_finite_logits(result.clean_logits, "the clean images")
+    return result
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -276,18 +281,7 @@ def _result(plan, model_fn, images, labels, targets, adv, logits, clean, calls, 
     targeted = plan.targeted
     if not plan.randomized:
         logits = model_fn(adv).astype(jnp.float32)
-    delta = (adv - images).reshape(images.shape[0], -1)
-    success = jax.vmap(lambda z, y, t: itf.succeeded(z, y, t, targeted))(logits, labels, targets)
-    return itf.AttackResult(
-        adv_images=adv,
-        success=success,
-        logits=logits,
-        clean_logits=clean,
-        linf=jnp.max(jnp.abs(delta), axis=1),
-        l2=jnp.sqrt(jnp.sum(jnp.square(delta), axis=1)),
-        model_calls=calls.astype(jnp.int32),
-        extras=dict(extras),
-    )
+    return itf.make_result(images, labels, targets, targeted, adv, logits, clean, calls, extras)
 
 
 _finish = jax.jit(_result, static_argnums=0)

@@ -392,9 +392,18 @@ def _run(single, config, model_fn, images, labels, targets, key, ids) -> AttackR
         return single(model, x0, label, target, jax.random.fold_in(key, example_id), config)
 
     adv, logits, clean_logits, calls, extras = jax.vmap(one)(images, labels, targets, ids)
+    return make_result(images, labels, targets, targeted, adv, logits, clean_logits, calls,
+                       extras)  # fmt: skip
+
+
+def make_result(images, labels, targets, targeted, adv, logits, clean_logits, calls,
+                extras) -> AttackResult:  # fmt: skip
+    """The :class:`AttackResult` of adversarial images [B, H, W, C] and their logits [B, K]:
+    success from the logits (False where they are not finite: a NaN prediction fools no one)
+    and the perturbation norms."""
     delta = (adv - images).reshape(images.shape[0], -1)
     success = jax.vmap(lambda z, y, t: succeeded(z, y, t, targeted))(logits, labels, targets)
-    success &= jnp.all(jnp.isfinite(logits), axis=-1)  # a NaN prediction fools no one
+    success &= jnp.all(jnp.isfinite(logits), axis=-1)
     return AttackResult(
         adv_images=adv,
         success=success,
