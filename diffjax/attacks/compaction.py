@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -374,9 +375,9 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
     def put(tree):
         return jax.tree.map(lambda a: jax.device_put(a, rows) if rows is not None else a, tree)
 
-    host = jax.device_get((images, labels, targets, ids, eps))
+    host = _to_host((images, labels, targets, ids, eps))
     x_np, y_np, t_np, id_np, eps_np = (np.asarray(a) if a is not None else None for a in host)
-    clean = np.asarray(_clean(plan.randomized, model_fn, key, images, ids))
+    clean = np.asarray(_to_host(_clean(plan.randomized, model_fn, key, images, ids)))
     adv, logits = x_np.copy(), clean.copy()
     calls = np.ones(full, np.int32)
     stage_of = np.full(full, -1, np.int32)
@@ -396,7 +397,7 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
         if m == 0:
             continue
         args = (st, plan.randomized, model_fn, key)
-        carry, done = jax.device_get(_stage_init(*args, *gather(members, size_for(m), *inputs)))
+        carry, done = _to_host(_stage_init(*args, *gather(members, size_for(m), *inputs)))
         carry, done = _rows(carry, np.arange(m)), np.array(done[:m])
         for seg in range(st.phase.segments(st.config)):
             live = np.flatnonzero(~done)  # positions in ``members`` still not done
@@ -405,12 +406,12 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
             size = size_for(len(live))
             batch = gather(members[live], size, *inputs)
             part = put(_rows(carry, _padded(live, size)))
-            new, new_done = jax.device_get(_stage_segment(*args, *batch, part, jnp.int32(seg)))
+            new, new_done = _to_host(_stage_segment(*args, *batch, part, jnp.int32(seg)))
             _scatter(carry, live, _rows(new, np.arange(len(live))))
             done[live] = new_done[: len(live)]
         size = size_for(m)
         part = put(_rows(carry, _padded(np.arange(m), size)))
-        outputs = jax.device_get(_stage_output(*args, *gather(members, size, *inputs), part))
+        outputs = _to_host(_stage_output(*args, *gather(members, size, *inputs), part))
         adv_s, logits_s, calls_s = _rows(outputs, np.arange(m))
         if plan.first_success:
             new = _succeeded(logits_s, y_np[members], t_np[members], plan.targeted)
@@ -423,6 +424,21 @@ def _run_compacted(plan, model_fn, images, labels, targets, key, ids, eps, min_b
     extras = {"stage": stage_of} if plan.first_success else {}
     out = put((images, labels, targets, adv, logits, clean, calls, extras))
     return _finish(plan, model_fn, *out)
+
+
+def _to_host(tree):
+    """Every array of ``tree`` whole on this host, also where it spans several processes.
+
+    Each process then holds the same values and makes the same compaction choices; the next
+    ``device_put`` onto the global sharding takes that identical data on every process.
+    """
+
+    def fetch(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(jax.device_get(a))
+
+    return jax.tree.map(fetch, tree)
 
 
 def _padded(index: np.ndarray, size: int) -> np.ndarray:
