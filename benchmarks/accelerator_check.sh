@@ -13,13 +13,13 @@
 # probe. CIFAR-10 must be in $DIFFJAX_DATA_DIR (nothing is downloaded: --offline).
 #
 # Environment: ACCEL_CHECK_SIZE (gpu | tiny), ACCEL_CHECK_PROBE_S (probe budget, default 60),
-# ACCEL_CHECK_SEEDS (default "0 1"), PYTHON (default python).
+# ACCEL_CHECK_SEEDS (default "0 1"; empty: the probe alone), PYTHON (default python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/accelerator_check}
 SIZE=${ACCEL_CHECK_SIZE:-gpu}
 PROBE_S=${ACCEL_CHECK_PROBE_S:-60}
-SEEDS=${ACCEL_CHECK_SEEDS:-0 1}
+SEEDS=${ACCEL_CHECK_SEEDS-0 1}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 TIMINGS="$OUT/timings.txt"
