@@ -213,8 +213,9 @@ def convert_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig, seed
     Linear weights (out, in) become Dense kernels (in, out); the patch-embedding convolution
     becomes the patch Dense in (kh, kw, C) order; fused baseline ``qkv`` / ``in_proj`` rows
     [q; k; v] are split; ``image_projection`` (OpenAI: ``visual.proj``) and ``text_projection``
-    are used as x @ W and are not transposed; both layouts (:func:`detect_layout`) are accepted; parameters stay float32. λ_init, eps values, masks and activations are not
-    in the checkpoint: they come from ``config``.
+    are used as x @ W and are not transposed; both layouts (:func:`detect_layout`) are accepted;
+    parameters stay float32. λ_init, eps values, masks and activations are not in the checkpoint:
+    they come from ``config``.
 
     Raises:
       ConversionError: keys or shapes do not match (see :func:`check_state_dict`).
