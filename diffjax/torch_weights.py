@@ -208,6 +208,13 @@ def read_state_dict(path: str | os.PathLike, progress: bool = False) -> dict[str
         with zipfile.ZipFile(path) as zf:
             prefix = _archive_prefix(zf, path)
             names = set(zf.namelist())
+            if f"{prefix}constants.pkl" in names:
+                raise ConversionError(
+                    f"{path} is a TorchScript archive (torch.jit.save, e.g. OpenAI's original "
+                    "CLIP .pt files), not a state dict: load it with open_clip "
+                    "(pretrained='openai') and save model.state_dict(), or use the "
+                    "open_clip_model.safetensors of the model's Hugging Face repository"
+                )
             byteorder = "little"
             if f"{prefix}byteorder" in names:
                 byteorder = zf.read(f"{prefix}byteorder").decode().strip()
