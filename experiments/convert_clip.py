@@ -28,7 +28,8 @@ from diffjax.vit import count_params
 RELEASE_PRESETS = {"softmax": "clip_b16", "diff": "diffclip_b16"}
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256(path: pathlib.Path) -> str:
+    """SHA-256 hex digest of ``path``, read in 4 MiB blocks with a progress bar."""
     digest = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256") as bar:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     save_model(args.out, model)
     record = {
         "source": str(args.checkpoint.resolve()),
-        "source_sha256": _sha256(args.checkpoint),
+        "source_sha256": sha256(args.checkpoint),
         "preset": preset,
         "attention": attention,
         "layout": layout,
