@@ -13,6 +13,14 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI CLIP's image statistics (also open_clip's default).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The Inception / Hugging Face ViT statistics: [0, 1] pixels mapped to [-1, 1].
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+POOLS = ("cls", "mean")
 
 
 def check_number(
@@ -92,6 +100,15 @@ class ViTConfig:
         the loop model: :func:`diffjax.vit.unscan` (``load_model`` returns it by default).
       remat: recompute each block's activations in the backward pass instead of storing them
         (``nnx.remat``): less memory, about one more forward pass of compute.
+      activation: MLP activation: ``"gelu"`` (exact, x·Φ(x)), ``"gelu_tanh"`` (the tanh
+        approximation) or ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP).
+      ln_pre: a LayerNorm on the embedded tokens before the first block (CLIP's ``ln_pre``,
+        timm's ``norm_pre``); h_0 is its output.
+      patch_bias: a bias on the patch embedding (OpenAI CLIP's ``conv1`` has none).
+      pool: what the head reads: ``"cls"`` (LN(h_L)[CLS]) or ``"mean"`` (LN of the mean of the
+        patch tokens, timm's ``global_pool="avg"`` with ``fc_norm``).
+      distillation: DeiT's distillation token after CLS (tokens [CLS, DIST, patches]) and a second
+        head on it; the logits are the mean of the two heads (timm's inference output).
     """
 
     image_size: int = 32
@@ -114,6 +131,11 @@ class ViTConfig:
     attention_impl: Literal["reference", "fused"] = "reference"
     scan_layers: bool = False
     remat: bool = False
+    activation: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
+    ln_pre: bool = False
+    patch_bias: bool = True
+    pool: Literal["cls", "mean"] = "cls"
+    distillation: bool = False
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
@@ -172,9 +194,14 @@ class ViTConfig:
                 "attention_impl='fused' computes its softmax in float32; float64 (exact) models "
                 "need attention_impl='reference'"
             )
-        for name in ("scan_layers", "remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("scan_layers", "remat", "ln_pre", "patch_bias", "distillation"):
+            check_bool(name, getattr(self, name))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.distillation and self.pool != "cls":
+            raise ValueError("distillation=True reads the CLS and DIST tokens: it needs pool='cls'")
         if self.scan_layers and self.attention == "diff":
             if self.diff_layers is not None and len(set(self.diff_layers)) < self.depth:
                 raise ValueError(
@@ -192,9 +219,14 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: CLS, and DIST with ``distillation``."""
+        return 1 + int(self.distillation)
+
+    @property
     def num_tokens(self) -> int:
-        """Patches plus the CLS token."""
-        return self.num_patches + 1
+        """Patches plus the prefix tokens."""
+        return self.num_patches + self.num_prefix_tokens
 
     @property
     def accum_dtype(self) -> str:

@@ -2,6 +2,9 @@
 
     logits = Linear(LN(h_L)[CLS]),   h_{l+1} = h'_l + MLP(LN(h'_l)),   h'_l = h_l + Attn_l(LN(h_l))
 
+The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, ``patch_bias``)
+cover imported timm / Hugging Face ViTs and the CLIP image towers; their defaults are the above.
+
 Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
 attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every
 layer, the block input h_l and the attention maps, which is the hook the analysis code uses.
@@ -81,6 +84,19 @@ def _gelu_jvp(primals, tangents):
     return x * cdf, t * (cdf + x * pdf)
 
 
+def quick_gelu(x: Array) -> Array:
+    """x · sigmoid(1.702 x), the OpenAI CLIP MLP activation (elementwise)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# ViTConfig.activation → the function (elementwise, any shape).
+ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": gelu,
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": quick_gelu,
+}
+
+
 def _tokens_dense(layer: nnx.Linear, x: Array) -> Array:
     """``layer`` on [B, N, D_in] tokens as one [B·N, D_in] matrix (one GEMM for the weight
     gradient on XLA:CPU, not a two-axis contraction). Returns [B, N, D_out]."""
@@ -123,7 +139,8 @@ def unbatch(captured: Intermediates) -> Intermediates:
 
 
 class Block(nnx.Module):
-    """Pre-norm transformer block: LN → attention → residual; LN → MLP (exact GELU) → residual."""
+    """Pre-norm transformer block: LN → attention → residual; LN → MLP → residual (the MLP's
+    activation is ``config.activation``, exact GELU by default)."""
 
     def __init__(self, config: ViTConfig, layer: int, *, rngs: nnx.Rngs):
         c = config
@@ -143,6 +160,7 @@ class Block(nnx.Module):
         self.fc1 = nnx.Linear(c.width, hidden, rngs=rngs, **dense)
         self.fc2 = nnx.Linear(hidden, c.width, rngs=rngs, **dense)
         self.drop = nnx.Dropout(c.dropout) if c.dropout > 0 else None
+        self.activation = c.activation
 
     def _dropout(self, x: Array, rngs: nnx.Rngs | None) -> Array:
         if self.drop is None or rngs is None:
@@ -159,7 +177,7 @@ class Block(nnx.Module):
         a, maps = a if return_maps else (a, None)
         h = h + self._dropout(a.astype(self.accum_dtype), rngs)
         m = _tokens_dense(self.fc1, self.norm2(h).astype(self.dtype))
-        m = _tokens_dense(self.fc2, gelu(m))
+        m = _tokens_dense(self.fc2, ACTIVATION_FUNCTIONS[self.activation](m))
         h = h + self._dropout(m.astype(self.accum_dtype), rngs)
         return (h, maps) if return_maps else h
 
@@ -211,16 +229,27 @@ class ViT(nnx.Module):
         dense = dict(kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init())
         # A Dense over (ph, pw, c)-flattened patches is a stride-p convolution with an HWIO kernel.
         self.patch_embed = nnx.Linear(
-            patch_dim, c.width, dtype=self.accum_dtype, rngs=rngs, **dense
+            patch_dim, c.width, use_bias=c.patch_bias, dtype=self.accum_dtype, rngs=rngs, **dense
         )
         self.cls_token = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
+        self.dist_token = (
+            nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
+            if c.distillation
+            else None
+        )
         self.pos_embed = nnx.Param(
             DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
         )
+        self.ln_pre = _layer_norm(c, rngs) if c.ln_pre else None
         blocks = [Block(c, i, rngs=rngs) for i in range(c.depth)]
         self.blocks = ScannedBlocks(blocks) if c.scan_layers else nnx.List(blocks)
         self.norm = _layer_norm(c, rngs)
         self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
+        self.head_dist = (
+            nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
+            if c.distillation
+            else None
+        )
 
     def lambdas(self) -> list[float | None]:
         """λ of every layer, in order; ``None`` for softmax layers (host floats: for logging)."""
@@ -248,7 +277,8 @@ class ViT(nnx.Module):
             )
 
     def embed(self, images: Array) -> Array:
-        """Normalise, patchify, embed, prepend CLS, add positions: [B, H, W, C] → h_0 [B, N, D]."""
+        """Normalise, patchify, embed, prepend CLS (and DIST), add positions, then ``ln_pre`` if
+        the config has it: [B, H, W, C] → h_0 [B, N, D]."""
         c = self.config
         self._check_images(images)
         mean = jnp.asarray(c.mean, self.accum_dtype)
@@ -258,13 +288,26 @@ class ViT(nnx.Module):
         x = x.reshape(b, g, p, g, p, c.channels).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, g * g, p * p * c.channels)
         tokens = _tokens_dense(self.patch_embed, x)
-        cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c.width))
-        h = jnp.concatenate([cls, tokens], axis=1) + self.pos_embed[...]
-        return h.astype(self.accum_dtype)
+        prefix = [self.cls_token] + ([self.dist_token] if c.distillation else [])
+        prefix = [jnp.broadcast_to(t[...], (b, 1, c.width)) for t in prefix]
+        h = (jnp.concatenate([*prefix, tokens], axis=1) + self.pos_embed[...]).astype(
+            self.accum_dtype
+        )
+        return h if self.ln_pre is None else self.ln_pre(h)
 
     def classify(self, h: Array) -> Array:
-        """Final LN and linear head on the CLS token: h_L [B, N, D] → logits [B, classes]."""
-        return self.head(self.norm(h)[:, 0])
+        """Final LN and linear head: h_L [B, N, D] → logits [B, classes].
+
+        ``pool="cls"``: the head on LN(h_L)[CLS] (with ``distillation``, the mean of it and the
+        DIST head on LN(h_L)[DIST]); ``pool="mean"``: the head on LN(mean of the patch tokens).
+        """
+        c = self.config
+        if c.pool == "mean":
+            return self.head(self.norm(jnp.mean(h[:, c.num_prefix_tokens :], axis=1)))
+        x = self.norm(h)
+        if c.distillation:
+            return 0.5 * (self.head(x[:, 0]) + self.head_dist(x[:, 1]))
+        return self.head(x[:, 0])
 
     def __call__(
         self,

@@ -7,6 +7,7 @@
     diffjax analyse --config=analyse --config.checkpoint=runs/dvit --workdir out/analysis
     diffjax figures --workdir .
     diffjax convert-clip checkpoint_best.pt models/diffclip_cc3m
+    diffjax import-vit model.safetensors models/vit --num-heads 12
 
 ``--config`` takes a file of ``experiments/configs`` by name (``asr_table:cpu``) or any config
 file path (``path/to/file.py:ARG``); ``--config.FIELD=VALUE`` overrides one field. ``diffjax
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert-clip", help="convert a released CLIP/DiffCLIP checkpoint",
                        description=_doc("convert_clip"), formatter_class=Formatter)  # fmt: skip
     _module("convert_clip").add_arguments(c)
+    v = sub.add_parser("import-vit", help="import a timm / Hugging Face ViT checkpoint",
+                       description=_doc("import_vit"), formatter_class=Formatter)  # fmt: skip
+    _module("import_vit").add_arguments(v)
     m = sub.add_parser("make-sample", help="build the embedded CIFAR-10 sample (developers)",
                        description=_doc("make_embedded_sample"), formatter_class=Formatter)
     _module("make_embedded_sample").add_arguments(m)
@@ -152,8 +156,9 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]):
                                        experiment=args.experiment, preset=args.preset)  # fmt: skip
         print("\n".join(written) if written else f"no results under {args.workdir / 'results'}")
         return written
-    if args.command in ("convert-clip", "make-sample"):
-        name = {"convert-clip": "convert_clip", "make-sample": "make_embedded_sample"}
+    if args.command in ("convert-clip", "import-vit", "make-sample"):
+        name = {"convert-clip": "convert_clip", "import-vit": "import_vit",
+                "make-sample": "make_embedded_sample"}  # fmt: skip
         return _module(name[args.command]).run(args)
 
     config = configs.load(args.config, overrides)

@@ -1,8 +1,10 @@
 """Convert a released CLIP / DiffCLIP PyTorch checkpoint into a diffjax model directory.
 
 Reads ``checkpoint_best.pt`` (from hammh0a/DiffCLIP_ViTB16_CC3M, …_CC12M, or the CLIP baselines
-hammh0a/ViTB16_CC3M, …_CC12M) without torch, checks every key and shape against the ViT-B/16
-architecture, and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json``
+hammh0a/ViTB16_CC3M, …_CC12M), or an unmodified OpenAI / open_clip ``CLIP`` state dict
+(``.pt``, ``.bin`` or ``.safetensors``; give ``--preset openai_b16`` etc.: the activation is not in
+the weights), without torch, checks every key and shape against the architecture, and writes
+``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json``
 (source, its SHA-256, tensor and parameter counts). Load the result with
 ``diffjax.clip.checkpoint.load_clip(OUT)``.
 
@@ -19,13 +21,15 @@ from tqdm import tqdm
 
 from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip.config import CLIP_PRESETS, clip_preset
-from diffjax.clip.convert import convert_state_dict, detect_attention, read_state_dict
+from diffjax.clip.convert import convert_state_dict, detect_attention, detect_layout
+from diffjax.torch_weights import read_weights
 from diffjax.vit import count_params
 
 RELEASE_PRESETS = {"softmax": "clip_b16", "diff": "diffclip_b16"}
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256(path: pathlib.Path) -> str:
+    """SHA-256 hex digest of ``path``, read in 4 MiB blocks with a progress bar."""
     digest = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="sha256") as bar:
@@ -36,14 +40,17 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=pathlib.Path, help="the torch.save file (.pt)")
+    parser.add_argument(
+        "checkpoint", type=pathlib.Path, help="the weights: torch.save (.pt, .bin), .safetensors"
+    )
     parser.add_argument("out", type=pathlib.Path, help="diffjax model directory to write")
     parser.add_argument(
         "--preset",
         default="auto",
         choices=["auto", *sorted(CLIP_PRESETS)],
         help="architecture of the checkpoint; 'auto' picks clip_b16 or diffclip_b16 from the "
-        "keys (default: auto)",
+        "keys of a SLIP/DiffCLIP release (OpenAI / open_clip state dicts need a preset: "
+        "openai_b16, openai_l14 for QuickGELU weights, openclip_b16, openclip_l14 for GELU)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
@@ -57,17 +64,24 @@ def run(args: argparse.Namespace) -> dict:
     """
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    state = read_state_dict(args.checkpoint, progress=True)
-    attention = detect_attention(state)
+    state = read_weights(args.checkpoint, progress=True)
+    attention, layout = detect_attention(state), detect_layout(state)
+    if args.preset == "auto" and layout == "openai":
+        raise ValueError(
+            f"{args.checkpoint} is an OpenAI / open_clip state dict, whose MLP activation is not "
+            "in the weights: pass --preset openai_b16|openai_l14 (QuickGELU: OpenAI's weights, "
+            "open_clip '-quickgelu' models) or openclip_b16|openclip_l14 (exact GELU)"
+        )
     preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
     config = clip_preset(preset)
     model = convert_state_dict(state, config)
     save_model(args.out, model)
     record = {
         "source": str(args.checkpoint.resolve()),
-        "source_sha256": _sha256(args.checkpoint),
+        "source_sha256": sha256(args.checkpoint),
         "preset": preset,
         "attention": attention,
+        "layout": layout,
         "tensors": len(state),
         "parameters": count_params(model),
         "config": "config.json",

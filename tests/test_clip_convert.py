@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from diffjax import torch_weights
 from diffjax.checkpoint import CheckpointError, save_model
 from diffjax.clip import convert
 from diffjax.clip.checkpoint import load_clip
@@ -270,9 +271,9 @@ def test_state_dict_reading_strips_prefix_and_skips_other_entries(tmp_path, monk
     ref = _reference("diff")
     want = _save_release(ref, tmp_path / "ckpt.pt")
     reads = []
-    original = convert._materialize
+    original = torch_weights._materialize
     monkeypatch.setattr(
-        convert, "_materialize", lambda *a: reads.append(a[2].storage.key) or original(*a)
+        torch_weights, "_materialize", lambda *a: reads.append(a[2].storage.key) or original(*a)
     )
     state = read_state_dict(tmp_path / "ckpt.pt")
     assert sorted(state) == sorted(k[len("module.") :] for k in want)

@@ -12,7 +12,7 @@ from diffjax.checkpoint import CheckpointError, load_model, save_model
 from diffjax.clip.checkpoint import load_clip
 from diffjax.clip.config import CLIPConfig, clip_preset
 from diffjax.clip.convert import conversion_rules
-from diffjax.clip.model import CLIP, quick_gelu
+from diffjax.clip.model import CLIP
 from diffjax.clip.tokenizer import default_tokenizer
 from diffjax.clip.zeroshot import (
     CIFAR_TEMPLATES,
@@ -23,7 +23,7 @@ from diffjax.clip.zeroshot import (
     zeroshot_classifier,
     zeroshot_logits,
 )
-from diffjax.vit import ViT, count_params, functional
+from diffjax.vit import ViT, count_params, functional, quick_gelu
 
 SMALL = dict(context_length=8, vocab_size=50)
 

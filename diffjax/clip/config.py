@@ -7,10 +7,13 @@ import math
 from typing import Literal
 
 from diffjax.config import (
+    ACTIVATIONS,
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
     ViTConfig,
     check_int,
     check_number,
@@ -45,7 +48,14 @@ class CLIPConfig:
         (0.8 − 0.6·exp(−0.3·l), the paper's DiffCLIP* variant).
       mean, std: per-channel normalisation applied inside the image tower to [0, 1] pixels
         (the releases were trained with ImageNet statistics).
-      dtype: compute dtype of matmuls (``"float32"`` or ``"bfloat16"``).
+      dtype: compute dtype of matmuls (``"float32"``, ``"bfloat16"``, or ``"float64"``: exact
+        evaluation, needs ``jax_enable_x64``).
+      vision_activation, text_activation: the MLP activations of the two towers (``"gelu"``,
+        ``"gelu_tanh"``, ``"quick_gelu"``; the SLIP/DiffCLIP releases: exact GELU and QuickGELU;
+        OpenAI CLIP: QuickGELU in both; open_clip's non-``quickgelu`` models: GELU in both).
+      vision_ln_pre: a LayerNorm on the embedded image tokens before the first block (OpenAI /
+        open_clip ``ln_pre``).
+      vision_patch_bias: a bias on the patch embedding (OpenAI / open_clip ``conv1`` has none).
     """
 
     embed_dim: int = 512
@@ -69,6 +79,10 @@ class CLIPConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     dtype: str = "float32"
+    vision_activation: str = "gelu"
+    text_activation: str = "quick_gelu"
+    vision_ln_pre: bool = False
+    vision_patch_bias: bool = True
 
     def __post_init__(self):
         for name in ("embed_dim", "context_length", "vocab_size", "text_width", "text_layers"):
@@ -86,6 +100,10 @@ class CLIPConfig:
         check_number("text_mlp_ratio", self.text_mlp_ratio, 0, low_open=True)
         check_number("text_ln_eps", self.text_ln_eps, 0, low_open=True)
         check_number("vision_ln_eps", self.vision_ln_eps, 0, low_open=True)
+        if self.text_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"text_activation must be one of {ACTIVATIONS}, got {self.text_activation!r}"
+            )
         self.vision_config()  # validates the image-tower fields
 
     def vision_config(self) -> ViTConfig:
@@ -106,7 +124,15 @@ class CLIPConfig:
             mean=self.mean,
             std=self.std,
             dtype=self.dtype,
+            activation=self.vision_activation,
+            ln_pre=self.vision_ln_pre,
+            patch_bias=self.vision_patch_bias,
         )
+
+    @property
+    def accum_dtype(self) -> str:
+        """Dtype of residual streams and norms: float64 in float64 mode, else float32."""
+        return self.vision_config().accum_dtype
 
     def text_lambda_init(self, layer: int) -> float:
         """λ_init of 0-based text ``layer`` (same rule as the image tower)."""
@@ -144,11 +170,35 @@ _CIFAR = dict(
     std=CIFAR10_STD,
 )
 
+# OpenAI CLIP / open_clip layouts (``open_clip.create_model(name)``): ln_pre, no patch bias,
+# OpenAI image statistics, LayerNorm eps 1e-5 in both towers. OpenAI's released weights were
+# trained with QuickGELU (open_clip's "-quickgelu" names); open_clip's plain names use exact GELU.
+_OPENAI = dict(
+    attention="softmax",
+    vision_ln_eps=1e-5,
+    vision_ln_pre=True,
+    vision_patch_bias=False,
+    mean=OPENAI_CLIP_MEAN,
+    std=OPENAI_CLIP_STD,
+)
+_B16 = dict(_OPENAI, embed_dim=512, patch_size=16, vision_width=768, vision_layers=12,
+            vision_heads=12, text_width=512, text_layers=12, text_heads=8)  # fmt: skip
+_L14 = dict(_OPENAI, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24,
+            vision_heads=16, text_width=768, text_layers=12, text_heads=12)  # fmt: skip
+_GELU = dict(vision_activation="gelu", text_activation="gelu")
+_QUICK = dict(vision_activation="quick_gelu", text_activation="quick_gelu")
+
 CLIP_PRESETS: dict[str, CLIPConfig] = {
     # The released ViT-B/16 models (hammh0a/ViTB16_CC3M|CC12M and DiffCLIP_ViTB16_CC3M|CC12M).
     "clip_b16": _RELEASE.replace(attention="softmax", vision_ln_eps=1e-6),
     "diffclip_b16": _RELEASE.replace(attention="diff", vision_ln_eps=1e-5),
     # Milliseconds per forward pass, real 77-token context and vocabulary: used by the tests.
+    # open_clip "ViT-B-16" / "ViT-L-14" (exact GELU) and "ViT-B-16-quickgelu" /
+    # "ViT-L-14-quickgelu" (QuickGELU: the layout of OpenAI's own weights).
+    "openclip_b16": _RELEASE.replace(**_B16, **_GELU),
+    "openclip_l14": _RELEASE.replace(**_L14, **_GELU),
+    "openai_b16": _RELEASE.replace(**_B16, **_QUICK),
+    "openai_l14": _RELEASE.replace(**_L14, **_QUICK),
     "tiny": _RELEASE.replace(attention="softmax", **_TINY),
     "tiny_diff": _RELEASE.replace(attention="diff", **_TINY),
     # Small from-scratch training on 32×32 images (CIFAR).

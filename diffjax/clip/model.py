@@ -2,6 +2,9 @@
 
     image feature = LN(h_L)[CLS] @ W_img                    (timm ViT-B/16, exact GELU, no bias)
     text feature  = ln_final(x_L)[argmax(token id)] @ W_txt (causal, QuickGELU, EOT pooling)
+
+(the activations, ``ln_pre`` and the normalisation are config switches: the OpenAI / open_clip
+layouts use ``ln_pre``, QuickGELU or exact GELU in both towers, and OpenAI's image statistics).
     logits        = exp(logit_scale) · cos(image feature, text feature)
 
 DiffCLIP swaps every attention layer of both towers for Differential Attention. The image tower
@@ -21,14 +24,9 @@ from flax import nnx
 
 from diffjax.attention import DENSE_INIT, DiffAttention, SoftmaxAttention
 from diffjax.clip.config import CLIPConfig
-from diffjax.vit import ViT, run_blocks, unbatch
+from diffjax.vit import ACTIVATION_FUNCTIONS, ViT, run_blocks, unbatch
 
 Array = jax.Array
-
-
-def quick_gelu(x: Array) -> Array:
-    """x · sigmoid(1.702 x), the OpenAI CLIP text MLP activation."""
-    return x * jax.nn.sigmoid(1.702 * x)
 
 
 class ImageTower(ViT):
@@ -51,12 +49,15 @@ class ImageTower(ViT):
 
 
 class TextBlock(nnx.Module):
-    """Pre-norm causal block: LN → causal attention → residual; LN → MLP (QuickGELU) → residual."""
+    """Pre-norm causal block: LN → causal attention → residual; LN → MLP → residual (the MLP's
+    activation is ``config.text_activation``, QuickGELU by default)."""
 
     def __init__(self, config: CLIPConfig, layer: int, *, rngs: nnx.Rngs):
         c = config
         self.dtype = jnp.dtype(c.dtype)
-        ln = dict(epsilon=c.text_ln_eps, dtype=jnp.float32, rngs=rngs)
+        self.accum_dtype = jnp.dtype(c.accum_dtype)
+        self.activation = c.text_activation
+        ln = dict(epsilon=c.text_ln_eps, dtype=self.accum_dtype, rngs=rngs)
         self.ln_1 = nnx.LayerNorm(c.text_width, **ln)
         if c.attention == "diff":
             self.attn = DiffAttention(
@@ -82,13 +83,15 @@ class TextBlock(nnx.Module):
         return self.ln_1(h).astype(self.dtype)
 
     def __call__(self, h: Array, *, return_maps: bool = False):
-        """Args: h [B, N, D] float32. Returns h_next [B, N, D] (and the maps if asked)."""
+        """Args: h [B, N, D] (accumulation dtype: float32, float64 in float64 mode). Returns
+        h_next [B, N, D] (and the maps if asked)."""
         mask = self.causal_mask(h.shape[-2])
         a = self.attn(self.attention_input(h), mask=mask, return_maps=return_maps)
         a, maps = a if return_maps else (a, None)
-        h = h + a.astype(jnp.float32)
-        m = self.c_proj(quick_gelu(self.c_fc(self.ln_2(h).astype(self.dtype))))
-        h = h + m.astype(jnp.float32)
+        h = h + a.astype(self.accum_dtype)
+        act = ACTIVATION_FUNCTIONS[self.activation]
+        m = self.c_proj(act(self.c_fc(self.ln_2(h).astype(self.dtype))))
+        h = h + m.astype(self.accum_dtype)
         return (h, maps) if return_maps else h
 
 
@@ -107,8 +110,9 @@ class TextTower(nnx.Module):
             nnx.initializers.normal(0.01)(rngs.params(), (c.context_length, c.text_width))
         )
         self.blocks = nnx.List([TextBlock(c, i, rngs=rngs) for i in range(c.text_layers)])
+        self.accum_dtype = jnp.dtype(c.accum_dtype)
         self.ln_final = nnx.LayerNorm(
-            c.text_width, epsilon=c.text_ln_eps, dtype=jnp.float32, rngs=rngs
+            c.text_width, epsilon=c.text_ln_eps, dtype=self.accum_dtype, rngs=rngs
         )
         self.projection = nnx.Param(
             nnx.initializers.normal(c.text_width**-0.5)(rngs.params(), (c.text_width, c.embed_dim))
@@ -129,15 +133,17 @@ class TextTower(nnx.Module):
                 raise ValueError(f"token ids must be in [0, {c.vocab_size}), got [{lo}, {hi}]")
 
     def embed(self, tokens: Array) -> Array:
-        """Token plus positional embeddings: [B, context] int → h_0 [B, context, D] float32."""
+        """Token plus positional embeddings: [B, context] int → h_0 [B, context, D] (float32,
+        float64 in float64 mode)."""
         self._check_tokens(tokens)
-        return self.token_embedding(tokens).astype(jnp.float32) + self.positional_embedding[...]
+        x = self.token_embedding(tokens).astype(self.accum_dtype)
+        return x + self.positional_embedding[...].astype(self.accum_dtype)
 
     def pool(self, h: Array, tokens: Array) -> Array:
         """ln_final at the end-of-text position (largest id), times ``W_txt``: [B, E] float32."""
         eot = jnp.argmax(tokens, axis=-1)
         x = self.ln_final(h)[jnp.arange(h.shape[0]), eot]
-        return x @ self.projection[...]
+        return x @ self.projection[...].astype(x.dtype)
 
     def __call__(self, tokens: Array, *, capture: bool = False):
         """Text features of ``tokens`` [B, context] (or one sequence [context]).

@@ -3,10 +3,11 @@
     tok = Tokenizer()
     ids = tok(["a photo of a cat.", "a dog"])    # [2, 77] int32: SOT, BPE ids, EOT, zero padding
 
-Text is cleaned (``ftfy.fix_text`` when ftfy is installed, else Unicode NFC; HTML entities
-unescaped twice; whitespace runs collapsed), lower-cased, split into words with the OpenAI rule
-(special tokens, English contractions, letter runs, single digits, runs of other symbols), and
-each word's UTF-8 bytes are merged with the 48,894 BPE merges of ``bpe_simple_vocab_16e6.txt.gz``.
+Text is cleaned as the reference does (``ftfy.fix_text``, a dependency: no stand-in gives the
+same ids; HTML entities unescaped twice; whitespace runs collapsed), lower-cased, split into
+words with the OpenAI rule (special tokens, English contractions, letter runs, single digits,
+runs of other symbols), and each word's UTF-8 bytes are merged with the 48,894 BPE merges of
+``bpe_simple_vocab_16e6.txt.gz``.
 Vocabulary: 256 byte symbols, the same 256 with the end-of-word marker ``</w>``, one symbol per
 merge, then ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407 (49,408 in all).
 """
@@ -35,7 +36,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _END_OF_WORD = "</w>"
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
-try:  # optional: the reference also repairs mojibake; without it cleaning is NFC + HTML only
+try:  # a dependency of diffjax; a broken install is reported when text is first cleaned
     import ftfy
 except ImportError:  # pragma: no cover - depends on the environment
     ftfy = None
@@ -75,9 +76,20 @@ def _base_vocabulary() -> list[str]:
 
 
 def clean_text(text: str) -> str:
-    """ftfy (if installed) or NFC, HTML-unescape twice, collapse whitespace, strip, lower-case."""
-    text = ftfy.fix_text(text) if ftfy is not None else unicodedata.normalize("NFC", text)
-    text = html.unescape(html.unescape(text)).strip()
+    """The reference clean-up: ``ftfy.fix_text``, HTML-unescape twice, collapse whitespace,
+    strip, lower-case.
+
+    Raises:
+      ImportError: ftfy is missing. Without it (curly quotes, ligatures, full-width forms,
+        titlecase digraphs, mojibake, control characters, byte-order marks …) the ids would
+        differ from the reference's, so there is no fallback.
+    """
+    if ftfy is None:
+        raise ImportError(
+            "the CLIP tokenizer needs ftfy (a diffjax dependency: pip install 'ftfy>=6.1'); "
+            "without ftfy.fix_text its ids would differ from the reference tokenizer's"
+        )
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
