@@ -392,11 +392,11 @@ def lambda_training(result: dict, path: pathlib.Path) -> list[str]:
 def language(result: dict, path: pathlib.Path) -> list[str]:
     """DA LM vs standard LM: ASR under embedding PGD (ℓ2 per token, ℓ∞) and token substitution
     (HotFlip, by budget) with Wilson intervals; negative alignment and σmax per layer."""
-    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.1))
+    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.3))
     n = result["examples"]
-    panels = (("pgd_l2_token", "ℓ2 radius per token (× RMS row norm)", True),
-              ("pgd_linf", "ℓ∞ radius (× RMS coordinate)", True),
-              ("hotflip", "substituted bytes (HotFlip)", False))  # fmt: skip
+    panels = (("pgd_l2_token", "ℓ2 per token (× row RMS)", True),
+              ("pgd_linf", "ℓ∞ (× coordinate RMS)", True),
+              ("hotflip", "bytes substituted (HotFlip)", False))  # fmt: skip
     for ax, (attack, xlabel, log) in zip(axes, panels, strict=False):
         for name, m in result["models"].items():
             rs = [a for a in m["attacks"] if a["attack"] == attack]
