@@ -348,7 +348,9 @@ def _check_position_options(causal: Any, rotary_base: Any) -> None:
     if not isinstance(causal, bool):
         raise ValueError(f"causal must be True or False, got {causal!r}")
     if rotary_base is not None and not (
-        isinstance(rotary_base, int | float) and not isinstance(rotary_base, bool) and 1 < rotary_base < math.inf
+        isinstance(rotary_base, int | float)
+        and not isinstance(rotary_base, bool)
+        and 1 < rotary_base < math.inf
     ):
         raise ValueError(f"rotary_base must be None or a finite number > 1, got {rotary_base!r}")
 

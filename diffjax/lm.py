@@ -180,9 +180,7 @@ class LM(nnx.Module):
 
     def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
         c = self.config = config
-        self.embedding = nnx.Param(
-            DENSE_INIT(rngs.params(), (c.vocab_size, c.width), jnp.float32)
-        )
+        self.embedding = nnx.Param(DENSE_INIT(rngs.params(), (c.vocab_size, c.width), jnp.float32))
         self.blocks = nnx.List([LMBlock(c, i, rngs=rngs) for i in range(c.depth)])
         self.norm = _rms_norm(c, rngs)
         self.head = _linear(c.width, c.vocab_size, jnp.dtype(c.dtype), rngs)

@@ -165,7 +165,8 @@ def learning_rate_schedule(config: LMTrainConfig) -> optax.Schedule:
 def make_optimizer(config: LMTrainConfig) -> optax.GradientTransformation:
     """AdamW on :func:`learning_rate_schedule` (decay on kernels only), after clipping."""
     tx = optax.adamw(
-        learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, weight_decay=config.weight_decay,
+        learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
+        weight_decay=config.weight_decay,
         mask=lambda params: jax.tree_util.tree_map_with_path(lambda p, _: _decays(p), params),
     )  # fmt: skip
     if config.grad_clip is not None:
@@ -225,7 +226,9 @@ def train_step(state: TrainState, train_corpus: jax.Array, *, config: LMTrainCon
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
                "learning_rate": learning_rate_schedule(config)(state.step)}  # fmt: skip
-    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+    return TrainState(
+        state.step + 1, optax.apply_updates(state.params, updates), opt_state
+    ), metrics
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -251,8 +254,9 @@ def evaluate_lm(params, config: LMTrainConfig, val_corpus) -> dict[str, float]:
     if not finite:
         raise FloatingPointError("the model's validation loss is not finite: not a usable model")
     loss = float(loss)
-    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_byte":
-            loss / math.log(2), "test_accuracy": float(acc), "retrieval_accuracy": float(ret)}  # fmt: skip
+    return {"val_loss": loss, "val_perplexity": math.exp(loss),
+            "val_bits_per_byte": loss / math.log(2), "test_accuracy": float(acc),
+            "retrieval_accuracy": float(ret)}  # fmt: skip
 
 
 def train_lm(
@@ -318,7 +322,10 @@ def train_lm(
                 check_finite(host, step)
                 if logged:
                     elapsed = time.perf_counter() - t0
-                    timed_tokens, timed_seconds = timed_tokens + pending_tokens, timed_seconds + elapsed
+                    timed_tokens, timed_seconds = (
+                        timed_tokens + pending_tokens,
+                        timed_seconds + elapsed,
+                    )
                     means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                     lam = nnx.merge(_graphdef(config.model), state.params).lambdas()
                     record({"kind": "train", "step": step, "epoch": step / spe, **means,

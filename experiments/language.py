@@ -60,7 +60,9 @@ def _summary(result, labels, targets=None) -> dict:
     s = ta.summarize_text(result, labels, targets).as_dict()
     s["mean_changed"] = float(np.mean(np.asarray(result.changed)[np.asarray(result.success)])) \
         if bool(np.any(result.success)) else None  # fmt: skip
-    s["claimed_not_rechecked"] = int(np.sum(np.asarray(result.claimed) & ~np.asarray(result.success)))
+    s["claimed_not_rechecked"] = int(
+        np.sum(np.asarray(result.claimed) & ~np.asarray(result.success))
+    )
     return s
 
 
@@ -77,7 +79,9 @@ def attack_model(model, preset, inputs, answers, editable, seed: int) -> list[di
     rows = []
     for rel in preset.pgd_eps:
         for scope, eps in (("token", rel * row_rms), ("sequence", rel * row_rms * np.sqrt(n_edit))):
-            cfg = ta.EmbeddingPGDConfig(eps=float(eps), norm="l2", scope=scope, steps=preset.pgd_steps)
+            cfg = ta.EmbeddingPGDConfig(
+                eps=float(eps), norm="l2", scope=scope, steps=preset.pgd_steps
+            )
             rows.append({"attack": f"pgd_l2_{scope}", "budget": float(rel), "eps": float(eps),
                          **_summary(ta.embedding_pgd(*args, cfg), answers)})  # fmt: skip
     for rel in preset.pgd_linf:
@@ -102,7 +106,8 @@ def analyse_model(model, inputs, preset, seed: int) -> list[dict]:
     answer row; σmax of the attention layer (Lanczos)."""
     tokens = inputs[: preset.analysis_examples]
     rows = layer_summary(model, tokens, key=jax.random.key(seed), row=None, wrt="embeddings",
-                         batch_size=preset.analysis_examples, max_iters=preset.max_iters)  # fmt: skip
+                         batch_size=preset.analysis_examples,
+                         max_iters=preset.max_iters)  # fmt: skip
     n = tokens.shape[1]
     out = []
     for r in rows:
@@ -135,7 +140,8 @@ def run(config, ctx: Context) -> dict:
         models[name] = {"params": count_params(model), "clean": summary["final"],
                         "train": {k: summary[k] for k in ("steps", "train_tokens_per_s",
                                                           "best_step")},
-                        "attacks": attacks, "layers": layers, "corpus": summary["corpus"]}  # fmt: skip
+                        "attacks": attacks, "layers": layers,
+                        "corpus": summary["corpus"]}  # fmt: skip
         rows.append({"model": name, "kind": "clean", **summary["final"]})
         rows += [{"model": name, "kind": "attack", "attack": a["attack"], "budget": a["budget"],
                   "asr": a["asr"], "clean_accuracy": a["clean_accuracy"],

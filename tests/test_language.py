@@ -53,7 +53,9 @@ def test_training_resumes_exactly_and_refuses_another_config(tmp_path):
     assert resumed["resumed_from_step"] == 2 and resumed["final"] == full["final"]
     a, _ = load_lm(tmp_path / "a", step=4)
     b, _ = load_lm(tmp_path / "b", step=4)
-    for x, y in zip(jax.tree.leaves(a.embedding[...]), jax.tree.leaves(b.embedding[...]), strict=True):
+    for x, y in zip(
+        jax.tree.leaves(a.embedding[...]), jax.tree.leaves(b.embedding[...]), strict=True
+    ):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(CheckpointError, match="different config"):
         train_lm(_tiny(answer_weight=2.0), tmp_path / "a")
@@ -65,5 +67,6 @@ def test_language_command_rejects_bad_configs(capsys):
     assert "language takes one of" in diffjax_error(capsys, "run", "language",
                                                     "--config=language:tiny")  # fmt: skip
     err = diffjax_error(capsys, "run", "language", "--config=language:smoke",
-                        "--config.train.retrieval.pairs=30", "--workdir", "/tmp/unused")  # fmt: skip
+                        "--config.train.retrieval.pairs=30",
+                        "--workdir", "/tmp/unused")  # fmt: skip
     assert "pairs must be <= 26" in err

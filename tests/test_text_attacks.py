@@ -27,7 +27,9 @@ def _linear_model(key):
     return w, emb, forward
 
 
-@pytest.mark.parametrize(("norm", "scope"), [("linf", "token"), ("l2", "token"), ("l2", "sequence")])
+@pytest.mark.parametrize(
+    ("norm", "scope"), [("linf", "token"), ("l2", "token"), ("l2", "sequence")]
+)
 def test_embedding_pgd_reaches_the_minimal_perturbation_of_a_linear_model(norm, scope):
     w, emb, forward = _linear_model(jax.random.key(0))
     tokens = jnp.array([[0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, 1]])
@@ -94,10 +96,14 @@ def test_token_attacks_against_exhaustive_search(record_property):
     runs = {
         "hotflip1": (ta.hotflip(model, *args, ta.HotFlipConfig(budget=1, candidates=4)), 1),
         "hotflip2": (ta.hotflip(model, *args, ta.HotFlipConfig(budget=2, candidates=4)), 2),
-        "gcg1": (ta.gcg(model, *args, ta.GCGConfig(steps=1, top_k=4, search_width=64,
-                                                      targeted=False)), 1),  # fmt: skip
-        "gcg2": (ta.gcg(model, *args, ta.GCGConfig(steps=2, top_k=4, search_width=64,
-                                                      targeted=False)), 2),  # fmt: skip
+        "gcg1": (
+            ta.gcg(model, *args, ta.GCGConfig(steps=1, top_k=4, search_width=64, targeted=False)),
+            1,
+        ),  # fmt: skip
+        "gcg2": (
+            ta.gcg(model, *args, ta.GCGConfig(steps=2, top_k=4, search_width=64, targeted=False)),
+            2,
+        ),  # fmt: skip
     }
     for name, (r, budget) in runs.items():
         success = np.asarray(r.success)

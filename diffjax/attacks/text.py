@@ -190,7 +190,9 @@ def _check(model: TextModel, tokens, editable, answer_pos, labels, targets, targ
     answer_pos, labels = jnp.asarray(answer_pos), jnp.asarray(labels)
     v = model.embedding.shape[0]
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer) or tokens.shape[0] == 0:
-        raise ValueError(f"tokens must be non-empty integer ids [B, N], got {tokens.dtype} {tokens.shape}")
+        raise ValueError(
+            f"tokens must be non-empty integer ids [B, N], got {tokens.dtype} {tokens.shape}"
+        )
     b, n = tokens.shape
     if int(tokens.min()) < 0 or int(tokens.max()) >= v:
         raise ValueError(f"tokens must lie in [0, {v}), the model's vocabulary")
@@ -220,7 +222,13 @@ def _check(model: TextModel, tokens, editable, answer_pos, labels, targets, targ
         raise ValueError("targets given to an untargeted attack (set targeted=True)")
     else:
         targets = labels.astype(jnp.int32)
-    return tokens.astype(jnp.int32), editable, answer_pos.astype(jnp.int32), labels.astype(jnp.int32), targets
+    return (
+        tokens.astype(jnp.int32),
+        editable,
+        answer_pos.astype(jnp.int32),
+        labels.astype(jnp.int32),
+        targets,
+    )
 
 
 def _at(logits: Array, pos: Array) -> Array:
@@ -273,7 +281,11 @@ def _pgd(model, h0, mask, pos, labels, targets, keys, eps, config: EmbeddingPGDC
 
     if config.random_start:
         noise = jax.vmap(lambda k: jax.random.uniform(k, h0.shape[1:], h0.dtype, -1, 1))(keys)
-        start = eps * noise if config.norm == "linf" else 0.5 * eps * _direction(noise, mask, "l2", config.scope)
+        start = (
+            eps * noise
+            if config.norm == "linf"
+            else 0.5 * eps * _direction(noise, mask, "l2", config.scope)
+        )
         delta = _project(start, mask, eps, config.norm, config.scope)
     else:
         delta = jnp.zeros_like(h0)
@@ -331,7 +343,8 @@ def _keys(key, b: int, ids) -> Array:
 
 
 def embedding_pgd(model: TextModel, tokens, editable, answer_pos, labels, key,
-                  config: EmbeddingPGDConfig, *, targets=None, ids=None) -> TextAttackResult:  # fmt: skip
+                  config: EmbeddingPGDConfig, *, targets=None,
+                  ids=None) -> TextAttackResult:  # fmt: skip
     """PGD on the editable input embeddings (module docstring); example e draws its random
     start from ``fold_in(key, ids[e])``. Returns the re-checked :class:`TextAttackResult`."""
     tokens, editable, pos, labels, targets = _check(
@@ -384,7 +397,9 @@ def _evaluate(model, tokens, cand_pos, cand_tok, pos, labels, targets, targeted)
 def _choose(loss: Array, hit: Array) -> Array:
     """Index [B] of the candidate to take: the highest-loss one that succeeds if any does
     (the loss ranks candidates, but the highest loss need not be a flip), else the highest."""
-    return jnp.argmax(jnp.where(jnp.any(hit, 1, keepdims=True), jnp.where(hit, loss, -jnp.inf), loss), 1)
+    return jnp.argmax(
+        jnp.where(jnp.any(hit, 1, keepdims=True), jnp.where(hit, loss, -jnp.inf), loss), 1
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

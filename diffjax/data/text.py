@@ -49,7 +49,9 @@ def decode(tokens) -> str:
     U+FFFD."""
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= VOCAB_SIZE):
-        raise ValueError(f"byte tokens must lie in [0, {VOCAB_SIZE}), got {tokens.min()}..{tokens.max()}")
+        raise ValueError(
+            f"byte tokens must lie in [0, {VOCAB_SIZE}), got {tokens.min()}..{tokens.max()}"
+        )
     return bytes(tokens.astype(np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
@@ -147,7 +149,12 @@ def retrieval_batch(
     which = jax.random.randint(k_query, (batch,), 0, task.pairs)
     rows = jnp.arange(batch)
     query = jnp.stack(
-        [jnp.full((batch,), QUERY), keys[rows, which], jnp.full((batch,), ASSIGN), vals[rows, which]],
+        [
+            jnp.full((batch,), QUERY),
+            keys[rows, which],
+            jnp.full((batch,), ASSIGN),
+            vals[rows, which],
+        ],
         axis=1,
     ).astype(jnp.int32)
     return jnp.concatenate([records, query], axis=1), vals[rows, which], which.astype(jnp.int32)
