@@ -57,12 +57,14 @@ def attack_prompts(config, examples: int, seed: int):
 
 
 def _summary(result, labels, targets=None) -> dict:
+    """The accounting summary plus the mean substitutions over the fooled prompts (initially
+    correct and successfully attacked) and the count of unconfirmed claims."""
     s = ta.summarize_text(result, labels, targets).as_dict()
-    s["mean_changed"] = float(np.mean(np.asarray(result.changed)[np.asarray(result.success)])) \
-        if bool(np.any(result.success)) else None  # fmt: skip
-    s["claimed_not_rechecked"] = int(
-        np.sum(np.asarray(result.claimed) & ~np.asarray(result.success))
-    )
+    success = np.asarray(result.success)
+    fooled = success & (np.asarray(result.clean_logits).argmax(1) == np.asarray(labels))
+    changed = np.asarray(result.changed)[fooled]
+    s["mean_changed"] = float(changed.mean()) if changed.size else None
+    s["claimed_not_rechecked"] = int(np.sum(np.asarray(result.claimed) & ~success))
     return s
 
 
