@@ -394,6 +394,9 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
     (HotFlip, by budget) with Wilson intervals; negative alignment and σmax per layer."""
     fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.3))
     n = result["examples"]
+    models = result["models"]
+    correct = f"{models['diff_transformer']['attacks'][0]['clean_correct']} / " \
+              f"{models['transformer']['attacks'][0]['clean_correct']}"  # fmt: skip
     panels = (("pgd_l2_token", "ℓ2 per token (× row RMS)", True),
               ("pgd_linf", "ℓ∞ (× coordinate RMS)", True),
               ("hotflip", "bytes substituted (HotFlip)", False))  # fmt: skip
@@ -407,11 +410,14 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
             _asr_errorbar(ax, x, asr, lo, hi, name, log=log)
         if log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(list(x)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{v:g}" for v in x])
         else:
             _integer_axis(ax, [int(v) for v in x])
         ax.set_xlabel(xlabel)
         ax.set_ylim(-0.03, 1.03)
-        _note(ax, f"n = {n} prompts")
+        _note(ax, f"n = {n} prompts\n{correct} correct (DIFF / Tr.)")
     axes[0].set_ylabel("attack success rate")
     ax = axes[3]
     for name, m in result["models"].items():
@@ -427,7 +433,7 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
         sig = _nan([r["sigma_max_mean"] for r in m["layers"]])
         ax2.plot(_dodge(layers, name, 0.05), sig, **_style(name, ls=":", label=None, alpha=0.6))
     ax2.set_ylabel("σmax (dotted)")
-    axes[0].legend(loc="upper left")
+    axes[2].legend(loc="upper left")
     return _save(fig, path)
 
 FIGURES = {
