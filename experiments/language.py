@@ -130,7 +130,7 @@ def analyse_model(model, inputs, preset, seed: int) -> list[dict]:
 
 def run(config, ctx: Context) -> dict:
     t0 = time.perf_counter()
-    base = recipes.lm_train_config(config.train).replace(seed=config.seed)
+    base = recipes.lm_train_config(config.lm_train).replace(seed=config.seed)
     inputs, answers, editable = attack_prompts(base, config.examples, config.seed)
     models, rows = {}, []
     for attention, name in MODELS.items():

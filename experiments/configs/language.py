@@ -20,7 +20,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = "language"
     c.preset = arg
-    c.train = recipes.lm_training(arg)
+    c.lm_train = recipes.lm_training(arg)
     c.seed = 0
     c.examples = p(smoke=4, cpu=64, paper=512)
     c.pgd_eps = p(smoke=(0.5,), cpu=(0.25, 0.5, 1.0), paper=(0.125, 0.25, 0.5, 1.0))
