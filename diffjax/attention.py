@@ -11,6 +11,10 @@ with q/k sub-heads paired (2h, 2h+1) and value heads 2d wide. ``d = width / num_
 DIFF heads. Softmaxes, λ and the RMSNorm are computed in float32 (float64 when the input is float64)
 whatever the compute dtype.
 
+Language models add two options to both: a causal mask (:func:`causal_mask`; the modules'
+``causal=True``) and rotary position embeddings on queries and keys (``rotary_base``, see
+:func:`rotary`), applied per q/k sub-head of width d as the official Diff Transformer does.
+
 The pure functions :func:`softmax_attention` and :func:`diff_attention` take parameters as a plain
 mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate them with respect
 to the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
@@ -106,6 +110,45 @@ def _heads(x: Array, p: Mapping[str, Array], heads: int) -> Array:
     return y.reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
 
 
+def causal_mask(n: int) -> Array:
+    """[N, N] bool, True where query i may attend key j, i.e. j <= i."""
+    return jnp.tril(jnp.ones((n, n), bool))
+
+
+def rotary(x: Array, base: float, seq_axis: int) -> Array:
+    """Rotary position embedding, interleaved (GPT-J) pairs, positions 0..N-1.
+
+    Pair i of the last axis, (x[2i], x[2i+1]), at position p is rotated by the angle
+    p·base^(−2i/d): x'[2i] = x[2i]·cos − x[2i+1]·sin, x'[2i+1] = x[2i]·sin + x[2i+1]·cos.
+
+    Args:
+      x: [..., d] with the sequence on ``seq_axis`` (d even); queries or keys of one sub-head.
+      base: θ of the frequencies (10,000 in RoFormer and LLaMA).
+      seq_axis: the axis of the N positions.
+
+    Returns:
+      the rotated array, same shape and dtype (angles computed in at least float32).
+    """
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"rotary position embeddings need an even head dim, got {d}")
+    n = x.shape[seq_axis]
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    freqs = base ** (-jnp.arange(0, d, 2, dtype=dtype) / d)
+    angles = jnp.arange(n, dtype=dtype)[:, None] * freqs  # [N, d/2]
+    shape = [1] * x.ndim
+    shape[seq_axis], shape[-1] = n, d // 2
+    cos, sin = jnp.cos(angles).reshape(shape), jnp.sin(angles).reshape(shape)
+    pairs = x.astype(dtype).reshape(*x.shape[:-1], d // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    out = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def _rotate(t: Array, base: float | None, seq_axis: int) -> Array:
+    return t if base is None else rotary(t, base, seq_axis)
+
+
 def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
     width = params["q"]["kernel"].shape[0]
     if x.ndim != 3 or x.shape[-1] != width:
@@ -159,6 +202,7 @@ def softmax_attention(
     mask: Array | None = None,
     return_maps: bool = False,
     impl: str = "reference",
+    rotary_base: float | None = None,
 ):
     """Multi-head softmax self-attention.
 
@@ -170,6 +214,7 @@ def softmax_attention(
       return_maps: also return the :class:`AttentionMaps` (a1 = [B, H, N, N]); always through
         the reference path.
       impl: ``"reference"`` or ``"fused"`` (module docstring).
+      rotary_base: rotate queries and keys (:func:`rotary`, base θ); ``None``: no rotation.
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
@@ -180,9 +225,11 @@ def softmax_attention(
     d = width // num_heads
     if impl == "fused" and not return_maps:
         q, k, v = (_tokens_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+        q, k = (_rotate(t, rotary_base, 1) for t in (q, k))
         o = fused_attention(q, k, v, d**-0.5, mask)
         return _dense(o.reshape(b, n, width), params["out"])
     q, k, v = (_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+    q, k = (_rotate(t, rotary_base, 2) for t in (q, k))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     a = _softmax_wide(logits, mask)
     o = jnp.einsum("bhqk,bhkd->bhqd", a.astype(v.dtype), v)
@@ -209,10 +256,16 @@ def _sub_layer_norm(o: Array, params: Mapping[str, Any], lambda_init: float) -> 
 
 
 def _fused_diff_heads(
-    params: Mapping[str, Any], x: Array, h: int, d: int, lambda_init: float, mask: Array | None
+    params: Mapping[str, Any],
+    x: Array,
+    h: int,
+    d: int,
+    lambda_init: float,
+    mask: Array | None,
+    rotary_base: float | None,
 ) -> Array:
     """DA's per-head output before the out projection, by two fused calls: [B, N, h, 2d]."""
-    q, k = (_tokens_heads(x, params[name], 2 * h) for name in ("q", "k"))
+    q, k = (_rotate(_tokens_heads(x, params[n], 2 * h), rotary_base, 1) for n in ("q", "k"))
     v = _tokens_heads(x, params["v"], h)
     b, n = x.shape[:2]
     # Sub-heads (2h, 2h+1) are the two branches; zero-padding q and k to the value width 2d
@@ -234,6 +287,7 @@ def diff_attention(
     mask: Array | None = None,
     return_maps: bool = False,
     impl: str = "reference",
+    rotary_base: float | None = None,
 ):
     """Differential Attention.
 
@@ -248,6 +302,7 @@ def diff_attention(
       return_maps: also return :class:`AttentionMaps` (a1, a2 = [B, H, N, N], lam = []); always
         through the reference path.
       impl: ``"reference"`` or ``"fused"`` (module docstring).
+      rotary_base: rotate each q/k sub-head (:func:`rotary`, base θ); ``None``: no rotation.
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
@@ -259,9 +314,9 @@ def diff_attention(
         raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
     h, d = num_heads // 2, width // num_heads
     if impl == "fused" and not return_maps:
-        o = _fused_diff_heads(params, x, h, d, lambda_init, mask)
+        o = _fused_diff_heads(params, x, h, d, lambda_init, mask, rotary_base)
         return _dense(o.astype(x.dtype).reshape(b, n, width), params["out"])
-    q, k = (_heads(x, params[name], 2 * h) for name in ("q", "k"))
+    q, k = (_rotate(_heads(x, params[name], 2 * h), rotary_base, 2) for name in ("q", "k"))
     v = _heads(x, params["v"], h)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     p = _softmax_wide(logits, mask).reshape(b, h, 2, n, n)  # sub-heads (2h, 2h+1) pair up
@@ -289,11 +344,29 @@ def _linear_params(layer: nnx.Linear) -> dict[str, Array | None]:
     return {"kernel": layer.kernel[...], "bias": None if layer.bias is None else layer.bias[...]}
 
 
+def _check_position_options(causal: Any, rotary_base: Any) -> None:
+    if not isinstance(causal, bool):
+        raise ValueError(f"causal must be True or False, got {causal!r}")
+    if rotary_base is not None and not (
+        isinstance(rotary_base, int | float)
+        and not isinstance(rotary_base, bool)
+        and 1 < rotary_base < math.inf
+    ):
+        raise ValueError(f"rotary_base must be None or a finite number > 1, got {rotary_base!r}")
+
+
+def _with_causal(mask: Array | None, n: int, causal: bool) -> Array | None:
+    if not causal:
+        return mask
+    return causal_mask(n) if mask is None else mask & causal_mask(n)
+
+
 class SoftmaxAttention(nnx.Module):
     """Multi-head softmax self-attention (q/k/v/out D→D projections) over [B, N, D].
 
     ``impl`` (``"reference"`` or ``"fused"``) picks the implementation of the forward pass; the
-    maps (``return_maps=True``) always come from the reference path.
+    maps (``return_maps=True``) always come from the reference path. ``causal`` adds the causal
+    mask to any mask passed in; ``rotary_base`` rotates queries and keys (:func:`rotary`).
     """
 
     def __init__(
@@ -303,13 +376,18 @@ class SoftmaxAttention(nnx.Module):
         *,
         use_bias: bool = True,
         impl: str = "reference",
+        causal: bool = False,
+        rotary_base: float | None = None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         _check_impl(impl)
+        _check_position_options(causal, rotary_base)
         self.num_heads = num_heads
         self.impl = impl
+        self.causal = causal
+        self.rotary_base = rotary_base
         self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
 
     def params(self) -> dict[str, Any]:
@@ -317,15 +395,18 @@ class SoftmaxAttention(nnx.Module):
         return {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
-        return softmax_attention(self.params(), x, self.num_heads, mask, return_maps, self.impl)
+        mask = _with_causal(mask, x.shape[-2], self.causal)
+        return softmax_attention(
+            self.params(), x, self.num_heads, mask, return_maps, self.impl, self.rotary_base
+        )
 
 
 class DiffAttention(nnx.Module):
     """Differential Attention over [B, N, D], parameter-matched to ``SoftmaxAttention(D, H_base)``.
 
     Holds the four D→D projections, the λ vectors λq1, λk1, λq2, λk2 ([d], N(0, 0.1²)) and the
-    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module. ``impl`` as
-    for :class:`SoftmaxAttention`.
+    shared RMSNorm scale ([2d], ones): 6d parameters more than the softmax module. ``impl``,
+    ``causal`` and ``rotary_base`` as for :class:`SoftmaxAttention`.
     """
 
     def __init__(
@@ -336,6 +417,8 @@ class DiffAttention(nnx.Module):
         *,
         use_bias: bool = True,
         impl: str = "reference",
+        causal: bool = False,
+        rotary_base: float | None = None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
@@ -343,9 +426,12 @@ class DiffAttention(nnx.Module):
         if num_heads % 2:
             raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
         _check_impl(impl)
+        _check_position_options(causal, rotary_base)
         d = width // num_heads
         self.num_heads = num_heads
         self.impl = impl
+        self.causal = causal
+        self.rotary_base = rotary_base
         self.lambda_init = float(lambda_init)
         self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
         lam_init = nnx.initializers.normal(stddev=LAMBDA_STD)
@@ -365,6 +451,14 @@ class DiffAttention(nnx.Module):
         return diff_lambda(self.params(), self.lambda_init)
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
+        mask = _with_causal(mask, x.shape[-2], self.causal)
         return diff_attention(
-            self.params(), x, self.num_heads, self.lambda_init, mask, return_maps, self.impl
+            self.params(),
+            x,
+            self.num_heads,
+            self.lambda_init,
+            mask,
+            return_maps,
+            self.impl,
+            self.rotary_base,
         )

@@ -47,8 +47,11 @@ SERIES = {
     "clip": dict(color="#1f5fa8", marker="o", ls="-", label="CLIP"),
     "diffvit": dict(color="#c0392b", marker="s", ls="--", label="DiffViT"),
     "diffclip": dict(color="#c0392b", marker="s", ls="--", label="DiffCLIP"),
+    "transformer": dict(color="#1f5fa8", marker="o", ls="-", label="Transformer LM"),
+    "diff_transformer": dict(color="#c0392b", marker="s", ls="--", label="DIFF LM"),
 }
-DODGE = {"vit": -1, "clip": -1, "diffvit": 1, "diffclip": 1}
+DODGE = {"vit": -1, "clip": -1, "diffvit": 1, "diffclip": 1, "transformer": -1,
+         "diff_transformer": 1}
 
 
 def _style(name: str, **changes) -> dict:
@@ -385,6 +388,54 @@ def lambda_training(result: dict, path: pathlib.Path) -> list[str]:
     return _save(fig, path)
 
 
+
+def language(result: dict, path: pathlib.Path) -> list[str]:
+    """DA LM vs standard LM: ASR under embedding PGD (ℓ2 per token, ℓ∞) and token substitution
+    (HotFlip, by budget) with Wilson intervals; negative alignment and σmax per layer."""
+    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.3))
+    n = result["examples"]
+    models = result["models"]
+    correct = f"{models['diff_transformer']['attacks'][0]['clean_correct']} / " \
+              f"{models['transformer']['attacks'][0]['clean_correct']}"  # fmt: skip
+    panels = (("pgd_l2_token", "ℓ2 per token (× row RMS)", True),
+              ("pgd_linf", "ℓ∞ (× coordinate RMS)", True),
+              ("hotflip", "bytes substituted (HotFlip)", False))  # fmt: skip
+    for ax, (attack, xlabel, log) in zip(axes, panels, strict=False):
+        for name, m in result["models"].items():
+            rs = [a for a in m["attacks"] if a["attack"] == attack]
+            x = np.array([a["budget"] for a in rs])
+            asr = _nan([a["asr"] for a in rs])
+            lo = _nan([a["asr_ci"][0] if a["asr_ci"] else None for a in rs])
+            hi = _nan([a["asr_ci"][1] if a["asr_ci"] else None for a in rs])
+            _asr_errorbar(ax, x, asr, lo, hi, name, log=log)
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(list(x)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{v:g}" for v in x])
+        else:
+            _integer_axis(ax, [int(v) for v in x])
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-0.03, 1.03)
+        _note(ax, f"n = {n} prompts\n{correct} correct (DIFF / Tr.)")
+    axes[0].set_ylabel("attack success rate")
+    ax = axes[3]
+    for name, m in result["models"].items():
+        layers = np.array([r["layer"] for r in m["layers"]])
+        neg = _nan([r["negative_alignment"] for r in m["layers"]])
+        ax.plot(_dodge(layers, name, 0.05), neg, **_style(name))
+    _integer_axis(ax, [int(v) for v in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("negative alignment")
+    ax.set_ylim(-0.03, 1.03)
+    ax2 = ax.twinx()
+    for name, m in result["models"].items():
+        sig = _nan([r["sigma_max_mean"] for r in m["layers"]])
+        ax2.plot(_dodge(layers, name, 0.05), sig, **_style(name, ls=":", label=None, alpha=0.6))
+    ax2.set_ylabel("σmax (dotted)")
+    axes[2].legend(loc="upper left")
+    return _save(fig, path)
+
 FIGURES = {
     "clip_compare": clip_compare,
     "main": vit_compare,
@@ -394,6 +445,7 @@ FIGURES = {
     "lipschitz": lipschitz,
     "depth": depth,
     "lambda_training": lambda_training,
+    "language": language,
 }
 
 

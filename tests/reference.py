@@ -13,6 +13,23 @@ def np_softmax(s):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def rotary(x, base):
+    """Interleaved rotary embedding of x [B, N, d] at positions 0..N-1, pair by pair."""
+    out = np.array(x, np.float64)
+    d = x.shape[-1]
+    for pos in range(x.shape[1]):
+        for i in range(d // 2):
+            angle = pos / base ** (2 * i / d)
+            c, s = np.cos(angle), np.sin(angle)
+            a, b = x[:, pos, 2 * i], x[:, pos, 2 * i + 1]
+            out[:, pos, 2 * i], out[:, pos, 2 * i + 1] = a * c - b * s, a * s + b * c
+    return out
+
+
+def _rot(x, base):
+    return x if base is None else rotary(x, base)
+
+
 def _dense(x, p):
     y = x @ np.asarray(p["kernel"], np.float64)
     if p.get("bias") is not None:
@@ -20,8 +37,8 @@ def _dense(x, p):
     return y
 
 
-def softmax_attention(params, x, num_heads, mask=None):
-    """x [B, N, D] → (out [B, N, D], maps [B, H, N, N])."""
+def softmax_attention(params, x, num_heads, mask=None, rotary_base=None):
+    """x [B, N, D] → (out [B, N, D], maps [B, H, N, N]); RoPE per head if ``rotary_base``."""
     x = np.asarray(x, np.float64)
     b, n, width = x.shape
     d = width // num_heads
@@ -29,7 +46,8 @@ def softmax_attention(params, x, num_heads, mask=None):
     heads, maps = [], []
     for h in range(num_heads):
         sl = slice(h * d, (h + 1) * d)
-        s = q[..., sl] @ k[..., sl].transpose(0, 2, 1) / np.sqrt(d)
+        qh, kh = _rot(q[..., sl], rotary_base), _rot(k[..., sl], rotary_base)
+        s = qh @ kh.transpose(0, 2, 1) / np.sqrt(d)
         if mask is not None:
             s = np.where(mask, s, -np.inf)
         a = np_softmax(s)
@@ -38,8 +56,8 @@ def softmax_attention(params, x, num_heads, mask=None):
     return _dense(np.concatenate(heads, axis=-1), params["out"]), np.stack(maps, axis=1)
 
 
-def diff_attention(params, x, num_heads, lambda_init, mask=None, eps=1e-5):
-    """x [B, N, D] → (out [B, N, D], a1 [B, H, N, N], a2 [B, H, N, N], λ)."""
+def diff_attention(params, x, num_heads, lambda_init, mask=None, eps=1e-5, rotary_base=None):
+    """x [B, N, D] → (out [B, N, D], a1 [B, H, N, N], a2 [B, H, N, N], λ); RoPE per sub-head."""
     x = np.asarray(x, np.float64)
     b, n, width = x.shape
     d = width // num_heads
@@ -58,7 +76,8 @@ def diff_attention(params, x, num_heads, lambda_init, mask=None, eps=1e-5):
         val = v[..., 2 * h * d : 2 * h * d + 2 * d]  # value head 2d wide
         maps = []
         for sl in (b1, b2):
-            s = q[..., sl] @ k[..., sl].transpose(0, 2, 1) / np.sqrt(d)
+            qh, kh = _rot(q[..., sl], rotary_base), _rot(k[..., sl], rotary_base)
+            s = qh @ kh.transpose(0, 2, 1) / np.sqrt(d)
             if mask is not None:
                 s = np.where(mask, s, -np.inf)
             maps.append(np_softmax(s))
@@ -106,3 +125,33 @@ def vit_logits(params, config, images):
         m = 0.5 * m * (1 + erf(m / np.sqrt(2)))
         h = h + _dense(m, blk["fc2"])
     return _dense(_layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0], params["head"])
+
+
+def _rms_norm(x, scale, eps):
+    return x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + eps) * np.asarray(scale, np.float64)
+
+
+def lm_logits(params, config, tokens):
+    """Float64 decoder-only (Diff) Transformer forward: tokens [B, N] → logits [B, N, V].
+
+    Pre-RMSNorm blocks, causal attention with RoPE, SwiGLU FFN (no biases), final RMSNorm,
+    untied output head, from ``nnx.state(model, nnx.Param)`` as plain dicts.
+    """
+    c = config
+    n = tokens.shape[1]
+    mask = np.tril(np.ones((n, n), bool))
+    h = np.asarray(params["embedding"], np.float64)[np.asarray(tokens)]
+    for layer in range(c.depth):
+        blk = params["blocks"][layer]
+        a_in = _rms_norm(h, blk["norm1"]["scale"], c.rms_eps)
+        if c.attention == "diff":
+            lam_init = c.layer_lambda_init(layer)
+            a, *_ = diff_attention(blk["attn"], a_in, c.num_heads, lam_init, mask,
+                                   rotary_base=c.rotary_base)  # fmt: skip
+        else:
+            a, _ = softmax_attention(blk["attn"], a_in, c.num_heads, mask, c.rotary_base)
+        h = h + a
+        f_in = _rms_norm(h, blk["norm2"]["scale"], c.rms_eps)
+        gate = _dense(f_in, blk["gate"])
+        h = h + _dense(gate / (1 + np.exp(-gate)) * _dense(f_in, blk["up"]), blk["down"])
+    return _dense(_rms_norm(h, params["norm"]["scale"], c.rms_eps), params["head"])

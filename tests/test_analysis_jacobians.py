@@ -57,7 +57,9 @@ def test_jacobians_match_central_differences(diffvit, images, wrt):
             j = np.asarray(j[b]).reshape(fd.shape[1:])
             scale = np.abs(fd[i]).max()
             assert scale > 1e-4  # the maps do depend on the input
-            np.testing.assert_allclose(j, fd[i], atol=1e-8 * scale, rtol=0)
+            # through one more block from h_0, the differences' O(step²) error is larger
+            tol = 3e-8 if wrt == "embeddings" else 1e-8
+            np.testing.assert_allclose(j, fd[i], atol=tol * scale, rtol=0)
 
 
 def test_forward_and_reverse_jacobians_agree(diffvit, images):

@@ -13,6 +13,10 @@ jitted, vmapped and differentiated with the model as an argument) and one unbatc
 
 * ``"image"``: the input image (pixel space, [H, W, C]); the maps go through the patch embedding and
   all earlier blocks.
+* ``"embeddings"``: the first block's input h_0 ([N, D]: a ViT's embedded patches with CLS and
+  positions, a language model's input embeddings E[tokens]); the maps go through all earlier
+  blocks. For language models (:class:`diffjax.lm.LM`, whose tokens are not differentiable) this
+  is the input space of the analysis.
 * ``"block_input"``: the layer's block input h_l ([N, D], before LN1).
 * ``"attention_input"``: what the attention module sees, u_l = LN1(h_l) ([N, D]).
 """
@@ -28,8 +32,8 @@ from diffjax.attention import AttentionMaps
 from diffjax.vit import ViT
 
 Array = jax.Array
-Wrt = Literal["image", "block_input", "attention_input"]
-WRT: tuple[str, ...] = ("image", "block_input", "attention_input")
+Wrt = Literal["image", "embeddings", "block_input", "attention_input"]
+WRT: tuple[str, ...] = ("image", "embeddings", "block_input", "attention_input")
 
 
 def with_dtype(model: ViT, dtype: str) -> ViT:
@@ -49,7 +53,7 @@ def with_dtype(model: ViT, dtype: str) -> ViT:
     exact = {"attention_impl": "reference"} if dtype == "float64" else {}
     config = model.config.replace(dtype=dtype, **exact)
     # eval_shape builds the module without initialising weights that are overwritten at once.
-    other = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
+    other = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
     nnx.update(other, nnx.state(model))
     return other
 
@@ -71,14 +75,17 @@ def layer_input(model: ViT, images: Array, layer: int, wrt: Wrt) -> Array:
       images: [B, H, W, C] float in [0, 1].
 
     Returns:
-      ``images`` itself for ``"image"``, h_l [B, N, D] for ``"block_input"``, LN1(h_l) [B, N, D]
-      for ``"attention_input"``.
+      ``images`` itself for ``"image"``, h_0 [B, N, D] for ``"embeddings"``, h_l [B, N, D] for
+      ``"block_input"``, LN1(h_l) [B, N, D] for ``"attention_input"``. (A language model takes
+      token ids [B, N] for ``images``.)
     """
     _check_layer(model, layer)
     _check_wrt(wrt)
     if wrt == "image":
         return images
     h = model.embed(images)
+    if wrt == "embeddings":
+        return h
     for blk in model.blocks[:layer]:
         h = blk(h)
     return h if wrt == "block_input" else model.blocks[layer].attention_input(h)
@@ -98,6 +105,8 @@ def attention_maps(model: ViT, z: Array, layer: int, wrt: Wrt) -> AttentionMaps:
     blk = model.blocks[layer]
     if wrt == "image":
         u = layer_input(model, z[None], layer, "attention_input")
+    elif wrt == "embeddings":
+        u = blk.attention_input(stack(model, z, layer)[None])
     elif wrt == "block_input":
         u = blk.attention_input(z[None])
     else:

@@ -161,3 +161,58 @@ def by_preset(preset: str, **values):
     if preset == "gpu" and "gpu" not in values:
         return values["paper"]
     return values[preset]
+
+
+# Language models (docs/language.md): the DA LM and its parameter-matched standard LM share one
+# recipe; ``attention`` is set per model by the experiment. Steps are sized from a measured
+# ~10 steps/s of the cpu shape on the loaded 2-core CPU (both models in about 6 minutes).
+LM_RECIPES: dict[str, dict] = {
+    "smoke": dict(
+        model=dict(width=16, depth=1, num_heads=2, max_len=64),
+        seq_len=32, retrieval=dict(pairs=2, filler=4), steps=6, batch_size=8,
+        warmup_steps=2, eval_every_steps=6, eval_windows=16, eval_retrieval=16,
+        log_every_steps=3,
+    ),
+    "cpu": dict(
+        model=dict(width=64, depth=2, num_heads=4, max_len=128),
+        seq_len=64, retrieval=dict(pairs=4, filler=8), answer_weight=10.0, steps=1500,
+        batch_size=32, learning_rate=3e-3, warmup_steps=50, eval_every_steps=500,
+        log_every_steps=50,
+    ),
+    # A GPU: 8 DIFF heads (the paper's minimum) against 16 heads, a 4-layer D = 512 model.
+    "paper": dict(
+        model=dict(width=512, depth=4, num_heads=16, max_len=512),
+        seq_len=256, retrieval=dict(pairs=8, filler=48), answer_weight=1.0, steps=20000,
+        batch_size=64, learning_rate=1e-3, warmup_steps=375, eval_every_steps=2000,
+        eval_windows=1024, eval_retrieval=1024, log_every_steps=200,
+    ),
+}
+
+
+def lm_training(preset: str) -> ml_collections.ConfigDict:
+    """The language-model recipe ``preset`` (``smoke``, ``cpu``, ``paper``; ``gpu`` = paper)
+    as a ConfigDict of every :class:`~diffjax.lm_train.LMTrainConfig` field."""
+    from diffjax.data.text import RetrievalTask
+    from diffjax.lm import LMConfig
+    from diffjax.lm_train import LMTrainConfig
+
+    preset = "paper" if preset == "gpu" else preset
+    if preset not in LM_RECIPES:
+        raise ValueError(f"unknown LM recipe {preset!r}; choose from {sorted(LM_RECIPES)}")
+    r = dict(LM_RECIPES[preset])
+    model, retrieval = LMConfig(**r.pop("model")), RetrievalTask(**r.pop("retrieval"))
+    return configs.as_config_dict(LMTrainConfig(model=model, retrieval=retrieval, **r))
+
+
+def lm_train_config(cd: ml_collections.ConfigDict):
+    """The validated :class:`~diffjax.lm_train.LMTrainConfig` of an ``lm_training`` ConfigDict."""
+    from diffjax.lm_train import LMTrainConfig
+
+    d = cd.to_dict()
+    li = d["model"]["lambda_init"]
+    if li != "schedule":
+        try:
+            d["model"]["lambda_init"] = float(li)
+        except ValueError as e:
+            raise ValueError(f"lambda_init must be 'schedule' or a number, got {li!r}") from e
+    return LMTrainConfig.from_dict(d)
