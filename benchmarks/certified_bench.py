@@ -51,7 +51,9 @@ def bench(image_size: int, width: int, heads: int, attention: str, args) -> list
     for norm in args.norms:
         for r in args.radii:
             bounds, t_bounds = _timed(
-                lambda c, rr: C.jacobian_bounds(program, C.Ball(c, rr, norm), chunk=args.chunk),
+                lambda c, rr, norm=norm: C.jacobian_bounds(
+                    program, C.Ball(c, rr, norm), chunk=args.chunk
+                ),
                 u0,
                 jnp.asarray(r),
             )
@@ -59,7 +61,7 @@ def bench(image_size: int, width: int, heads: int, attention: str, args) -> list
             lhat = float(C.lipschitz_upper(bounds.jacobian))
             t_svd = time.perf_counter() - t0
             pgd = jax.jit(
-                lambda c, rr: C.max_sigma_pgd(
+                lambda c, rr, norm=norm: C.max_sigma_pgd(
                     f, c, rr, norm, steps=args.steps, key=jax.random.key(3)
                 )[0]
             )(u0, jnp.asarray(r))

@@ -1,4 +1,4 @@
-"""Randomized smoothing against the closed form of a linear classifier (Cohen et al. 2019, App. B)."""
+"""Randomized smoothing against a linear classifier's closed form (Cohen et al. 2019, App. B)."""
 
 import jax
 import jax.numpy as jnp
