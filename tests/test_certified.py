@@ -77,9 +77,7 @@ def _check_contains(f, bounds, pts):
     return worst, lhat
 
 
-@pytest.mark.parametrize(
-    ("attention", "norm"), [("softmax", "l2"), ("diff", "l2"), ("diff", "linf")]
-)
+@pytest.mark.parametrize(("attention", "norm"), [("softmax", "l2"), ("diff", "linf")])
 def test_attention_bound_holds_on_sampled_boundary_and_adversarial_points(attention, norm):
     model = tiny(attention)
     u0 = an.layer_input(model, _image()[None], 1, "attention_input")[0]
@@ -173,7 +171,7 @@ def _attack(attention, images, labels, eps):
 @pytest.mark.parametrize("attention", ["softmax", "diff"])
 def test_certified_radius_is_never_beaten_by_pgd(attention):
     model = _smooth_model(attention)
-    images = jax.random.uniform(jax.random.key(7), (4, 8, 8, 3), jnp.float64)
+    images = jax.random.uniform(jax.random.key(7), (3, 8, 8, 3), jnp.float64)
     labels = jnp.argmax(model(images), -1)
     radii = np.geomspace(1e-5, 1.0, 6)
     certify = jax.jit(lambda x, y: C.certified_radius(model, x, y, "l2", radii=radii))
@@ -194,7 +192,7 @@ def test_certified_radius_is_never_beaten_by_pgd(attention):
     assert np.all(dist <= r)
     assert not np.any(flip)
     # The same attack is not toothless: with a large budget it flips predictions.
-    flip_far, _ = flipped(_attack(attention, images, labels, np.full(4, 8.0)))
+    flip_far, _ = flipped(_attack(attention, images, labels, np.full(3, 8.0)))
     assert np.any(flip_far)
 
 
