@@ -4,6 +4,7 @@ constants (exact local, spectra, empirical) and depth/noise cancellation.
 See the README, section "Exact sensitivity analysis", for definitions and decisions.
 """
 
+from diffjax.analysis import certified, smoothing
 from diffjax.analysis.alignment import (
     Alignment,
     alignment,
@@ -80,6 +81,8 @@ __all__ = [
     "branch_outputs",
     "branch_vjp",
     "cancellation",
+    "certified",
+    "smoothing",
     "check_theory",
     "depth_profile",
     "exact_local_lipschitz",
