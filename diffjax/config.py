@@ -64,6 +64,15 @@ def check_bool(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_lambda_init(value) -> None:
+    """λ_init is ``"schedule"`` (the depth schedule) or a finite number in [0, 1)."""
+    if isinstance(value, str):
+        if value != "schedule":
+            raise ValueError(f"lambda_init must be 'schedule' or a float, got {value!r}")
+    else:
+        check_number("lambda_init", value, 0, 1, high_open=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
     """A ViT / DiffViT classifier.
@@ -165,13 +174,7 @@ class ViTConfig:
             ]
             if bad:
                 raise ValueError(f"diff_layers {bad} outside 0..{self.depth - 1}")
-        if isinstance(self.lambda_init, str):
-            if self.lambda_init != "schedule":
-                raise ValueError(
-                    f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}"
-                )
-        else:
-            check_number("lambda_init", self.lambda_init, 0, 1, high_open=True)
+        check_lambda_init(self.lambda_init)
         check_number("mlp_ratio", self.mlp_ratio, 0, low_open=True)
         check_bool("qkv_bias", self.qkv_bias)
         check_number("layer_norm_eps", self.layer_norm_eps, 0, low_open=True)

@@ -34,7 +34,7 @@ from diffjax.attention import (
     SoftmaxAttention,
     lambda_init_schedule,
 )
-from diffjax.config import check_int, check_number
+from diffjax.config import check_int, check_lambda_init, check_number
 from diffjax.vit import Intermediates, run_blocks
 
 Array = jax.Array
@@ -92,13 +92,7 @@ class LMConfig:
         if self.ffn_hidden is not None:
             check_int("ffn_hidden", self.ffn_hidden, 1)
         check_number("rotary_base", self.rotary_base, 1, low_open=True)
-        if isinstance(self.lambda_init, str):
-            if self.lambda_init != "schedule":
-                raise ValueError(
-                    f"lambda_init must be 'schedule' or a float, got {self.lambda_init!r}"
-                )
-        else:
-            check_number("lambda_init", self.lambda_init, 0, 1, high_open=True)
+        check_lambda_init(self.lambda_init)
         check_number("rms_eps", self.rms_eps, 0, low_open=True)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
