@@ -3,8 +3,9 @@
     tok = Tokenizer()
     ids = tok(["a photo of a cat.", "a dog"])    # [2, 77] int32: SOT, BPE ids, EOT, zero padding
 
-Text is cleaned as the reference does (``ftfy.fix_text``, a dependency: no stand-in gives the
-same ids; HTML entities unescaped twice; whitespace runs collapsed), lower-cased, split into
+Text is cleaned as the reference does (``ftfy.fix_text``; without ftfy, diffjax's own rewrite of
+its default steps, :mod:`diffjax.clip.textfix`, which gives the same ids except on rare mojibake;
+HTML entities unescaped twice; whitespace runs collapsed), lower-cased, split into
 words with the OpenAI rule (special tokens, English contractions, letter runs, single digits,
 runs of other symbols), and each word's UTF-8 bytes are merged with the 48,894 BPE merges of
 ``bpe_simple_vocab_16e6.txt.gz``.
@@ -21,9 +22,12 @@ import importlib.resources
 import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
+from diffjax.clip import textfix
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -36,7 +40,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _END_OF_WORD = "</w>"
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
-try:  # a dependency of diffjax; a broken install is reported when text is first cleaned
+try:  # a dependency of diffjax, but a --no-deps install may lack it: then textfix stands in
     import ftfy
 except ImportError:  # pragma: no cover - depends on the environment
     ftfy = None
@@ -75,27 +79,34 @@ def _base_vocabulary() -> list[str]:
     return [symbols[b] for b in visible + hidden]
 
 
-def clean_text(text: str) -> str:
-    """The reference clean-up: ``ftfy.fix_text``, HTML-unescape twice, collapse whitespace,
-    strip, lower-case.
+def fix_text(text: str) -> str:
+    """``ftfy.fix_text(text)``; without ftfy, :func:`diffjax.clip.textfix.fix_text` (with a
+    warning: the two differ on some mojibake, docs/clip.md lists where)."""
+    if ftfy is not None:
+        return ftfy.fix_text(text)
+    warnings.warn(
+        "ftfy is not installed: the CLIP tokenizer cleans text with diffjax.clip.textfix, which "
+        "gives the reference ids except on some mojibake (pip install 'ftfy>=6.1' for all)",
+        stacklevel=3,
+    )
+    return textfix.fix_text(text)
 
-    Raises:
-      ImportError: ftfy is missing. Without it (curly quotes, ligatures, full-width forms,
-        titlecase digraphs, mojibake, control characters, byte-order marks …) the ids would
-        differ from the reference's, so there is no fallback.
-    """
-    if ftfy is None:
-        raise ImportError(
-            "the CLIP tokenizer needs ftfy (a diffjax dependency: pip install 'ftfy>=6.1'); "
-            "without ftfy.fix_text its ids would differ from the reference tokenizer's"
-        )
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+def clean_text(text: str) -> str:
+    """The reference clean-up: :func:`fix_text`, HTML-unescape twice, collapse whitespace,
+    strip, lower-case."""
+    text = html.unescape(html.unescape(fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def _kind(ch: str) -> str:
-    """'L' letter, 'N' number, 'S' whitespace, 'O' anything else (Unicode general categories)."""
-    if ch.isspace():
+    """'L' letter, 'N' number, 'S' whitespace, 'O' anything else (Unicode general categories).
+
+    U+0345 COMBINING GREEK YPOGEGRAMMENI counts as whitespace: the reference compiles its pattern
+    case-insensitively, so the negated class excludes it (it case-folds to the letter ι) while
+    ``\\p{L}`` does not match it; no alternative matches and the reference drops it.
+    """
+    if ch.isspace() or ch == "\u0345":
         return "S"
     cat = unicodedata.category(ch)[0]
     return cat if cat in "LN" else "O"
