@@ -7,6 +7,11 @@ Lipschitz constants (exact, empirical) and depth/noise cancellation.
 Writes WORKDIR/settings.json, one WORKDIR/examples/NNNNNN.json per example (atomically, so an
 interrupted run resumes where it stopped with the same settings) and WORKDIR/summary.json,
 recomputed from all example files. Definitions: docs/analysis.md.
+
+The checkpoint is a ViT model directory (diffjax's own, ``diffjax import-vit``) or a converted
+CLIP / DiffCLIP (``diffjax convert-clip``): then the image tower is analysed through the
+zero-shot head of one prompt per class of the dataset (``prompt``; logits are cosine
+similarities), heads paired as for any softmax model (docs/import.md).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from diffjax import analysis as an
-from diffjax.checkpoint import load_model, write_json_atomic
+from diffjax.checkpoint import CheckpointError, load_model, write_json_atomic
+from diffjax.clip import CLIP, load_clip, read_clip_config
+from diffjax.clip.attack import prompt_classifier
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
 
@@ -99,18 +106,41 @@ def _validate(args: argparse.Namespace) -> list[str]:
     return skip
 
 
-def _check_base(model, base) -> None:
-    c, b = model.config, base.config
+def _check_base(c, b) -> None:
+    """``c``, ``b``: the ViT configs of the model and its base (a CLIP's image tower)."""
     if b.attention != "softmax":
-        raise ValueError("base_checkpoint must be a standard-attention (softmax) ViT")
+        raise ValueError("base_checkpoint must be a standard-attention (softmax) model")
     if c.attention != "diff":
-        raise ValueError("base_checkpoint is for a DiffViT checkpoint")
+        raise ValueError("base_checkpoint is for a Differential Attention checkpoint")
     for f in ("image_size", "patch_size", "channels", "depth", "num_heads"):
         if getattr(c, f) != getattr(b, f):
             raise ValueError(
                 f"model and base differ in {f}: {getattr(c, f)} vs {getattr(b, f)}; γ needs the "
                 "same token layout, depth and head pairing"
             )
+
+
+def _load(directory: str):
+    """A ViT model directory's model, or a converted CLIP directory's :class:`CLIP`."""
+    try:
+        read_clip_config(directory)
+    except CheckpointError:
+        return load_model(directory)
+    return load_clip(directory)
+
+
+def _vit_config(model):
+    """The analysed ViT's config: the model's, or a CLIP's image tower's."""
+    return model.config.vision_config() if isinstance(model, CLIP) else model.config
+
+
+def _analysed(model, precision: str, class_names, prompt: str):
+    """``model`` computing in ``precision``; a CLIP as its image tower through the zero-shot
+    head of one prompt per class (cosine similarities: the ViT interface)."""
+    model = an.with_dtype(model, precision)
+    if isinstance(model, CLIP):
+        model = prompt_classifier(model, class_names, prompt)
+    return model
 
 
 def _analyse_fn(model, base, skip, opts):
@@ -412,11 +442,14 @@ def _place(model, mesh):
 def _run(args: argparse.Namespace) -> dict:
     """Analyse, write the example files and the summary; return the summary."""
     skip = _validate(args)
-    model = load_model(args.checkpoint)
-    base = None if args.base_checkpoint is None else load_model(args.base_checkpoint)
+    model = _load(args.checkpoint)
+    base = None if args.base_checkpoint is None else _load(args.base_checkpoint)
+    clip = isinstance(model, CLIP)
     if base is not None:
-        _check_base(model, base)
-    c = model.config
+        if isinstance(base, CLIP) != clip:
+            raise ValueError("checkpoint and base_checkpoint must both be CLIP or both ViT models")
+        _check_base(_vit_config(model), _vit_config(base))
+    c = _vit_config(model)
     row = _parse_row(args.row, c.num_tokens)
     ds = load_dataset(args.dataset, args.split, args.data_dir)
     want = (c.image_size, c.image_size, c.channels)
@@ -431,6 +464,8 @@ def _run(args: argparse.Namespace) -> dict:
         )
     out = pathlib.Path(args.out)
     settings = _settings(args)
+    if clip:  # only then: earlier ViT analyses resume with their settings unchanged
+        settings["prompt"] = args.prompt
     settings_path = out / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
@@ -447,8 +482,10 @@ def _run(args: argparse.Namespace) -> dict:
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     with jax.enable_x64(args.precision == "float64"):
-        model = _place(an.with_dtype(model, args.precision), mesh)
-        base = None if base is None else _place(an.with_dtype(base, args.precision), mesh)
+        as_vit = functools.partial(_analysed, precision=args.precision,
+                                   class_names=ds.class_names, prompt=args.prompt)  # fmt: skip
+        model = _place(as_vit(model), mesh)
+        base = None if base is None else _place(as_vit(base), mesh)
         opts = dict(
             wrt=args.wrt,
             head=args.head,

@@ -8,7 +8,10 @@
 
 `smoke` and `cpu` train both models from scratch (contrastive, captions from the CIFAR templates,
 identical seeds and data) because the released weights cannot be downloaded offline; `paper`
-loads checkpoints converted with `diffjax convert-clip`. The attack perturbs an
+loads checkpoints converted with `diffjax convert-clip`. Any preset evaluates a converted
+checkpoint instead of training when `clip_checkpoint` / `diffclip_checkpoint` names one (an
+OpenAI / open_clip CLIP too: `--config.models=clip --config.clip_checkpoint=models/openai_b16`;
+`models` is the comma-separated subset of clip, diffclip to run). The attack perturbs an
 image within an ℓ∞ ball to minimise cos(image embedding, embedding of its class's single prompt
 "a photo of a {}."), and succeeds when the zero-shot prediction over those prompts changes.
 
@@ -35,6 +38,7 @@ from diffjax.clip import (
     IMAGENET_TEMPLATES,
     clip_preset,
     load_clip,
+    read_clip_config,
     zeroshot_accuracy,
     zeroshot_classifier,
 )
@@ -47,16 +51,36 @@ MODELS = ("clip", "diffclip")
 LOSSES_FILE = "train_losses.json"
 
 
+def models(preset) -> tuple[str, ...]:
+    """The compared models named by ``preset.models`` (comma-separated, from :data:`MODELS`)."""
+    names = tuple(m for m in preset.models.split(",") if m)
+    bad = sorted(set(names) - set(MODELS))
+    if not names or bad:
+        raise ValueError(f"models must be a comma-separated subset of {MODELS}, got "
+                         f"{preset.models!r}")  # fmt: skip
+    return names
+
+
+def image_size(preset) -> int:
+    """The input size: the first model's checkpoint's (a converted one), else its preset's."""
+    which = models(preset)[0]
+    checkpoint = getattr(preset, f"{which}_checkpoint")
+    config = read_clip_config(checkpoint) if checkpoint else clip_preset(getattr(preset, which))
+    return config.image_size
+
+
 def load_data(preset, ctx: Context) -> tuple[Dataset | None, Dataset]:
     name = preset.dataset
     kw = {"download": not ctx.offline}
     if name == "synthetic":
         kw |= {"n": max(preset.train_examples, preset.eval_examples, preset.attack_examples),
-               "image_size": clip_preset(preset.clip).image_size}  # fmt: skip
+               "image_size": image_size(preset)}  # fmt: skip
     elif name.startswith("tfds:"):
-        kw |= {"image_size": clip_preset(preset.clip).image_size}
+        kw |= {"image_size": image_size(preset)}
     train = None
-    if preset.train_examples != 0:
+    if preset.train_examples != 0 and not all(
+        getattr(preset, f"{which}_checkpoint") for which in models(preset)
+    ):
         train = load_dataset(name, "train", ctx.data_dir, **kw)
         if preset.train_examples > 0:
             train = train.take(preset.train_examples)
@@ -135,7 +159,7 @@ def run(config, ctx: Context) -> dict:
     train, test = load_data(preset, ctx)
     out_dir = ctx.results(config.experiment, config.preset)
     per_model = {}
-    for which in MODELS:
+    for which in models(preset):
         for seed in preset.seeds:
             name = f"{which}_seed{seed}"
 

@@ -3,9 +3,10 @@
 Reads ``checkpoint_best.pt`` (from hammh0a/DiffCLIP_ViTB16_CC3M, …_CC12M, or the CLIP baselines
 hammh0a/ViTB16_CC3M, …_CC12M), or an unmodified OpenAI / open_clip ``CLIP`` state dict
 (``.pt``, ``.bin`` or ``.safetensors``; give ``--preset openai_b16`` etc.: the activation is not in
-the weights), without torch, checks every key and shape against the architecture, and writes
-``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json``
-(source, its SHA-256, tensor and parameter counts). Load the result with
+the weights; the sizes are read from it, so ViT-B/32, L/14@336px, H/14 … convert with the preset
+of the same activation), without torch, checks every key and shape against the architecture,
+and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json`` (source,
+its SHA-256, tensor and parameter counts). Load the result with
 ``diffjax.clip.checkpoint.load_clip(OUT)``.
 
     diffjax convert-clip checkpoint_best.pt models/diffclip_cc3m
@@ -21,7 +22,12 @@ from tqdm import tqdm
 
 from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip.config import CLIP_PRESETS, clip_preset
-from diffjax.clip.convert import convert_state_dict, detect_attention, detect_layout
+from diffjax.clip.convert import (
+    convert_state_dict,
+    detect_attention,
+    detect_layout,
+    openai_shapes,
+)
 from diffjax.torch_weights import read_weights
 from diffjax.vit import count_params
 
@@ -52,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "keys of a SLIP/DiffCLIP release (OpenAI / open_clip state dicts need a preset: "
         "openai_b16, openai_l14 for QuickGELU weights, openclip_b16, openclip_l14 for GELU)",
     )
+    parser.add_argument("--vision-heads", type=int,
+                        help="OpenAI / open_clip layout: image-tower heads (not in the weights; "
+                        "default width / 64, as every released model)")  # fmt: skip
+    parser.add_argument("--text-heads", type=int,
+                        help="OpenAI / open_clip layout: text-tower heads (default width / 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 
@@ -74,6 +85,10 @@ def run(args: argparse.Namespace) -> dict:
         )
     preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
     config = clip_preset(preset)
+    if layout == "openai":  # sizes from the weights; activation, eps, statistics from the preset
+        config = openai_shapes(state, config, args.vision_heads, args.text_heads)
+    elif args.vision_heads is not None or args.text_heads is not None:
+        raise ValueError("--vision-heads / --text-heads are for OpenAI / open_clip state dicts")
     model = convert_state_dict(state, config)
     save_model(args.out, model)
     record = {

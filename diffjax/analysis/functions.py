@@ -37,7 +37,8 @@ WRT: tuple[str, ...] = ("image", "embeddings", "block_input", "attention_input")
 
 
 def with_dtype(model: ViT, dtype: str) -> ViT:
-    """The same model (the same parameter values) computing in ``dtype``.
+    """The same model (the same parameter values) computing in ``dtype``: a :class:`ViT`, or
+    any module built as ``type(model)(config, rngs=...)`` from a config with ``dtype`` (a CLIP).
 
     ``"float64"`` gives the float64 evaluation of the trained float32 weights that the exact
     checks use, through the reference attention path; it needs ``jax_enable_x64`` at build and
@@ -49,8 +50,10 @@ def with_dtype(model: ViT, dtype: str) -> ViT:
     if dtype == "float64" and jax.dtypes.canonicalize_dtype(jax.numpy.float64) != "float64":
         # Without x64 JAX would silently evaluate the "float64" model in float32.
         raise RuntimeError("a float64 model needs jax_enable_x64 (e.g. `with jax.enable_x64():`)")
-    # float64 is the exact evaluation: always the reference attention, whatever was trained.
-    exact = {"attention_impl": "reference"} if dtype == "float64" else {}
+    # float64 is the exact evaluation: always the reference attention, whatever was trained
+    # (a CLIP's towers have only that one).
+    fused_possible = hasattr(model.config, "attention_impl")
+    exact = {"attention_impl": "reference"} if dtype == "float64" and fused_possible else {}
     config = model.config.replace(dtype=dtype, **exact)
     # eval_shape builds the module without initialising weights that are overwritten at once.
     other = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))

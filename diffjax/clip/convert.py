@@ -16,6 +16,7 @@ written exactly once.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 
@@ -196,6 +197,69 @@ def detect_layout(state: Mapping[str, np.ndarray]) -> str:
     """``"openai"`` if the image tower is OpenAI / open_clip's (``visual.conv1.weight``), else
     ``"slip"``."""
     return "openai" if "visual.conv1.weight" in state else "slip"
+
+
+def openai_shapes(
+    state: Mapping[str, np.ndarray],
+    config: CLIPConfig,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> CLIPConfig:
+    """``config`` with the sizes an OpenAI / open_clip state dict holds: embedding width, image
+    and patch size, both towers' width, depth and MLP ratio, context length and vocabulary
+    (ViT-B/32, L/14@336px, H/14, … and reduced test models then convert with the activation,
+    eps and statistics of a preset). Head counts are not in the weights: ``vision_heads`` /
+    ``text_heads``, by default width / 64 (open_clip's head width; every released model).
+
+    Raises:
+      ConversionError: a key the sizes are read from is missing, or a width is not divisible
+        by its head count.
+    """
+    need = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj",
+            "visual.transformer.resblocks.0.mlp.c_fc.weight", "token_embedding.weight",
+            "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight")  # fmt: skip
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise ConversionError(f"not an OpenAI / open_clip CLIP state dict: no {missing}")
+
+    def depth(prefix: str) -> int:
+        blocks = {k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)}
+        return len({b for b in blocks if b.isdigit()})
+
+    vw, channels, patch, _ = state["visual.conv1.weight"].shape
+    tokens = state["visual.positional_embedding"].shape[0] - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ConversionError(f"visual.positional_embedding has {tokens} patch rows: not a square")
+    context, tw = state["positional_embedding"].shape
+    heads = {}
+    for name, width, given in (("vision", vw, vision_heads), ("text", tw, text_heads)):
+        if given is None:
+            if width % 64:
+                raise ConversionError(
+                    f"{name} width {width} is not a multiple of open_clip's head width 64: give "
+                    f"the {name} head count (it is not in the weights)"
+                )
+            given = width // 64
+        if given < 1 or width % given:
+            raise ConversionError(f"{name} width {width} is not divisible by {given} heads")
+        heads[name] = given
+    return config.replace(
+        embed_dim=state["visual.proj"].shape[1],
+        image_size=side * patch,
+        patch_size=patch,
+        channels=channels,
+        vision_width=vw,
+        vision_layers=depth("visual.transformer.resblocks."),
+        vision_heads=heads["vision"],
+        vision_mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vw,
+        context_length=context,
+        vocab_size=state["token_embedding.weight"].shape[0],
+        text_width=tw,
+        text_layers=depth("transformer.resblocks."),
+        text_heads=heads["text"],
+        text_mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw,
+    )
 
 
 def check_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig) -> None:

@@ -164,8 +164,9 @@ class TextTower(nnx.Module):
 
 
 def l2_normalize(x: Array, axis: int = -1) -> Array:
-    """x / ‖x‖₂ along ``axis`` (float32). A zero vector is an error upstream, not masked here."""
-    x = x.astype(jnp.float32)
+    """x / ‖x‖₂ along ``axis``: float32, float64 for float64 ``x`` (the exact evaluation). A zero
+    vector is an error upstream, not masked here."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True))
 
 

@@ -142,7 +142,8 @@ class ZeroShotClassifier(nnx.Module):
     """Images → cosine similarities to fixed class embeddings, with the :class:`ViT` interface.
 
     Call with NHWC images in [0, 1] ([B, H, W, C] or one image); returns ``scale`` ·
-    cos(image feature, class embedding), [B, classes] float32 (``capture=True`` as for ViT).
+    cos(image feature, class embedding), [B, classes] float32, float64 in float64 mode
+    (``capture=True`` as for ViT).
     """
 
     def __init__(self, visual: ImageTower, embeddings: Array, scale: float = 1.0):
@@ -169,7 +170,8 @@ class ZeroShotClassifier(nnx.Module):
         return self.visual.embed(images)
 
     def classify(self, h: Array) -> Array:
-        """h_L [B, N, D] → ``scale`` · cosine similarities [B, classes] float32."""
+        """h_L [B, N, D] → ``scale`` · cosine similarities [B, classes] (float32; float64 in
+        float64 mode)."""
         return self.scale * l2_normalize(self.visual.classify(h)) @ self.class_embeddings[...].T
 
     # ViT's forward pass (single images, dropout, capture hooks) over this embed/blocks/classify.

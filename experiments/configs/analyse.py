@@ -7,7 +7,8 @@ Per example: branch alignment, the paper's theorems, exact and empirical local L
 constants and depth/noise cancellation (docs/analysis.md). ``base_checkpoint`` (optional) is the
 standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is ``all``, ``cls``
 or a token index; ``head`` None means all heads; ``tol`` None means the method's default; ``skip``
-is a comma-separated subset of alignment, lipschitz, empirical, depth. Writes
+is a comma-separated subset of alignment, lipschitz, empirical, depth; ``prompt`` is the
+zero-shot prompt of a CLIP checkpoint (its image tower is analysed through it). Writes
 ``WORKDIR/settings.json``, ``WORKDIR/examples/NNNNNN.json`` (an interrupted run resumes) and
 ``WORKDIR/summary.json``.
 """
@@ -40,4 +41,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.skip = ""
     c.chunk = 64
     c.seed = 0
+    # A converted CLIP checkpoint: the zero-shot prompt of each class (ignored for a ViT).
+    c.prompt = "a photo of a {}."
     return c

@@ -4,7 +4,9 @@
 on all training images and 0 trains nothing (``paper``: released weights converted with
 ``diffjax convert-clip``, given as ``clip_checkpoint`` / ``diffclip_checkpoint``);
 ``training`` holds ``ContrastiveConfig`` fields; ``templates`` is ``cifar`` or ``imagenet``;
-``class_names`` a text file with one class name per line (ImageNet).
+``class_names`` a text file with one class name per line (ImageNet); ``models`` the
+comma-separated subset of clip, diffclip to evaluate (e.g. ``clip`` alone with an OpenAI /
+open_clip checkpoint converted by ``diffjax convert-clip``).
 """
 
 import ml_collections
@@ -21,6 +23,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.preset = arg
     c.clip = p(smoke="tiny", cpu="cifar", paper="clip_b16")
     c.diffclip = p(smoke="tiny_diff", cpu="cifar_diff", paper="diffclip_b16")
+    c.models = "clip,diffclip"
     c.clip_checkpoint = ""
     c.diffclip_checkpoint = ""
     c.dataset = p(smoke="synthetic", cpu="cifar10", paper="tfds:imagenet2012")
