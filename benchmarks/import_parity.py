@@ -1,14 +1,16 @@
 """Max |Δ| between imported models and the real libraries' (timm, transformers, open_clip) on
-shared random weights: the parity tests' reduced models in float32 and float64, and with
-``--full`` the full-size timm ``vit_base_patch16_224`` and open_clip ``ViT-B-16-quickgelu`` in
-float32 (minutes on a 2-core CPU). Needs the ``test`` extra.
+shared random weights, float32 and float64: the parity tests' reduced models; with ``--full``
+the full-size timm ``vit_base_patch16_224`` and open_clip ``ViT-B-16-quickgelu`` / ``ViT-B-16``
+(minutes on a 2-core CPU); with ``--large`` open_clip ``ViT-L-14``, image and text towers (about
+8 GB of memory; ``--only`` skips the reduced models). Needs the ``test`` extra.
 
-    python -m benchmarks.import_parity [--full]
+    python -m benchmarks.import_parity [--full] [--large] [--only]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 
 import jax
 import numpy as np
@@ -16,7 +18,6 @@ import open_clip
 import timm
 import torch
 import transformers
-from flax import nnx
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from diffjax.clip.config import clip_preset
@@ -65,32 +66,63 @@ def reduced() -> None:
             print(f"open_clip {preset} {tower}: float32 {d32:.2g} float64 {d64:.2g}")
 
 
-def full() -> None:
+def _timm_full() -> None:
     x = T._images(1, 224)
     torch.manual_seed(0)  # the libraries' own random initialisation
     ref = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
     state = T._state(ref)
     config = infer_config(state, num_heads=12)
-    got = nnx.jit(lambda m, x: m(x))(convert_vit(state, config), x.astype(np.float32))
-    want = T._torch_logits(ref, x, config.mean, config.std, torch.float32)
-    print(f"timm vit_base_patch16_224 (full): logits float32 {np.abs(got - want).max():.2g}")
-    ref = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
-    state = {k: v.numpy() for k, v in ref.state_dict().items()}
-    config, tokens = clip_preset("openai_b16"), C._tokens(1)
-    got = C._features(convert_state_dict(state, config), x.astype(np.float32), tokens)
-    want = C._reference_features(ref, x, tokens, config, torch.float32)
+    d32, d64 = T._max_diffs(convert_vit(state, config), config, ref, x)
+    print(f"timm vit_base_patch16_224 (full): logits float32 {d32:.2g} float64 {d64:.2g}")
+
+
+def _open_clip_full(name: str, preset: str) -> None:
+    """One full-size open_clip model with its own random initialisation, one image and one text,
+    float32 then float64, holding at most one torch and one JAX copy of the weights at a time
+    (ViT-L-14: 428M parameters, 3.4 GB per float64 copy)."""
+    x, tokens = T._images(1, 224), C._tokens(1)
+    torch.manual_seed(0)
+    ref = open_clip.create_model(name, pretrained=None).eval()
+    config = clip_preset(preset)
+    diffs = {}
+    for dtype, tdtype in (("float32", torch.float32), ("float64", torch.float64)):
+        with jax.enable_x64(dtype == "float64"):
+            state = {k: v.numpy() for k, v in ref.state_dict().items()}
+            model = convert_state_dict(state, config.replace(dtype=dtype))
+            del state
+            got = C._features(model, x.astype(dtype), tokens)
+            del model
+        want = C._reference_features(ref, x, tokens, config, tdtype)  # casts ref in place
+        diffs[dtype] = [np.abs(g - w).max() for g, w in zip(got, want, strict=True)]
+        del got, want
+        gc.collect()
     for i, tower in enumerate(("image", "text")):
-        print(f"open_clip ViT-B-16-quickgelu (full) {tower}: float32 "
-              f"{np.abs(got[i] - want[i]).max():.2g}")  # fmt: skip
+        print(f"open_clip {name} (full, {preset}) {tower}: float32 {diffs['float32'][i]:.2g} "
+              f"float64 {diffs['float64'][i]:.2g}")  # fmt: skip
+
+
+def full() -> None:
+    _timm_full()
+    _open_clip_full("ViT-B-16-quickgelu", "openai_b16")
+    _open_clip_full("ViT-B-16", "openclip_b16")
+
+
+def large() -> None:
+    _open_clip_full("ViT-L-14", "openclip_l14")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="also the full-size B/16 models")
+    parser.add_argument("--large", action="store_true", help="also open_clip ViT-L-14")
+    parser.add_argument("--only", action="store_true", help="skip the reduced models")
     args = parser.parse_args()
-    reduced()
+    if not args.only:
+        reduced()
     if args.full:
         full()
+    if args.large:
+        large()
 
 
 if __name__ == "__main__":

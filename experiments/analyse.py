@@ -452,6 +452,8 @@ def _run(args: argparse.Namespace) -> dict:
     c = _vit_config(model)
     row = _parse_row(args.row, c.num_tokens)
     ds = load_dataset(args.dataset, args.split, args.data_dir)
+    if clip and args.class_names:
+        ds = ds.renamed(args.class_names)
     want = (c.image_size, c.image_size, c.channels)
     if tuple(ds.images.shape[1:]) != want:
         raise ValueError(
@@ -465,7 +467,7 @@ def _run(args: argparse.Namespace) -> dict:
     out = pathlib.Path(args.out)
     settings = _settings(args)
     if clip:  # only then: earlier ViT analyses resume with their settings unchanged
-        settings["prompt"] = args.prompt
+        settings |= {"prompt": args.prompt, "class_names": args.class_names or None}
     settings_path = out / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())

@@ -22,9 +22,6 @@ to figures/clip_compare_<preset>.{png,pdf}.
 
 from __future__ import annotations
 
-import dataclasses
-import pathlib
-
 import jax
 import numpy as np
 from flax import nnx
@@ -86,11 +83,7 @@ def load_data(preset, ctx: Context) -> tuple[Dataset | None, Dataset]:
             train = train.take(preset.train_examples)
     test = load_dataset(name, preset.test_split, ctx.data_dir, **kw)
     if preset.class_names:
-        names = tuple(pathlib.Path(preset.class_names).read_text().splitlines())
-        if len(names) != test.num_classes:
-            raise ValueError(f"{preset.class_names} has {len(names)} names, "
-                             f"the data {test.num_classes} classes")  # fmt: skip
-        test = dataclasses.replace(test, class_names=names)
+        test = test.renamed(preset.class_names)
     return train, test
 
 

@@ -117,12 +117,16 @@ def test_features_match_open_clip(preset, tmp_path):
 
 
 def test_auto_preset_refuses_open_clip_weights(tmp_path, capsys):
-    from tests.commandline import diffjax_error
+    from diffjax.clip import read_clip_config
+    from tests.commandline import diffjax, diffjax_error
 
     ref = _small_reference(quick_gelu=False)
     torch.save(ref.state_dict(), tmp_path / "w.pt")
     err = diffjax_error(capsys, "convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"))
     assert "activation is not in the weights" in err and "openai_b16" in err
-    err = diffjax_error(capsys, "convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"),
-                        "--preset", "openai_b16")  # fmt: skip
-    assert "missing key" in err and "wrong shape" in err  # 2 small layers against B/16
+    # The sizes are read from the weights; the head counts are not in them.
+    args = ("convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"), "--preset", "openai_b16")
+    err = diffjax_error(capsys, *args)
+    assert "text width 32 is not a multiple of open_clip's head width 64" in err
+    diffjax(*args, "--vision-heads", "4", "--text-heads", "4")
+    assert read_clip_config(tmp_path / "out") == clip_preset("openai_b16", **SMALL)

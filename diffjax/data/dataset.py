@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 
 import numpy as np
 
@@ -47,3 +49,11 @@ class Dataset:
     def take(self, n: int) -> Dataset:
         """The first ``n`` examples."""
         return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
+
+    def renamed(self, path: str | os.PathLike) -> Dataset:
+        """The same split with the class names of a text file, one per line in label order
+        (e.g. readable ImageNet names for the CLIP prompts instead of WordNet ids)."""
+        names = tuple(pathlib.Path(path).read_text().splitlines())
+        if len(names) != self.num_classes:
+            raise ValueError(f"{path} has {len(names)} names, the data {self.num_classes} classes")
+        return dataclasses.replace(self, class_names=names)

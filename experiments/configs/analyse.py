@@ -8,7 +8,8 @@ constants and depth/noise cancellation (docs/analysis.md). ``base_checkpoint`` (
 standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is ``all``, ``cls``
 or a token index; ``head`` None means all heads; ``tol`` None means the method's default; ``skip``
 is a comma-separated subset of alignment, lipschitz, empirical, depth; ``prompt`` is the
-zero-shot prompt of a CLIP checkpoint (its image tower is analysed through it). Writes
+zero-shot prompt of a CLIP checkpoint (its image tower is analysed through it) and
+``class_names`` a file of the names put into it. Writes
 ``WORKDIR/settings.json``, ``WORKDIR/examples/NNNNNN.json`` (an interrupted run resumes) and
 ``WORKDIR/summary.json``.
 """
@@ -41,6 +42,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.skip = ""
     c.chunk = 64
     c.seed = 0
-    # A converted CLIP checkpoint: the zero-shot prompt of each class (ignored for a ViT).
+    # A converted CLIP checkpoint (ignored for a ViT): the zero-shot prompt of each class, and
+    # a text file of class names, one per line in label order (default: the dataset's).
     c.prompt = "a photo of a {}."
+    c.class_names = ""
     return c
