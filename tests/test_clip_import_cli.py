@@ -66,14 +66,21 @@ def test_convert_then_analyse_and_compare(open_clip_model, tmp_path, capsys):
     err = diffjax_error(capsys, *convert, "--vision-heads", "2", "--text-heads", "3")
     assert "text width 32 is not divisible by 3 heads" in err
 
+    names = [f"thing number {i}" for i in range(10)]
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(names[:9]))
+    analyse = ("analyse", f"--config.checkpoint={out}", f"--config.class_names={names_file}")
+    err = diffjax_error(capsys, *analyse, "--config.dataset=synthetic", "--workdir", str(tmp_path))
+    assert "names.txt has 9 names, the data 10 classes" in err
+    names_file.write_text("\n".join(names))
     summary = diffjax(
-        "analyse", f"--config.checkpoint={out}", "--config.dataset=synthetic",
+        *analyse, "--config.dataset=synthetic",
         "--config.num_examples=2", "--config.batch_size=2", "--config.max_iters=30",
         "--config.skip=empirical,depth", "--workdir", str(tmp_path / "an"),
     )  # fmt: skip
     assert summary["settings"]["prompt"] == "a photo of a {}."
     ds = load_dataset("synthetic", "test")
-    want = _open_clip_cosines(ref, ds.images[:2] / 255.0, ds.class_names, "a photo of a {}.")
+    want = _open_clip_cosines(ref, ds.images[:2] / 255.0, names, "a photo of a {}.")
     for i in range(2):
         rec = json.loads((tmp_path / "an" / "examples" / f"{i:06d}.json").read_text())
         np.testing.assert_allclose(rec["logits"], want[i], rtol=0, atol=1e-12)

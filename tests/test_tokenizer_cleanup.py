@@ -404,3 +404,13 @@ def test_split_words_as_the_reference_pattern_on_every_character():
 def test_textfix_refuses_bytes():
     with pytest.raises(TypeError, match="needs a str"):
         textfix.fix_text(b"bytes")
+
+
+def test_long_lines_are_fixed_in_ftfy_pieces(monkeypatch):
+    ftfy = pytest.importorskip("ftfy")
+    monkeypatch.setattr(textfix, "MAX_SEGMENT", 20)  # ftfy's max_decode_length, made small
+    texts = ["&amp;" * 3 + "x" * 10 + "<b>&amp;</b>" + "&amp;" * 5 + "\ncafÃ©",
+             "y" * 19 + "Ã©" + "z" * 30, "&lt;" * 12]  # fmt: skip
+    assert [textfix.fix_text(t) for t in texts] == [
+        ftfy.fix_text(t, max_decode_length=20) for t in texts
+    ]

@@ -207,6 +207,7 @@ CONTROLS = dict.fromkeys(
 _ANSI_RE = re.compile("\x1b\\[[0-9;]*[A-Za-z]")
 _SURROGATE_PAIR_RE = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+MAX_SEGMENT = 1_000_000  # ftfy's max_decode_length
 _LINE_RE = re.compile("[^\n]*\n|[^\n]+")  # ftfy's segments: split after "\n" only
 
 
@@ -245,13 +246,16 @@ def _fix_segment(text: str, unescape: bool) -> str:
 def fix_text(text: str) -> str:
     """``ftfy.fix_text(text)`` with the default configuration (mojibake: the rule above).
 
-    Each line (up to and including its ``\\n``) is fixed on its own, as ftfy does; HTML entities
-    stay escaped from the first line holding a ``<`` onwards.
+    Each line (up to and including its ``\\n``; a longer one in pieces of ``MAX_SEGMENT``
+    characters) is fixed on its own, as ftfy does; HTML entities stay escaped from the first
+    piece holding a ``<`` onwards.
     """
     if not isinstance(text, str):
         raise TypeError(f"fix_text needs a str, got {type(text).__name__}")
     out, unescape = [], True
     for line in _LINE_RE.findall(text):
-        unescape = unescape and "<" not in line
-        out.append(_fix_segment(line, unescape))
+        for start in range(0, len(line), MAX_SEGMENT):
+            segment = line[start : start + MAX_SEGMENT]
+            unescape = unescape and "<" not in segment
+            out.append(_fix_segment(segment, unescape))
     return "".join(out)
