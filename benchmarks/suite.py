@@ -2,7 +2,7 @@
 
     python -m benchmarks.suite                        # depths 1, 6, 12; batch 128 (minutes)
     python -m benchmarks.suite --depths 1 --batch 16 --repeats 2     # a quick look
-    python -m benchmarks.suite --impls reference fused --no-torch     # both attention paths
+    python -m benchmarks.suite --impls reference fused fused_xla --no-torch   # attention paths
 
 For ViT and DiffViT (width 192, 6 heads, patch 4, CIFAR shapes) at each depth it times, as the
 median over ``--repeats`` runs after a warm-up (compile time reported separately):
@@ -18,10 +18,11 @@ median over ``--repeats`` runs after a warm-up (compile time reported separately
   Lanczos (``diffjax.analysis``; no PyTorch counterpart).
 
 Each model runs with every attention implementation of ``--impls`` (``reference``: einsums and a
-materialised softmax, the default; ``fused``: ``jax.nn.dot_product_attention``), one row each
-(column ``attention``); PyTorch runs once per model. It prints img/s for both, the ratio
-diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of the compiled step) as a
-fraction of this machine's measured float32 matmul peak.
+materialised softmax, the default; ``fused``: cuDNN's ``jax.nn.dot_product_attention`` on a GPU
+in bf16, the reference formulation elsewhere; ``fused_xla``: the fused formulation through XLA
+on any backend), one row each (column ``attention``); PyTorch runs once per model. It prints
+img/s for both, the ratio diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of
+the compiled step) as a fraction of this machine's measured float32 matmul peak.
 PyTorch is the optional ``bench`` extra; the reference is checked against diffjax on shared
 weights in ``tests/test_torch_reference.py``.
 """
@@ -43,6 +44,7 @@ from flax import nnx
 import diffjax as dj
 from diffjax import analysis as an
 from diffjax import attacks
+from diffjax.attention import IMPLS
 
 try:
     import torch
@@ -194,7 +196,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attack-steps", type=int, default=5, help="PGD steps / CW iterations timed")
     p.add_argument("--no-torch", action="store_true", help="diffjax only")
-    p.add_argument("--impls", nargs="+", choices=("reference", "fused"), default=["reference"],
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=["reference"],
                    help="attention implementations, one row each")
     args = p.parse_args(argv)
     use_torch = torch is not None and not args.no_torch

@@ -1,8 +1,11 @@
 """The accelerator paths against the reference: fused attention, scanned layers, remat.
 
-The fused path (``jax.nn.dot_product_attention``) must compute the reference attention to float32
-tolerance, outputs and input gradients, softmax and DA, with and without a mask; the scanned and
-rematerialised models must compute the loop model's logits and gradients.
+The fused formulation (``jax.nn.dot_product_attention``; DA as two calls on zero-padded queries
+and keys) must compute the reference attention to float32 tolerance, outputs and input
+gradients, softmax and DA, with and without a mask: tested through ``impl="fused_xla"``, which
+forces it on this CPU (``"fused"`` runs it through cuDNN on a GPU and the reference formulation
+everywhere else). The scanned and rematerialised models must compute the loop model's logits and
+gradients.
 """
 
 import jax
@@ -12,6 +15,7 @@ import pytest
 from flax import nnx
 
 import diffjax as dj
+from diffjax import attention
 from diffjax.checkpoint import load_model, save_model
 from diffjax.vit import relayout
 
@@ -39,19 +43,32 @@ def test_fused_attention_equals_reference_outputs_and_input_gradients(kind, mask
     params, f = _attention(kind)
     m = MASKS[mask]
     x = jax.random.normal(jax.random.key(0), (B, N, D))
-    ref, fused = f(params, x, m, "reference"), f(params, x, m, "fused")
+    ref, fused = f(params, x, m, "reference"), f(params, x, m, "fused_xla")
     np.testing.assert_allclose(fused, ref, rtol=RTOL, atol=ATOL)
     w = jax.random.normal(jax.random.key(3), ref.shape)  # a random cotangent
     g_ref = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "reference")))(x)
-    g_fused = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "fused")))(x)
+    g_fused = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "fused_xla")))(x)
     np.testing.assert_allclose(g_fused, g_ref, rtol=RTOL, atol=ATOL * np.abs(g_ref).max())
+
+
+def test_fused_runs_cudnn_on_a_gpu_in_half_precision_and_the_reference_elsewhere(monkeypatch):
+    # On this CPU "fused" is the reference formulation, to the bit (DA's padded calls would
+    # cost twice the reference's FLOPs here, with no fused kernel to pay for them).
+    assert attention.fused_kernel(jnp.bfloat16) is None
+    for kind in ("softmax", "diff"):
+        params, f = _attention(kind)
+        x = jax.random.normal(jax.random.key(0), (B, N, D))
+        np.testing.assert_array_equal(f(params, x, None, "fused"), f(params, x, None, "reference"))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention.fused_kernel(jnp.bfloat16) == attention.fused_kernel(jnp.float16) == "cudnn"
+    assert attention.fused_kernel(jnp.float32) is None  # cuDNN's kernel takes bf16/fp16 only
 
 
 @pytest.mark.parametrize("attention", ["softmax", "diff"])
 def test_fused_vit_equals_reference_vit_and_maps_come_from_the_reference(attention):
     config = dj.preset("tiny", attention=attention)
     ref = dj.ViT(config, rngs=nnx.Rngs(0))
-    fused = dj.ViT(config.replace(attention_impl="fused"), rngs=nnx.Rngs(0))
+    fused = dj.ViT(config.replace(attention_impl="fused_xla"), rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
     np.testing.assert_allclose(fused(x), ref(x), rtol=RTOL, atol=ATOL)
     grad = lambda m: jax.grad(lambda x: m(x)[:, 0].sum())(x)  # noqa: E731
@@ -67,7 +84,7 @@ def test_fused_clip_text_tower_equals_reference():
     attn = dj.DiffAttention(D, H, 0.8, rngs=nnx.Rngs(4))
     x = jax.random.normal(jax.random.key(2), (B, N, D))
     mask = jnp.tril(jnp.ones((N, N), bool))
-    fused = dj.DiffAttention(D, H, 0.8, impl="fused", rngs=nnx.Rngs(4))
+    fused = dj.DiffAttention(D, H, 0.8, impl="fused_xla", rngs=nnx.Rngs(4))
     np.testing.assert_allclose(fused(x, mask=mask), attn(x, mask=mask), rtol=RTOL, atol=ATOL)
 
 
@@ -76,6 +93,7 @@ def test_fused_clip_text_tower_equals_reference():
     [
         ({"attention_impl": "flash"}, "attention_impl must be"),
         ({"attention_impl": "fused", "dtype": "float64"}, "float64"),
+        ({"attention_impl": "fused_xla", "dtype": "float64"}, "float64"),
         ({"scan_layers": 1}, "scan_layers must be True or False"),
         ({"attention": "diff", "scan_layers": True, "lambda_init": "schedule"}, "schedule"),
         ({"attention": "diff", "scan_layers": True, "diff_layers": (0,)}, "diff_layers"),
