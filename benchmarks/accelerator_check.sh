@@ -37,10 +37,13 @@ case "$SIZE" in
   *) echo "ACCEL_CHECK_SIZE must be gpu or tiny, got $SIZE" >&2; exit 2 ;;
 esac
 
-if ! "$PY" -c "import diffjax" 2>/dev/null; then
+# One interpreter start checks the install and names the devices (each start imports jax).
+DEVICES="import diffjax, jax; print('jax', jax.__version__, jax.devices())"
+if ! "$PY" -c "$DEVICES" > "$OUT/devices.txt" 2>/dev/null; then
   stage install "$PY" -m pip install --no-deps -e . > "$OUT/install.log" 2>&1
+  "$PY" -c "$DEVICES" > "$OUT/devices.txt"
 fi
-"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" | tee "$OUT/devices.txt"
+cat "$OUT/devices.txt"
 
 stage probe "$PY" -m benchmarks.throughput "${PROBE[@]}" --seconds "$PROBE_S" \
   --out "$OUT/probe.json" | tee "$OUT/probe.md"

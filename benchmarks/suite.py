@@ -2,7 +2,9 @@
 
     python -m benchmarks.suite                        # depths 1, 6, 12; batch 128 (minutes)
     python -m benchmarks.suite --depths 1 --batch 16 --repeats 2     # a quick look
-    python -m benchmarks.suite --impls reference fused --no-torch     # both attention paths
+    python -m benchmarks.suite --impls reference fused fused_xla --no-torch   # attention paths
+    python -m benchmarks.suite --depths 6 --batch 32 --impls reference fused fused_xla \
+        --interleave 8 --no-torch      # + train-step speed of each path ÷ reference, interleaved
 
 For ViT and DiffViT (width 192, 6 heads, patch 4, CIFAR shapes) at each depth it times, as the
 median over ``--repeats`` runs after a warm-up (compile time reported separately):
@@ -18,10 +20,15 @@ median over ``--repeats`` runs after a warm-up (compile time reported separately
   Lanczos (``diffjax.analysis``; no PyTorch counterpart).
 
 Each model runs with every attention implementation of ``--impls`` (``reference``: einsums and a
-materialised softmax, the default; ``fused``: ``jax.nn.dot_product_attention``), one row each
-(column ``attention``); PyTorch runs once per model. It prints img/s for both, the ratio
-diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of the compiled step) as a
-fraction of this machine's measured float32 matmul peak.
+materialised softmax, the default; ``fused``: cuDNN's ``jax.nn.dot_product_attention`` on a GPU
+in bf16, the reference formulation elsewhere; ``fused_xla``: the fused formulation through XLA
+on any backend), one row each (column ``attention``); PyTorch runs once per model. It prints
+img/s for both, the ratio diffjax / PyTorch, and the achieved GFLOP/s (XLA's cost analysis of
+the compiled step) as a fraction of this machine's measured float32 matmul peak.
+With ``--interleave K`` it then times the train step of every implementation in turn, K rounds
+(one step of each per round, after compilation), and prints per model each path's speed ÷ the
+first path's as the median and range of the per-round ratios: on a shared machine whose load
+drifts, the comparison that means something.
 PyTorch is the optional ``bench`` extra; the reference is checked against diffjax on shared
 weights in ``tests/test_torch_reference.py``.
 """
@@ -43,6 +50,7 @@ from flax import nnx
 import diffjax as dj
 from diffjax import analysis as an
 from diffjax import attacks
+from diffjax.attention import IMPLS
 
 try:
     import torch
@@ -79,11 +87,10 @@ def _flops(compiled) -> float | None:
     return None if not cost else cost.get("flops")
 
 
-def jax_cases(model, x, y, args) -> dict[str, tuple[float, float, float | None]]:
-    """name → (compile s, median s per image-batch step, flops per step)."""
+def _train_step_fn(model, x, y):
+    """A compiled, buffer-donating AdamW train step and its (params, opt_state) to start from."""
     apply, params = dj.functional(model)
     tx = optax.adamw(1e-3)
-    opt = tx.init(params)
 
     def loss(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
@@ -93,9 +100,42 @@ def jax_cases(model, x, y, args) -> dict[str, tuple[float, float, float | None]]
         updates, o = tx.update(g, o, p)
         return optax.apply_updates(p, updates), o
 
-    out = {}
+    opt = tx.init(params)
     step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt, x, y).compile()
-    state = [jax.tree.map(jnp.copy, params), opt]  # donated: keep the model's own arrays
+    return step, [jax.tree.map(jnp.copy, params), opt]  # donated: keep the model's own arrays
+
+
+def interleaved_ratios(models, x, y, rounds: int) -> dict[str, list[float]]:
+    """impl → per-round train-step speed of that model ÷ the first model's, ``rounds`` rounds.
+
+    Args:
+      models: impl → ViT, one per attention implementation (the first is the baseline).
+    """
+    steps = {impl: _train_step_fn(m, x, y) for impl, m in models.items()}
+
+    def once(impl):
+        step, state = steps[impl]
+        t = time.perf_counter()
+        state[0], state[1] = step(state[0], state[1], x, y)
+        jax.block_until_ready(state[0])
+        return time.perf_counter() - t
+
+    for impl in steps:  # warm-up
+        once(impl)
+    base = next(iter(steps))
+    ratios = {impl: [] for impl in steps}
+    for _ in range(rounds):
+        times = {impl: once(impl) for impl in steps}
+        for impl in steps:
+            ratios[impl].append(times[base] / times[impl])
+    return ratios
+
+
+def jax_cases(model, x, y, args) -> dict[str, tuple[float, float, float | None]]:
+    """name → (compile s, median s per image-batch step, flops per step)."""
+    apply, params = dj.functional(model)
+    out = {}
+    step, state = _train_step_fn(model, x, y)
 
     def run_train():
         state[0], state[1] = step(state[0], state[1], x, y)
@@ -194,8 +234,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attack-steps", type=int, default=5, help="PGD steps / CW iterations timed")
     p.add_argument("--no-torch", action="store_true", help="diffjax only")
-    p.add_argument("--impls", nargs="+", choices=("reference", "fused"), default=["reference"],
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=["reference"],
                    help="attention implementations, one row each")
+    p.add_argument("--interleave", type=int, default=0, metavar="K",
+                   help="then K interleaved rounds of train steps: each path ÷ the first")
+    p.add_argument("--skip-table", action="store_true", help="only the interleaved comparison")
     args = p.parse_args(argv)
     use_torch = torch is not None and not args.no_torch
     if use_torch:
@@ -208,7 +251,7 @@ def main(argv=None) -> list[dict]:
           "of peak | compile s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for depth in args.depths:
+    for depth in [] if args.skip_table else args.depths:
         for (name, attention), impl in itertools.product(
             (("ViT", "softmax"), ("DiffViT", "diff")), args.impls
         ):
@@ -246,6 +289,25 @@ def main(argv=None) -> list[dict]:
                     f"{compile_s:.1f}",
                 ]
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+    if args.interleave:
+        print(f"\ntrain step, batch {args.batch}: speed ÷ {args.impls[0]}, median (range) of "
+              f"{args.interleave} interleaved rounds")  # fmt: skip
+        print("| model | depth | " + " | ".join(args.impls) + " |")
+        print("|---|---|" + "---|" * len(args.impls))
+    for depth in args.depths if args.interleave else []:
+        for name, attention in (("ViT", "softmax"), ("DiffViT", "diff")):
+            models = {impl: dj.ViT(dj.preset("cifar", attention=attention, depth=depth,
+                                             width=args.width, num_heads=args.heads,
+                                             attention_impl=impl), rngs=nnx.Rngs(0))
+                      for impl in args.impls}  # fmt: skip
+            x = jax.random.uniform(jax.random.key(1), (args.batch, 32, 32, 3))
+            y = jnp.arange(args.batch, dtype=jnp.int32) % 10
+            ratios = interleaved_ratios(models, x, y, args.interleave)
+            cells = [f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
+                     for r in ratios.values()]  # fmt: skip
+            print(f"| {name} | {depth} | " + " | ".join(cells) + " |", flush=True)
+            rows.append({"model": name, "depth": depth, "kind": "interleaved_train",
+                         "ratios": ratios})  # fmt: skip
     return rows
 
 

@@ -20,15 +20,26 @@ mapping so that analysis code (Jacobians, Lipschitz constants) can differentiate
 to the layer input; the modules :class:`SoftmaxAttention` and :class:`DiffAttention` only own the
 parameters and call them.
 
-Two implementations compute the same function (``impl``):
+Three implementations compute the same function (``impl``):
 
 * ``"reference"`` (the default): einsums and a softmax that materialise every [N, N] map, in the
   input's precision (float64 for the exact analyses). The only path that returns the maps.
-* ``"fused"``: :func:`jax.nn.dot_product_attention` (cuDNN on a GPU in bf16/fp16, XLA elsewhere),
-  which never hands back a map. DA is two such calls, one per branch map, each applied to the
-  2d-wide value heads (queries and keys zero-padded from d to 2d, which leaves every logit
-  unchanged), combined after as O1 − λ·O2, then the same RMSNorm and (1 − λ_init). Asking it for
-  the maps (``return_maps=True``) runs the reference path instead, so analyses always see them.
+* ``"fused"``: the fused kernel where one runs, chosen while tracing (:func:`fused_kernel`):
+  cuDNN's :func:`jax.nn.dot_product_attention` on a GPU in bf16/fp16. Everywhere else (CPU, TPU,
+  float32) there is no fused kernel, XLA's ``dot_product_attention`` is the same einsums and
+  softmax, and ``"fused"`` runs the reference formulation, which for DA has the fewest FLOPs.
+* ``"fused_xla"``: the fused path's formulation forced through XLA's ``dot_product_attention``
+  on any backend (what ``"fused"`` runs through cuDNN), so that it is tested and timed without a
+  GPU.
+
+The fused formulation of softmax attention is one call. DA is two calls, one per branch map,
+each applied to the 2d-wide value heads (the call needs one head dim for q, k and v: queries and
+keys are zero-padded from d to 2d, which leaves every logit unchanged), combined after as
+O1 − λ·O2, then the same RMSNorm and (1 − λ_init). Per pair of sub-heads it costs 8·N²·d
+multiply-adds (two N×N×2d logit products, two N×N×2d value products) against the reference's
+4·N²·d (two N×N×d logit products, then A1 − λA2 applied to V once): worth it only where the fused
+kernel saves the memory traffic of the maps. Asking for the maps (``return_maps=True``) runs the
+reference path whatever ``impl`` says, so analyses always see them.
 """
 
 from __future__ import annotations
@@ -157,12 +168,31 @@ def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
 
 
-IMPLS = ("reference", "fused")
+IMPLS = ("reference", "fused", "fused_xla")
 
 
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"attention implementation must be one of {IMPLS}, got {impl!r}")
+
+
+def fused_kernel(dtype) -> str | None:
+    """The fused kernel ``impl="fused"`` uses for inputs of ``dtype``: ``"cudnn"`` or ``None``.
+
+    cuDNN's fused attention runs on a GPU for bf16/fp16 inputs; elsewhere there is none (XLA's
+    ``dot_product_attention`` is einsums and a softmax, like the reference), and ``None`` makes
+    ``"fused"`` run the reference formulation. Decided while tracing, from the default backend.
+    """
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None
+
+
+def _formulation(impl: str, dtype, return_maps: bool) -> str | None:
+    """The ``jax.nn.dot_product_attention`` implementation to call, or None: the reference."""
+    if return_maps or impl == "reference":
+        return None
+    return "xla" if impl == "fused_xla" else fused_kernel(dtype)
 
 
 def _tokens_heads(x: Array, p: Mapping[str, Array], heads: int) -> Array:
@@ -171,21 +201,24 @@ def _tokens_heads(x: Array, p: Mapping[str, Array], heads: int) -> Array:
     return _dense(x, p).reshape(b, n, heads, -1)
 
 
-def fused_attention(q: Array, k: Array, v: Array, scale: float, mask: Array | None) -> Array:
+def fused_attention(
+    q: Array, k: Array, v: Array, scale: float, mask: Array | None, implementation: str = "xla"
+) -> Array:
     """softmax(q kᵀ · scale) v per head through :func:`jax.nn.dot_product_attention`.
 
     Args:
-      q, k: [B, N, H, dq]; v: [B, N, H, dv] (all of one dtype).
+      q, k, v: [B, N, H, d] (one dtype, one head dim).
       scale: the logit scale.
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
+      implementation: ``"cudnn"`` (falls back to ``"xla"`` for a shape, dtype or cuDNN version
+        the kernel refuses; it checks while tracing) or ``"xla"``.
 
     Returns:
-      [B, N, H, dv] in the input dtype. cuDNN's kernel runs on a GPU for bf16/fp16 inputs of
-      shapes it supports (it checks while tracing); everything else runs XLA's implementation.
+      [B, N, H, d] in the input dtype.
     """
     if mask is not None:  # the fused call takes 4-d masks only
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    if implementation == "cudnn":
         try:
             return jax.nn.dot_product_attention(
                 q, k, v, mask=mask, scale=scale, implementation="cudnn"
@@ -213,7 +246,7 @@ def softmax_attention(
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
       return_maps: also return the :class:`AttentionMaps` (a1 = [B, H, N, N]); always through
         the reference path.
-      impl: ``"reference"`` or ``"fused"`` (module docstring).
+      impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (module docstring).
       rotary_base: rotate queries and keys (:func:`rotary`, base θ); ``None``: no rotation.
 
     Returns:
@@ -223,10 +256,11 @@ def softmax_attention(
     _check_impl(impl)
     b, n, width = x.shape
     d = width // num_heads
-    if impl == "fused" and not return_maps:
+    formulation = _formulation(impl, x.dtype, return_maps)
+    if formulation is not None:
         q, k, v = (_tokens_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
         q, k = (_rotate(t, rotary_base, 1) for t in (q, k))
-        o = fused_attention(q, k, v, d**-0.5, mask)
+        o = fused_attention(q, k, v, d**-0.5, mask, formulation)
         return _dense(o.reshape(b, n, width), params["out"])
     q, k, v = (_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
     q, k = (_rotate(t, rotary_base, 2) for t in (q, k))
@@ -263,6 +297,7 @@ def _fused_diff_heads(
     lambda_init: float,
     mask: Array | None,
     rotary_base: float | None,
+    implementation: str,
 ) -> Array:
     """DA's per-head output before the out projection, by two fused calls: [B, N, h, 2d]."""
     q, k = (_rotate(_tokens_heads(x, params[n], 2 * h), rotary_base, 1) for n in ("q", "k"))
@@ -272,8 +307,8 @@ def _fused_diff_heads(
     # adds exact zeros to every logit, so each branch is one call with equal head dims.
     pad = ((0, 0), (0, 0), (0, 0), (0, 0), (0, d))
     q, k = (jnp.pad(t.reshape(b, n, h, 2, d), pad) for t in (q, k))
-    o1 = fused_attention(q[..., 0, :], k[..., 0, :], v, d**-0.5, mask)
-    o2 = fused_attention(q[..., 1, :], k[..., 1, :], v, d**-0.5, mask)
+    o1 = fused_attention(q[..., 0, :], k[..., 0, :], v, d**-0.5, mask, implementation)
+    o2 = fused_attention(q[..., 1, :], k[..., 1, :], v, d**-0.5, mask, implementation)
     o1, o2 = _wide(o1), _wide(o2)
     lam = diff_lambda(params, lambda_init, o1.dtype)
     return _sub_layer_norm(o1 - lam * o2, params, lambda_init)
@@ -301,7 +336,7 @@ def diff_attention(
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
       return_maps: also return :class:`AttentionMaps` (a1, a2 = [B, H, N, N], lam = []); always
         through the reference path.
-      impl: ``"reference"`` or ``"fused"`` (module docstring).
+      impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (module docstring).
       rotary_base: rotate each q/k sub-head (:func:`rotary`, base θ); ``None``: no rotation.
 
     Returns:
@@ -313,8 +348,9 @@ def diff_attention(
     if num_heads % 2:
         raise ValueError(f"Differential Attention needs an even num_heads, got {num_heads}")
     h, d = num_heads // 2, width // num_heads
-    if impl == "fused" and not return_maps:
-        o = _fused_diff_heads(params, x, h, d, lambda_init, mask, rotary_base)
+    formulation = _formulation(impl, x.dtype, return_maps)
+    if formulation is not None:
+        o = _fused_diff_heads(params, x, h, d, lambda_init, mask, rotary_base, formulation)
         return _dense(o.astype(x.dtype).reshape(b, n, width), params["out"])
     q, k = (_rotate(_heads(x, params[name], 2 * h), rotary_base, 2) for name in ("q", "k"))
     v = _heads(x, params["v"], h)
@@ -364,9 +400,10 @@ def _with_causal(mask: Array | None, n: int, causal: bool) -> Array | None:
 class SoftmaxAttention(nnx.Module):
     """Multi-head softmax self-attention (q/k/v/out D→D projections) over [B, N, D].
 
-    ``impl`` (``"reference"`` or ``"fused"``) picks the implementation of the forward pass; the
-    maps (``return_maps=True``) always come from the reference path. ``causal`` adds the causal
-    mask to any mask passed in; ``rotary_base`` rotates queries and keys (:func:`rotary`).
+    ``impl`` (``"reference"``, ``"fused"`` or ``"fused_xla"``) picks the implementation of the
+    forward pass (module docstring); the maps (``return_maps=True``) always come from the
+    reference path. ``causal`` adds the causal mask to any mask passed in; ``rotary_base``
+    rotates queries and keys (:func:`rotary`).
     """
 
     def __init__(

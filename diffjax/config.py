@@ -7,7 +7,7 @@ import math
 import numbers
 from typing import Any, Literal
 
-from diffjax.attention import lambda_init_schedule
+from diffjax.attention import IMPLS, lambda_init_schedule
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -100,8 +100,10 @@ class ViTConfig:
         softmax, λ, norms and the residual stream stay float32) or ``"float64"`` (exact analyses;
         needs ``jax_enable_x64``).
       attention_impl: ``"reference"`` (einsums and a materialised softmax: the exact path of the
-        analyses and the float64 checks) or ``"fused"`` (``jax.nn.dot_product_attention``: cuDNN
-        on a GPU, XLA elsewhere; for training and attacks). Anything that asks for the maps
+        analyses and the float64 checks), ``"fused"`` (cuDNN's ``jax.nn.dot_product_attention``
+        on a GPU in bf16/fp16, the reference formulation elsewhere; for training and attacks)
+        or ``"fused_xla"`` (the fused formulation through XLA on any backend: tests and
+        benchmarks); :mod:`diffjax.attention`. Anything that asks for the maps
         (``capture=True``, ``return_maps=True``) runs the reference path either way.
       scan_layers: run the blocks as one ``nnx.scan`` over stacked parameters (compile time
         independent of depth; for training and attacks). Needs identical layers: every layer
@@ -137,7 +139,7 @@ class ViTConfig:
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
     dtype: str = "float32"
-    attention_impl: Literal["reference", "fused"] = "reference"
+    attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
     scan_layers: bool = False
     remat: bool = False
     activation: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
@@ -188,14 +190,12 @@ class ViTConfig:
             raise ValueError(
                 f"dtype must be 'float32', 'bfloat16' or 'float64', got {self.dtype!r}"
             )
-        if self.attention_impl not in ("reference", "fused"):
+        if self.attention_impl not in IMPLS:
+            raise ValueError(f"attention_impl must be one of {IMPLS}, got {self.attention_impl!r}")
+        if self.attention_impl != "reference" and self.dtype == "float64":
             raise ValueError(
-                f"attention_impl must be 'reference' or 'fused', got {self.attention_impl!r}"
-            )
-        if self.attention_impl == "fused" and self.dtype == "float64":
-            raise ValueError(
-                "attention_impl='fused' computes its softmax in float32; float64 (exact) models "
-                "need attention_impl='reference'"
+                f"attention_impl={self.attention_impl!r} computes its softmax in float32; "
+                "float64 (exact) models need attention_impl='reference'"
             )
         for name in ("scan_layers", "remat", "ln_pre", "patch_bias", "distillation"):
             check_bool(name, getattr(self, name))

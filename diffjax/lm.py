@@ -29,6 +29,7 @@ from flax import nnx
 
 from diffjax.attention import (
     DENSE_INIT,
+    IMPLS,
     AttentionMaps,
     DiffAttention,
     SoftmaxAttention,
@@ -58,7 +59,7 @@ class LMConfig:
       lambda_init: ``"schedule"`` (0.8 − 0.6·exp(−0.3·l)) or a constant in [0, 1).
       rms_eps: epsilon of the pre-norm and final RMSNorms (the per-head DA norm uses 1e-5).
       dtype: ``"float32"`` or ``"float64"`` (exact analyses; needs ``jax_enable_x64``).
-      attention_impl: ``"reference"`` or ``"fused"`` (:mod:`diffjax.attention`).
+      attention_impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (:mod:`diffjax.attention`).
     """
 
     attention: Literal["softmax", "diff"] = "diff"
@@ -72,7 +73,7 @@ class LMConfig:
     lambda_init: str | float = "schedule"
     rms_eps: float = 1e-5
     dtype: str = "float32"
-    attention_impl: Literal["reference", "fused"] = "reference"
+    attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
 
     def __post_init__(self):
         for name in ("vocab_size", "width", "depth", "num_heads", "max_len"):
@@ -96,11 +97,9 @@ class LMConfig:
         check_number("rms_eps", self.rms_eps, 0, low_open=True)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.attention_impl not in ("reference", "fused"):
-            raise ValueError(
-                f"attention_impl must be 'reference' or 'fused', got {self.attention_impl!r}"
-            )
-        if self.attention_impl == "fused" and self.dtype == "float64":
+        if self.attention_impl not in IMPLS:
+            raise ValueError(f"attention_impl must be one of {IMPLS}, got {self.attention_impl!r}")
+        if self.attention_impl != "reference" and self.dtype == "float64":
             raise ValueError("float64 (exact) models need attention_impl='reference'")
 
     @property

@@ -64,6 +64,19 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
+def replicate_host(tree, mesh: Mesh):
+    """Put every host array of ``tree``, the same in every process, on every device of ``mesh``.
+
+    For data that every process holds whole (a training set); works across processes.
+    """
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(replicated(mesh), x, x.shape)
+
+    return jax.tree.map(put, tree)
+
+
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """This process's share of a global batch; raises unless it splits evenly over devices."""
     if global_batch_size % mesh.size:

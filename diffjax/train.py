@@ -15,6 +15,12 @@ cross-entropy with label smoothing, optional global-norm gradient clipping, rand
 padding and horizontal flips drawn on the device. Step ``s`` uses PRNG key
 ``fold_in(key(seed), s)`` and batch ``s`` of a per-epoch permutation seeded by ``(seed, epoch)``,
 so a run resumed from a checkpoint computes exactly what an uninterrupted run does.
+
+Where the training set fits :data:`RESIDENT_DATA_BYTES` per device (CIFAR-10 does: 154 MB), it
+is put on every device once, uint8, and each step gathers its batch inside the jitted step
+(:func:`resident_train_step`) from the epoch's permutation: no host-to-device copy per step.
+The batches and the arithmetic are the host-fed path's (:func:`train_step`): the same
+parameters, bit for bit. ``TrainConfig.resident_data`` forces either.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from diffjax.config import (
 from diffjax.data import Dataset, load_dataset
 from diffjax.data.pipeline import (
     augment,
+    epoch_permutation,
     eval_batches,
     steps_per_epoch,
     to_unit_range,
@@ -66,6 +73,11 @@ from diffjax.vit import ViT
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+# Per device (every device holds the whole set): CIFAR-10/100's 50,000 × 32 × 32 × 3 uint8 images
+# (154 MB) fit; Tiny ImageNet's 100,000 × 64 × 64 × 3 (1.2 GB) stays on the host.
+RESIDENT_DATA_BYTES = 1 << 30
+# Fields that say where the work runs, not what it computes: left out of a run's identity.
+NOT_IDENTITY = ("resident_data",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +108,10 @@ class TrainConfig:
       checkpoint_every_steps: also save a checkpoint every n steps (0: only at evaluations).
       keep_checkpoints: keep this many latest checkpoints, plus the best by test accuracy.
       log_every_steps: record the training metrics every n steps.
+      resident_data: keep the training set on the device(s) and gather batches inside the
+        step (``True``), feed every batch from the host (``False``), or ``None``: resident when
+        it fits :data:`RESIDENT_DATA_BYTES` per device (:func:`uses_resident_data`). Both give
+        the same numbers, so it is not part of the run's identity (:meth:`to_dict`).
     """
 
     model: ViTConfig = ViTConfig()
@@ -120,6 +136,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     log_every_steps: int = 50
+    resident_data: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
@@ -142,6 +159,8 @@ class TrainConfig:
         check_int("crop_padding", self.crop_padding, 0)
         check_int("seed", self.seed, 0)
         check_bool("flip", self.flip)
+        if self.resident_data is not None:
+            check_bool("resident_data", self.resident_data)
         check_number("learning_rate", self.learning_rate, 0, low_open=True)
         check_number("end_learning_rate", self.end_learning_rate, 0, self.learning_rate)
         check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs)
@@ -156,12 +175,23 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; ``"model"`` holds the ViT config."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """JSON-ready dict of the run's identity; ``"model"`` holds the ViT config.
+
+        The fields of :data:`NOT_IDENTITY` (``resident_data``) are left out: where the training
+        set is kept changes no number (the resident and the host-fed step see the same batches
+        and run the same arithmetic; ``tests/test_train.py`` checks the parameters bit for bit),
+        so a run may resume with either placement, and the ``config.json`` of run directories
+        and the experiments' config hashes (run names) written before the field existed stay
+        valid.
+        """
+        d = dataclasses.asdict(self)
+        for name in NOT_IDENTITY:
+            del d[name]
+        return json.loads(json.dumps(d))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (the :data:`NOT_IDENTITY` fields at their defaults)."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
@@ -257,28 +287,14 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     return optax.softmax_cross_entropy(logits, targets)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"), donate_argnums=0)
-def train_step(
+def _step(
     state: TrainState,
     images: jax.Array,
     labels: jax.Array,
-    *,
     config: TrainConfig,
     steps_per_epoch: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch.
-
-    Args:
-      state: replicated training state (donated).
-      images: [B, H, W, C] uint8, sharded along B.
-      labels: [B] int32, sharded along B.
-      config: the run's configuration (static).
-      steps_per_epoch: steps per epoch, for the schedule (static).
-
-    Returns:
-      (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
-      batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
-    """
+    """The optimizer step of :func:`train_step` (traced by both jitted steps)."""
     graphdef = _graphdef(config.model)
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     aug_key, dropout_key = jax.random.split(key)
@@ -301,6 +317,66 @@ def train_step(
         "learning_rate": learning_rate_schedule(config, steps_per_epoch)(state.step),
     }
     return TrainState(state.step + 1, params, opt_state), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"), donate_argnums=0)
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    config: TrainConfig,
+    steps_per_epoch: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a global batch.
+
+    Args:
+      state: replicated training state (donated).
+      images: [B, H, W, C] uint8, sharded along B.
+      labels: [B] int32, sharded along B.
+      config: the run's configuration (static).
+      steps_per_epoch: steps per epoch, for the schedule (static).
+
+    Returns:
+      (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
+      batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
+    """
+    return _step(state, images, labels, config, steps_per_epoch)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch", "mesh"), donate_argnums=0)
+def resident_train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    order: jax.Array,
+    *,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    mesh: jax.sharding.Mesh,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_step` on batch ``state.step mod steps_per_epoch`` of a device-resident set.
+
+    Args:
+      state: replicated training state (donated).
+      images: [n, H, W, C] uint8, the whole training set, replicated (not donated).
+      labels: [n] int32, replicated.
+      order: [steps_per_epoch · B] int32, the epoch's permutation (its first full batches),
+        replicated; batch i is ``order[i·B : (i+1)·B]``, as :func:`train_batches` cuts it.
+      config, steps_per_epoch: as for :func:`train_step` (static).
+      mesh: the data mesh (static): the gathered batch is split along B over it, as the
+        host-fed batch is.
+
+    Returns:
+      what :func:`train_step` returns for that batch.
+    """
+    b = config.batch_size
+    i = state.step % steps_per_epoch
+    idx = jax.lax.dynamic_slice_in_dim(order, i * b, b)
+    split = sharding.batch_sharding(mesh)
+    x = jax.lax.with_sharding_constraint(images[idx], split)
+    y = jax.lax.with_sharding_constraint(labels[idx], split)
+    return _step(state, x, y, config, steps_per_epoch)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config",))
@@ -376,6 +452,17 @@ def evaluate(model: ViT, dataset: Dataset, batch_size: int = 500, mesh=None) -> 
     mesh = sharding.data_mesh() if mesh is None else mesh
     params = sharding.replicate(nnx.state(model, nnx.Param), mesh)
     return evaluate_params(params, model.config, dataset, batch_size, mesh)
+
+
+def uses_resident_data(config: TrainConfig, dataset: Dataset) -> bool:
+    """Whether :func:`train` keeps ``dataset`` (the training split) on the devices.
+
+    ``config.resident_data`` when set; otherwise whether the images, labels and one epoch's
+    int32 permutation fit :data:`RESIDENT_DATA_BYTES` (each device holds a whole copy).
+    """
+    if config.resident_data is not None:
+        return config.resident_data
+    return dataset.images.nbytes + dataset.labels.nbytes + 4 * len(dataset) <= RESIDENT_DATA_BYTES
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: pathlib.Path) -> None:
@@ -513,14 +600,32 @@ def train(
             _truncate_metrics(metrics_path, start)
         emit({"kind": "start", "step": start, "total_steps": total_steps, "steps_per_epoch": spe})
 
-        batches = train_batches(train_data, config.batch_size, config.seed, start, rows)
+        resident = uses_resident_data(config, train_data)
+        if resident:
+            data = sharding.replicate_host((train_data.images, train_data.labels), mesh)
+            order_epoch, order = None, None
+        else:
+            batches = train_batches(train_data, config.batch_size, config.seed, start, rows)
         pending: list[dict] = []
         final_eval = None
         timed_images, timed_seconds, interval_images = 0, 0.0, 0
         interval_start = time.perf_counter()
         for step in range(start + 1, total_steps + 1):
-            images, labels = sharding.shard_batch(next(batches), mesh)
-            state, metrics = train_step(state, images, labels, config=config, steps_per_epoch=spe)
+            if resident:  # this step's batch is gathered on the devices from the epoch's order
+                epoch = (step - 1) // spe
+                if epoch != order_epoch:
+                    perm = epoch_permutation(len(train_data), config.seed, epoch)
+                    order = perm[: spe * config.batch_size].astype(np.int32)
+                    order = sharding.replicate_host(order, mesh)
+                    order_epoch = epoch
+                state, metrics = resident_train_step(
+                    state, *data, order, config=config, steps_per_epoch=spe, mesh=mesh
+                )
+            else:
+                images, labels = sharding.shard_batch(next(batches), mesh)
+                state, metrics = train_step(
+                    state, images, labels, config=config, steps_per_epoch=spe
+                )
             pending.append(metrics)
             if step == start + 1:  # keep compilation out of the throughput
                 jax.block_until_ready(metrics)
@@ -578,6 +683,7 @@ def train(
         "epochs": config.epochs,
         "resumed_from_step": start,
         "train_img_per_s": timed_images / timed_seconds if timed_images else None,
+        "resident_data": resident,
         "devices": [str(d) for d in mesh.devices.flat],
         "jax_version": jax.__version__,
     }

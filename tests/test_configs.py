@@ -105,3 +105,6 @@ def test_zoo_runs_are_named_by_the_sha256_of_the_resolved_config(tmp_path):
     assert z.run_dir(other).name.startswith("diffvit_d1_li0.5_s3-")
     assert zoo.config_hash(other) != digest
     assert zoo.config_hash(config.replace(epochs=3)) != digest
+    # Where the data lives changes no number: not part of the name (existing runs stay valid).
+    for resident in (True, False):
+        assert zoo.config_hash(config.replace(resident_data=resident)) == digest

@@ -1,9 +1,14 @@
 """The accelerator paths against the reference: fused attention, scanned layers, remat.
 
-The fused path (``jax.nn.dot_product_attention``) must compute the reference attention to float32
-tolerance, outputs and input gradients, softmax and DA, with and without a mask; the scanned and
-rematerialised models must compute the loop model's logits and gradients.
+The fused formulation (``jax.nn.dot_product_attention``; DA as two calls on zero-padded queries
+and keys) must compute the reference attention to float32 tolerance, outputs and input
+gradients, softmax and DA, with and without a mask: tested through ``impl="fused_xla"``, which
+forces it on this CPU (``"fused"`` runs it through cuDNN on a GPU and the reference formulation
+everywhere else). The scanned and rematerialised models must compute the loop model's logits and
+gradients.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +17,7 @@ import pytest
 from flax import nnx
 
 import diffjax as dj
+from diffjax import attention
 from diffjax.checkpoint import load_model, save_model
 from diffjax.vit import relayout
 
@@ -39,23 +45,46 @@ def test_fused_attention_equals_reference_outputs_and_input_gradients(kind, mask
     params, f = _attention(kind)
     m = MASKS[mask]
     x = jax.random.normal(jax.random.key(0), (B, N, D))
-    ref, fused = f(params, x, m, "reference"), f(params, x, m, "fused")
+    w = jax.random.normal(jax.random.key(3), x.shape)  # a random cotangent
+
+    @functools.partial(jax.jit, static_argnums=1)  # one compilation per path, not per operation
+    def out_and_input_grad(x, impl):
+        return f(params, x, m, impl), jax.grad(lambda x: jnp.sum(w * f(params, x, m, impl)))(x)
+
+    ref, g_ref = out_and_input_grad(x, "reference")
+    fused, g_fused = out_and_input_grad(x, "fused_xla")
     np.testing.assert_allclose(fused, ref, rtol=RTOL, atol=ATOL)
-    w = jax.random.normal(jax.random.key(3), ref.shape)  # a random cotangent
-    g_ref = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "reference")))(x)
-    g_fused = jax.grad(lambda x: jnp.sum(w * f(params, x, m, "fused")))(x)
     np.testing.assert_allclose(g_fused, g_ref, rtol=RTOL, atol=ATOL * np.abs(g_ref).max())
+
+
+def test_fused_runs_cudnn_on_a_gpu_in_half_precision_and_the_reference_elsewhere(monkeypatch):
+    # On this CPU "fused" is the reference formulation, to the bit (DA's padded calls would
+    # cost twice the reference's FLOPs here, with no fused kernel to pay for them).
+    assert attention.fused_kernel(jnp.bfloat16) is None
+    for kind in ("softmax", "diff"):
+        params, f = _attention(kind)
+        x = jax.random.normal(jax.random.key(0), (B, N, D))
+        np.testing.assert_array_equal(f(params, x, None, "fused"), f(params, x, None, "reference"))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention.fused_kernel(jnp.bfloat16) == attention.fused_kernel(jnp.float16) == "cudnn"
+    assert attention.fused_kernel(jnp.float32) is None  # cuDNN's kernel takes bf16/fp16 only
 
 
 @pytest.mark.parametrize("attention", ["softmax", "diff"])
 def test_fused_vit_equals_reference_vit_and_maps_come_from_the_reference(attention):
     config = dj.preset("tiny", attention=attention)
     ref = dj.ViT(config, rngs=nnx.Rngs(0))
-    fused = dj.ViT(config.replace(attention_impl="fused"), rngs=nnx.Rngs(0))
+    fused = dj.ViT(config.replace(attention_impl="fused_xla"), rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
-    np.testing.assert_allclose(fused(x), ref(x), rtol=RTOL, atol=ATOL)
-    grad = lambda m: jax.grad(lambda x: m(x)[:, 0].sum())(x)  # noqa: E731
-    np.testing.assert_allclose(grad(fused), grad(ref), rtol=RTOL, atol=ATOL)
+
+    def logits_and_input_grad(model):  # jitted: one compilation, not one per operation
+        apply, params = dj.functional(model)
+        f = lambda x: apply(params, x)  # noqa: E731
+        return jax.jit(lambda x: (f(x), jax.grad(lambda x: f(x)[:, 0].sum())(x)))(x)
+
+    (out_fused, grad_fused), (out_ref, grad_ref) = map(logits_and_input_grad, (fused, ref))
+    np.testing.assert_allclose(out_fused, out_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(grad_fused, grad_ref, rtol=RTOL, atol=ATOL)
     _, maps_fused = fused(x, capture=True)
     _, maps_ref = ref(x, capture=True)
     for a, b in zip(jax.tree.leaves(maps_fused), jax.tree.leaves(maps_ref), strict=True):
@@ -67,7 +96,7 @@ def test_fused_clip_text_tower_equals_reference():
     attn = dj.DiffAttention(D, H, 0.8, rngs=nnx.Rngs(4))
     x = jax.random.normal(jax.random.key(2), (B, N, D))
     mask = jnp.tril(jnp.ones((N, N), bool))
-    fused = dj.DiffAttention(D, H, 0.8, impl="fused", rngs=nnx.Rngs(4))
+    fused = dj.DiffAttention(D, H, 0.8, impl="fused_xla", rngs=nnx.Rngs(4))
     np.testing.assert_allclose(fused(x, mask=mask), attn(x, mask=mask), rtol=RTOL, atol=ATOL)
 
 
@@ -76,6 +105,7 @@ def test_fused_clip_text_tower_equals_reference():
     [
         ({"attention_impl": "flash"}, "attention_impl must be"),
         ({"attention_impl": "fused", "dtype": "float64"}, "float64"),
+        ({"attention_impl": "fused_xla", "dtype": "float64"}, "float64"),
         ({"scan_layers": 1}, "scan_layers must be True or False"),
         ({"attention": "diff", "scan_layers": True, "lambda_init": "schedule"}, "schedule"),
         ({"attention": "diff", "scan_layers": True, "diff_layers": (0,)}, "diff_layers"),

@@ -26,6 +26,7 @@ from diffjax.train import (
     smoothed_cross_entropy,
     train,
     train_step,
+    uses_resident_data,
 )
 
 # 16 steps (2 epochs of 8) on the embedded sample, with dropout on so that its PRNG stream is
@@ -124,6 +125,34 @@ def test_resume_after_kill_equals_uninterrupted_run(smoke_run, tmp_path):
     # Running again finds the run complete and trains nothing.
     _, again = train(CONFIG, tmp_path)
     assert again["resumed_from_step"] == STEPS and again["final"] == summary["final"]
+
+
+def test_resident_data_trains_exactly_as_the_host_fed_path(smoke_run, tmp_path):
+    # The smoke run kept its 256 training images on the 4 devices (they fit the budget) and
+    # gathered each batch in the step; fed from the host, the same run sees the same batches and
+    # runs the same arithmetic on the same shardings: parameters and metrics equal to the bit.
+    run_dir, model, summary = smoke_run
+    assert summary["resident_data"] is True
+    host, host_summary = train(CONFIG.replace(resident_data=False, checkpoint_every_steps=0),
+                               tmp_path)  # fmt: skip
+    assert host_summary["resident_data"] is False
+    assert_trees_equal(nnx.state(host, nnx.Param), nnx.state(model, nnx.Param))
+    drop_time = lambda rs: [{k: v for k, v in r.items() if k != "img_per_s"} for r in rs]  # noqa: E731
+    assert drop_time(read_metrics(tmp_path)) == drop_time(read_metrics(run_dir))
+    assert host_summary["final"] == summary["final"]
+
+
+def test_resident_data_is_used_where_it_fits_and_is_not_the_runs_identity(monkeypatch):
+    data = synthetic(10, image_size=8)  # 10 × 192 image bytes + 10 × 4 label + 10 × 4 order
+    assert uses_resident_data(CONFIG, data)
+    monkeypatch.setattr("diffjax.train.RESIDENT_DATA_BYTES", 10 * 200 - 1)
+    assert not uses_resident_data(CONFIG, data)
+    assert uses_resident_data(CONFIG.replace(resident_data=True), data)
+    assert not uses_resident_data(CONFIG.replace(resident_data=False), data)
+    assert CONFIG.replace(resident_data=True).to_dict() == CONFIG.to_dict()
+    assert "resident_data" not in CONFIG.to_dict()
+    with pytest.raises(ValueError, match="resident_data"):
+        CONFIG.replace(resident_data=1)
 
 
 def test_resume_refuses_a_different_config(smoke_run):
