@@ -1,16 +1,57 @@
-"""Test set-up: several simulated CPU devices, so sharded code paths run in every test session.
+"""Test set-up: several simulated CPU devices, so sharded code paths run in every test session,
+and XLA:CPU's compiler at -O0.
 
-The count comes from ``DIFFJAX_TEST_DEVICES`` (default 4) and must be set before JAX starts.
+The device count comes from ``DIFFJAX_TEST_DEVICES`` (default 4); both settings must be made
+before JAX starts its backend. A test marked ``@pytest.mark.default_compiler`` runs in a child
+pytest at XLA's default optimisation level instead.
 """
 
 import gc
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
 
+# The suite's time is mostly XLA:CPU compiling thousands of small programs, and LLVM's
+# optimisation passes are most of that: at -O0 a compile-bound test file takes about half as
+# long. The arithmetic is IEEE float at every level (XLA:CPU's fast-math is off by default), and
+# every comparison a test makes (against NumPy, PyTorch, a second run) is within one setting.
+# Subprocesses the tests start (CLI runs, simulated hosts) inherit it through the environment.
+OPT_FLAG = "--xla_backend_optimization_level"
+CHILD = "DIFFJAX_TEST_DEFAULT_COMPILER"
+if OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}=0".strip()
+
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("DIFFJAX_TEST_DEVICES", "4")))
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "default_compiler: run at XLA's default optimisation level (in a child pytest), for "
+        "bit-identity claims that depend on the code LLVM generates",
+    )
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """Run a ``default_compiler`` test in a child pytest whose XLA flags leave the level alone."""
+    if pyfuncitem.get_closest_marker("default_compiler") is None or os.environ.get(CHILD):
+        return None
+    flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if not f.startswith(OPT_FLAG))
+    # The child must not add -O0 itself: an explicit level in XLA_FLAGS tells it so (3 is XLA's
+    # default).
+    env = {**os.environ, CHILD: "1", "XLA_FLAGS": f"{flags} {OPT_FLAG}=3".strip()}
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+            pyfuncitem.nodeid]  # fmt: skip
+    done = subprocess.run(argv, env=env, cwd=pyfuncitem.config.rootpath, capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        tail = done.stdout[-6000:] + done.stderr[-2000:]
+        pytest.fail(f"at XLA's default optimisation level:\n{tail}", pytrace=False)
+    return True
 
 
 @pytest.fixture(autouse=True, scope="module")

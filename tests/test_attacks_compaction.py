@@ -29,6 +29,9 @@ def stage_batch():
     return np.concatenate([xa, xb]), np.concatenate([ya, yb])
 
 
+# Batches of different sizes give bit-identical rows with the code LLVM generates at XLA's default
+# level, not at the suite's -O0 (1-ulp differences in a few adversarial pixels).
+@pytest.mark.default_compiler
 def test_compacted_autoattack_is_identical_and_every_stage_matters():
     x, y = stage_batch()
     # A weak Square first, then one-step APGDs, then FAB-T: each stage fools examples the earlier
