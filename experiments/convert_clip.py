@@ -3,8 +3,9 @@
 Reads ``checkpoint_best.pt`` (from hammh0a/DiffCLIP_ViTB16_CC3M, …_CC12M, or the CLIP baselines
 hammh0a/ViTB16_CC3M, …_CC12M), or an unmodified OpenAI / open_clip ``CLIP`` state dict
 (``.pt``, ``.bin`` or ``.safetensors``; give ``--preset openai_b16`` etc.: the activation is not in
-the weights; the sizes are read from it, so ViT-B/32, L/14@336px, H/14 … convert with the preset
-of the same activation), without torch, checks every key and shape against the architecture,
+the weights; the sizes are read from it and must be the preset's, or with
+``--sizes-from-weights`` ViT-B/32, L/14@336px, H/14 … convert with the preset of the same
+activation), without torch, checks every key and shape against the architecture,
 and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json`` (source,
 its SHA-256, tensor and parameter counts). Load the result with
 ``diffjax.clip.checkpoint.load_clip(OUT)``.
@@ -15,6 +16,7 @@ its SHA-256, tensor and parameter counts). Load the result with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import pathlib
 
@@ -63,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default width / 64, as every released model)")  # fmt: skip
     parser.add_argument("--text-heads", type=int,
                         help="OpenAI / open_clip layout: text-tower heads (default width / 64)")
+    parser.add_argument("--sizes-from-weights", action="store_true",
+                        help="OpenAI / open_clip layout: convert a model whose sizes differ from "
+                        "the preset's (ViT-B/32, H/14, …) with the preset's activation, eps and "
+                        "statistics (without it, a size mismatch is refused)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 
@@ -86,9 +92,25 @@ def run(args: argparse.Namespace) -> dict:
     preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
     config = clip_preset(preset)
     if layout == "openai":  # sizes from the weights; activation, eps, statistics from the preset
-        config = openai_shapes(state, config, args.vision_heads, args.text_heads)
-    elif args.vision_heads is not None or args.text_heads is not None:
-        raise ValueError("--vision-heads / --text-heads are for OpenAI / open_clip state dicts")
+        sized = openai_shapes(state, config, args.vision_heads, args.text_heads)
+        # A wrong-size preset (openai_l14 for B/16 weights) would otherwise convert silently
+        # with the sizes of the weights: a size mismatch must be asked for.
+        differ = [f"{f.name} {getattr(config, f.name)} (weights: {getattr(sized, f.name)})"
+                  for f in dataclasses.fields(config)
+                  if getattr(config, f.name) != getattr(sized, f.name)]  # fmt: skip
+        if differ and not args.sizes_from_weights:
+            raise ValueError(
+                f"{args.checkpoint} does not have the sizes of preset {preset}: "
+                f"{', '.join(differ)}; pick the preset of its size, or pass "
+                "--sizes-from-weights to convert it with this preset's activation, eps and "
+                "statistics"
+            )
+        config = sized
+    elif args.vision_heads is not None or args.text_heads is not None or args.sizes_from_weights:
+        raise ValueError(
+            "--vision-heads / --text-heads / --sizes-from-weights are for OpenAI / open_clip "
+            "state dicts"
+        )
     model = convert_state_dict(state, config)
     save_model(args.out, model)
     record = {
@@ -97,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         "preset": preset,
         "attention": attention,
         "layout": layout,
+        "sizes_from_weights": bool(args.sizes_from_weights),
         "tensors": len(state),
         "parameters": count_params(model),
         "config": "config.json",

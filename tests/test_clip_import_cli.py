@@ -53,14 +53,19 @@ def _open_clip_cosines(ref, images, class_names, prompt):
 def test_convert_then_analyse_and_compare(open_clip_model, tmp_path, capsys):
     ref, weights = open_clip_model
     out = tmp_path / "clip"
+    convert = ("convert-clip", str(weights), str(tmp_path / "x"), "--preset", "openclip_b16")
+    err = diffjax_error(capsys, *convert, "--vision-heads", "2", "--text-heads", "4")
+    assert "does not have the sizes of preset openclip_b16" in err and "vision_width 768" in err
     record = diffjax("convert-clip", str(weights), str(out), "--preset", "openclip_b16",
-                     "--vision-heads", "2", "--text-heads", "4")  # fmt: skip
+                     "--vision-heads", "2", "--text-heads", "4",
+                     "--sizes-from-weights")  # fmt: skip
     assert record["layout"] == "openai" and record["preset"] == "openclip_b16"
+    assert record["sizes_from_weights"]
     c = load_clip(out).config
     assert (c.image_size, c.patch_size, c.vision_width, c.vision_layers, c.vision_heads) == (
         32, 16, 32, 1, 2)  # fmt: skip
     assert (c.text_width, c.text_layers, c.embed_dim, c.vision_activation) == (32, 1, 16, "gelu")
-    convert = ("convert-clip", str(weights), str(tmp_path / "x"), "--preset", "openclip_b16")
+    convert = (*convert, "--sizes-from-weights")
     err = diffjax_error(capsys, *convert, "--text-heads", "4")
     assert "vision width 32 is not a multiple of open_clip's head width 64" in err
     err = diffjax_error(capsys, *convert, "--vision-heads", "2", "--text-heads", "3")

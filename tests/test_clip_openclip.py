@@ -125,7 +125,8 @@ def test_auto_preset_refuses_open_clip_weights(tmp_path, capsys):
     err = diffjax_error(capsys, "convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"))
     assert "activation is not in the weights" in err and "openai_b16" in err
     # The sizes are read from the weights; the head counts are not in them.
-    args = ("convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"), "--preset", "openai_b16")
+    args = ("convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"), "--preset", "openai_b16",
+            "--sizes-from-weights")
     err = diffjax_error(capsys, *args)
     assert "text width 32 is not a multiple of open_clip's head width 64" in err
     diffjax(*args, "--vision-heads", "4", "--text-heads", "4")
