@@ -36,6 +36,7 @@ import optax
 from flax import nnx
 
 from diffjax import sharding
+from diffjax.analysis.lanczos import linear_operator, power_iteration
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -66,6 +67,16 @@ from diffjax.vit import ViT
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+# TrainConfig fields added after the first release, with their defaults: serialised only when
+# set, so the configs (and zoo hashes) of runs that do not use them are unchanged.
+OPTIONAL_FIELDS = {
+    "noise_sigma": 0.0,
+    "lipschitz_penalty": 0.0,
+    "lipschitz_iters": 3,
+    "lipschitz_examples": 4,
+}
+# fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
+NOISE_STREAM, POWER_STREAM = 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +107,22 @@ class TrainConfig:
       checkpoint_every_steps: also save a checkpoint every n steps (0: only at evaluations).
       keep_checkpoints: keep this many latest checkpoints, plus the best by test accuracy.
       log_every_steps: record the training metrics every n steps.
+      noise_sigma: Gaussian-noise training (Cohen et al. 2019): N(0, σ²) added to the
+        unit-range images (after augmentation, before the pixel normalisation), drawn from the
+        step's key and *not* clipped to [0, 1] — the base classifier that
+        :func:`diffjax.analysis.smoothing.certify` smooths sees exactly such inputs. 0 disables.
+      lipschitz_penalty: weight β of the Lipschitz penalty: the objective is the
+        cross-entropy plus β × the mean, over attention layers and the first
+        ``lipschitz_examples`` images of the batch, of σmax(∂Attn_l/∂u) at u = LN1(h_l)
+        (:func:`attention_sigmas`). 0 disables. Needs ``model.scan_layers=False``.
+      lipschitz_iters: power-iteration steps per penalised Jacobian (start vector re-drawn
+        from the step's key every step).
+      lipschitz_examples: images of the batch whose layers are penalised (≤ batch_size).
+
+    Fields added after the first release (``noise_sigma`` and the ``lipschitz_*`` ones,
+    :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at their defaults, so a
+    config that does not use them serialises, and hashes (``experiments/zoo.py``), exactly
+    as before they existed, and old ``config.json`` files load.
     """
 
     model: ViTConfig = ViTConfig()
@@ -120,6 +147,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     log_every_steps: int = 50
+    noise_sigma: float = 0.0
+    lipschitz_penalty: float = 0.0
+    lipschitz_iters: int = 3
+    lipschitz_examples: int = 4
 
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
@@ -133,6 +164,8 @@ class TrainConfig:
             "eval_every_epochs",
             "keep_checkpoints",
             "log_every_steps",
+            "lipschitz_iters",
+            "lipschitz_examples",
         ):
             check_int(name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples"):
@@ -151,13 +184,28 @@ class TrainConfig:
         check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
         if self.grad_clip is not None:
             check_number("grad_clip", self.grad_clip, 0, low_open=True)
+        check_number("noise_sigma", self.noise_sigma, 0)
+        check_number("lipschitz_penalty", self.lipschitz_penalty, 0)
+        if self.lipschitz_examples > self.batch_size:
+            raise ValueError(
+                f"lipschitz_examples ({self.lipschitz_examples}) exceeds batch_size "
+                f"({self.batch_size})"
+            )
+        if self.lipschitz_penalty > 0 and self.model.scan_layers:
+            raise ValueError(
+                "lipschitz_penalty needs the per-layer model (model.scan_layers=False): the "
+                "penalty differentiates each attention layer on its own input"
+            )
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; ``"model"`` holds the ViT config."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """JSON-ready dict; ``"model"`` holds the ViT config; :data:`OPTIONAL_FIELDS` at their
+        defaults are left out (the dict, and its hash, of a config that does not use them is
+        the one it had before they were added)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        return {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS or v != OPTIONAL_FIELDS[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -257,6 +305,52 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def _frozen(module: nnx.Module) -> nnx.Module:
+    """The same module with its parameters behind ``stop_gradient`` (no tangents flow in)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.lax.stop_gradient(state))
+
+
+def attention_sigmas(model: ViT, x: jax.Array, key: jax.Array, iters: int) -> jax.Array:
+    """σmax(∂Attn_l/∂u) at u = LN1(h_l) for every layer and image, differentiable in the model.
+
+    The top right singular vector v of each Jacobian J is found by ``iters`` steps of power
+    iteration (:func:`diffjax.analysis.power_iteration`, JVP/VJP products, start vector from
+    ``key``) on a gradient-stopped copy of the layer; the estimate is then σ̂ = ‖J v‖, recomputed
+    with gradients. σ̂ ≤ σmax always, and at the top singular vector ∇σ̂ = ∇σmax (for a simple
+    σmax, ∂σ = uᵀ ∂J v: the envelope theorem), so its gradient is that of the exact constant
+    up to the power iteration's error.
+
+    Args:
+      model: a per-layer (``scan_layers=False``) ViT / DiffViT, eval mode (no dropout).
+      x: [B, H, W, C] images in [0, 1].
+      key: start vectors (one per layer and image).
+      iters: power-iteration steps (≥ 1).
+
+    Returns:
+      [depth, B] estimates σ̂ (float, the model's dtype).
+    """
+    h = model.embed(x)
+    sigmas = []
+    for layer, blk in enumerate(model.blocks):
+        u = blk.attention_input(h)
+        frozen = _frozen(blk.attn)
+        keys = jax.random.split(jax.random.fold_in(key, layer), u.shape[0])
+
+        def one(u1, k, blk=blk, frozen=frozen):
+            u0 = jax.lax.stop_gradient(u1)
+            matvec, rmatvec, _ = linear_operator(lambda z: frozen(z[None])[0], u0)
+            found = power_iteration(matvec, rmatvec, u0.size, key=k, max_iters=iters,
+                                    tol=0.0, dtype=u0.dtype)  # fmt: skip
+            v = found.right[0].reshape(u0.shape)
+            _, jv = jax.jvp(lambda z: blk.attn(z[None])[0], (u1,), (v,))
+            return jnp.linalg.norm(jv)
+
+        sigmas.append(jax.vmap(one)(u, keys))
+        h = blk(h)
+    return jnp.stack(sigmas)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"), donate_argnums=0)
 def train_step(
     state: TrainState,
@@ -278,19 +372,35 @@ def train_step(
     Returns:
       (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
       batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
+      With ``lipschitz_penalty`` also ``attention_sigma``, the mean σ̂ of
+      :func:`attention_sigmas` (the objective is loss + β · attention_sigma).
     """
     graphdef = _graphdef(config.model)
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     aug_key, dropout_key = jax.random.split(key)
     x = to_unit_range(augment(aug_key, images, config.crop_padding, config.flip))
+    if config.noise_sigma > 0:
+        noise_key = jax.random.fold_in(key, NOISE_STREAM)
+        x = x + config.noise_sigma * jax.random.normal(noise_key, x.shape, x.dtype)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)
         rngs = nnx.Rngs(dropout=dropout_key) if config.model.dropout > 0 else None
         logits = model(x, rngs=rngs)
-        return smoothed_cross_entropy(logits, labels, config.label_smoothing).mean(), logits
+        loss = smoothed_cross_entropy(logits, labels, config.label_smoothing).mean()
+        aux = {"logits": logits}
+        objective = loss
+        if config.lipschitz_penalty > 0:
+            sigma = attention_sigmas(
+                model, x[: config.lipschitz_examples], jax.random.fold_in(key, POWER_STREAM),
+                config.lipschitz_iters,
+            ).mean()  # fmt: skip
+            objective = loss + config.lipschitz_penalty * sigma
+            aux["attention_sigma"] = sigma
+        return objective, (loss, aux)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    logits = aux.pop("logits")
     tx = make_optimizer(config, steps_per_epoch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -299,6 +409,7 @@ def train_step(
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_schedule(config, steps_per_epoch)(state.step),
+        **aux,
     }
     return TrainState(state.step + 1, params, opt_state), metrics
 
