@@ -67,14 +67,9 @@ from diffjax.vit import ViT
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
-# TrainConfig fields added after the first release, with their defaults: serialised only when
-# set, so the configs (and zoo hashes) of runs that do not use them are unchanged.
-OPTIONAL_FIELDS = {
-    "noise_sigma": 0.0,
-    "lipschitz_penalty": 0.0,
-    "lipschitz_iters": 3,
-    "lipschitz_examples": 4,
-}
+# TrainConfig fields added after the first release: serialised only when they differ from their
+# defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
+OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples")
 # fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
 NOISE_STREAM, POWER_STREAM = 1, 2
 
@@ -205,7 +200,8 @@ class TrainConfig:
         defaults are left out (the dict, and its hash, of a config that does not use them is
         the one it had before they were added)."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
-        return {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS or v != OPTIONAL_FIELDS[k]}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in d.items() if k not in OPTIONAL_FIELDS or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

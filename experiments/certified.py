@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from diffjax import attacks, records
 from diffjax import analysis as an
+from diffjax import attacks, records
 from diffjax.analysis import certified as C
 from diffjax.analysis import smoothing as S
 from diffjax.experiments.common import Context, fmt, pgd_asr, write_results
@@ -83,10 +83,12 @@ def smoothed(model, data, config, sigma: float, key) -> dict:
     fn = attacks.model_function(model)
     labels, radius = [], []
     for i in range(len(data)):
-        c = S.certify(fn, jnp.asarray(data.images[i], jnp.float32) / 255.0,
-                      jax.random.fold_in(key, i), sigma=float(sigma), n0=config.smoothing_n0,
-                      n=config.smoothing_n, alpha=config.smoothing_alpha,
-                      num_classes=model.config.num_classes, batch=config.smoothing_batch)  # fmt: skip
+        image = jnp.asarray(data.images[i], jnp.float32) / 255.0
+        c = S.certify(
+            fn, image, jax.random.fold_in(key, i), sigma=float(sigma), n0=config.smoothing_n0,
+            n=config.smoothing_n, alpha=config.smoothing_alpha,
+            num_classes=model.config.num_classes, batch=config.smoothing_batch,
+        )  # fmt: skip
         labels.append(int(c.label))
         radius.append(float(c.radius) if c.label == int(data.labels[i]) else 0.0)
     correct = [int(lab == int(y)) for lab, y in zip(labels, data.labels, strict=True)]

@@ -443,7 +443,7 @@ def certified(result: dict, path: pathlib.Path) -> list[str]:
     from diffjax.experiments.certified import certified_accuracy
 
     c = result["config"]
-    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.0), layout="constrained")
+    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.2))
     for ax, norm in zip(axes[:2], ("l2", "linf"), strict=True):
         radii = np.asarray(c[f"radii_{norm}"])
         for name, m in result["models"].items():

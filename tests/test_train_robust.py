@@ -34,8 +34,8 @@ from diffjax.vit import ViT
 # the training steps use its first block only (fewer compilations).
 MODEL = ViTConfig(image_size=16, patch_size=8, width=16, depth=2, num_heads=2,
                   attention="diff", num_classes=4)  # fmt: skip
-BASE = TrainConfig(model=MODEL.replace(depth=1), dataset="synthetic", epochs=1, batch_size=8, crop_padding=0,
-                   flip=False, warmup_epochs=0.0, grad_clip=None)  # fmt: skip
+BASE = TrainConfig(model=MODEL.replace(depth=1), dataset="synthetic", epochs=1, batch_size=8,
+                   crop_padding=0, flip=False, warmup_epochs=0.0, grad_clip=None)  # fmt: skip
 SPE = 4
 # Power steps at which the tiny layers' σ̂ agree with the SVD to 1e-7; the gradient of ‖Jv‖ is
 # off by O(‖v − v₁‖) ≈ the square root of that, hence the 1e-4 of the finite-difference check.
@@ -44,15 +44,18 @@ ITERS = 400
 
 def old_hash(d: dict) -> str:
     """experiments/zoo.py's config_hash, on a dict."""
-    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def test_new_fields_leave_existing_configs_and_hashes_unchanged():
     from diffjax.experiments.zoo import config_hash
 
-    nano = TrainConfig(model=variant("Nano/4", depth=2, attention="diff"), dataset="cifar10",
-                       epochs=4, batch_size=128, learning_rate=2e-3, warmup_epochs=0.5,
-                       train_examples=10000, test_examples=1000, log_every_steps=20, seed=1)  # fmt: skip
+    nano = TrainConfig(
+        model=variant("Nano/4", depth=2, attention="diff"), dataset="cifar10", epochs=4,
+        batch_size=128, learning_rate=2e-3, warmup_epochs=0.5, train_examples=10000,
+        test_examples=1000, log_every_steps=20, seed=1,
+    )  # fmt: skip
     # Computed by the code before these fields existed (git 696154c, config_hash of to_dict).
     assert config_hash(TrainConfig()) == "3c94dcf7b657"
     assert config_hash(nano) == "bc3a0d60f2df"
@@ -154,7 +157,7 @@ def dense_jacobians(model, x):
     out = []
     for layer in range(model.config.depth):
         u = an.layer_input(model, x, layer, "attention_input")
-        j = jax.vmap(jax.jacfwd(lambda z, l=layer: an.attention_layer(model, z, l)))(u)
+        j = jax.vmap(jax.jacfwd(lambda z, i=layer: an.attention_layer(model, z, i)))(u)
         out.append(j.reshape(u.shape[0], u[0].size, u[0].size))
     return jnp.stack(out)
 
