@@ -40,8 +40,8 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     # Decades: DA's interval bound is loose (docs/certified.md), so its radii are far smaller.
     c.radii_l2 = p(smoke=(1e-6, 1e-3), cpu=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1))
     c.radii_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3))
-    c.report_l2 = p(smoke=(1e-6, 1e-3), cpu=(1e-5, 1e-3))
-    c.report_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-7, 1e-5))
+    c.report_l2 = p(smoke=(1e-6, 1e-3), cpu=(1e-5, 1e-4))
+    c.report_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-6, 1e-5))
     c.sigmas = p(smoke=(0.25,), cpu=(0.12, 0.25, 0.5))
     c.noise_training = p(smoke=False, cpu=True)
     c.smoothing_examples = p(smoke=3, cpu=100)
