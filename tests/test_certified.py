@@ -145,10 +145,11 @@ def test_linear_model_bound_is_the_spectral_norm_exactly():
     for norm in ("l2", "linf"):
         # One compilation per norm, the radius an argument.
         bounds_at = jax.jit(
-            lambda r, norm=norm: C.jacobian_bounds(program, C.make_ball(x0, r, norm), chunk=7)
+            lambda r, norm=norm: C.jacobian_bounds(program, C.Ball(x0, r, norm), chunk=7)
         )
         for radius in (0.0, 0.3, 10.0):
-            bounds = bounds_at(radius)
+            C.make_ball(x0, radius, norm)  # a valid ball
+            bounds = bounds_at(jnp.float64(radius))
             # f(x) = x @ w row by row: J = I_3 ⊗ wᵀ, so ‖J‖₂ = ‖w‖₂.
             lhat = float(C.lipschitz_upper(bounds.jacobian))
             assert lhat == pytest.approx(float(np.linalg.norm(np.asarray(w), 2)), rel=1e-7)
