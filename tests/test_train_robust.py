@@ -129,6 +129,10 @@ def run_step(config, images, labels):
 def test_noise_training_equals_a_hand_computed_step_on_noised_inputs():
     images, labels = batch()
     clean = run_step(BASE.replace(noise_sigma=0.0), images, labels)
+    # σ = 0 is no option at all: the same config, so bit for bit the same step.
+    assert BASE.replace(noise_sigma=0.0) == BASE
+    for k, v in run_step(BASE, images, labels).items():
+        np.testing.assert_array_equal(v, clean[k])
     noisy = BASE.replace(noise_sigma=0.5)
     m = run_step(noisy, images, labels)
     ce, gn, _ = hand_step(BASE, images, labels)
