@@ -42,6 +42,7 @@ import optax
 from flax import nnx
 
 from diffjax import sharding
+from diffjax.analysis.lanczos import linear_operator, power_iteration
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -78,6 +79,11 @@ RESULTS_FILE = "results.json"
 RESIDENT_DATA_BYTES = 1 << 30
 # Fields that say where the work runs, not what it computes: left out of a run's identity.
 NOT_IDENTITY = ("resident_data",)
+# TrainConfig fields added after the first release: serialised only when they differ from their
+# defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
+OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples")
+# fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
+NOISE_STREAM, POWER_STREAM = 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,22 @@ class TrainConfig:
         step (``True``), feed every batch from the host (``False``), or ``None``: resident when
         it fits :data:`RESIDENT_DATA_BYTES` per device (:func:`uses_resident_data`). Both give
         the same numbers, so it is not part of the run's identity (:meth:`to_dict`).
+      noise_sigma: Gaussian-noise training (Cohen et al. 2019): N(0, σ²) added to the
+        unit-range images (after augmentation, before the pixel normalisation), drawn from the
+        step's key and *not* clipped to [0, 1] — the base classifier that
+        :func:`diffjax.analysis.smoothing.certify` smooths sees exactly such inputs. 0 disables.
+      lipschitz_penalty: weight β of the Lipschitz penalty: the objective is the
+        cross-entropy plus β × the mean, over attention layers and the first
+        ``lipschitz_examples`` images of the batch, of σmax(∂Attn_l/∂u) at u = LN1(h_l)
+        (:func:`attention_sigmas`). 0 disables. Needs ``model.scan_layers=False``.
+      lipschitz_iters: power-iteration steps per penalised Jacobian (start vector re-drawn
+        from the step's key every step).
+      lipschitz_examples: images of the batch whose layers are penalised (≤ batch_size).
+
+    Fields added after the first release (``noise_sigma`` and the ``lipschitz_*`` ones,
+    :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at their defaults, so a
+    config that does not use them serialises, and hashes (``experiments/zoo.py``), exactly
+    as before they existed, and old ``config.json`` files load.
     """
 
     model: ViTConfig = ViTConfig()
@@ -137,6 +159,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every_steps: int = 50
     resident_data: bool | None = None
+    noise_sigma: float = 0.0
+    lipschitz_penalty: float = 0.0
+    lipschitz_iters: int = 3
+    lipschitz_examples: int = 4
 
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
@@ -150,6 +176,8 @@ class TrainConfig:
             "eval_every_epochs",
             "keep_checkpoints",
             "log_every_steps",
+            "lipschitz_iters",
+            "lipschitz_examples",
         ):
             check_int(name, getattr(self, name), 1)
         for name in ("train_examples", "test_examples"):
@@ -170,6 +198,18 @@ class TrainConfig:
         check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
         if self.grad_clip is not None:
             check_number("grad_clip", self.grad_clip, 0, low_open=True)
+        check_number("noise_sigma", self.noise_sigma, 0)
+        check_number("lipschitz_penalty", self.lipschitz_penalty, 0)
+        if self.lipschitz_examples > self.batch_size:
+            raise ValueError(
+                f"lipschitz_examples ({self.lipschitz_examples}) exceeds batch_size "
+                f"({self.batch_size})"
+            )
+        if self.lipschitz_penalty > 0 and self.model.scan_layers:
+            raise ValueError(
+                "lipschitz_penalty needs the per-layer model (model.scan_layers=False): the "
+                "penalty differentiates each attention layer on its own input"
+            )
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -180,14 +220,14 @@ class TrainConfig:
         The fields of :data:`NOT_IDENTITY` (``resident_data``) are left out: where the training
         set is kept changes no number (the resident and the host-fed step see the same batches
         and run the same arithmetic; ``tests/test_train.py`` checks the parameters bit for bit),
-        so a run may resume with either placement, and the ``config.json`` of run directories
-        and the experiments' config hashes (run names) written before the field existed stay
-        valid.
+        so a run may resume with either placement. :data:`OPTIONAL_FIELDS` are left out while at
+        their defaults. Either way the ``config.json`` of run directories and the experiments'
+        config hashes (run names) written before these fields existed stay valid.
         """
-        d = dataclasses.asdict(self)
-        for name in NOT_IDENTITY:
-            del d[name]
-        return json.loads(json.dumps(d))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in d.items()
+                if k not in NOT_IDENTITY and (k not in OPTIONAL_FIELDS or v != defaults[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -287,6 +327,52 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def _frozen(module: nnx.Module) -> nnx.Module:
+    """The same module with its parameters behind ``stop_gradient`` (no tangents flow in)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.lax.stop_gradient(state))
+
+
+def attention_sigmas(model: ViT, x: jax.Array, key: jax.Array, iters: int) -> jax.Array:
+    """σmax(∂Attn_l/∂u) at u = LN1(h_l) for every layer and image, differentiable in the model.
+
+    The top right singular vector v of each Jacobian J is found by ``iters`` steps of power
+    iteration (:func:`diffjax.analysis.power_iteration`, JVP/VJP products, start vector from
+    ``key``) on a gradient-stopped copy of the layer; the estimate is then σ̂ = ‖J v‖, recomputed
+    with gradients. σ̂ ≤ σmax always, and at the top singular vector ∇σ̂ = ∇σmax (for a simple
+    σmax, ∂σ = uᵀ ∂J v: the envelope theorem), so its gradient is that of the exact constant
+    up to the power iteration's error.
+
+    Args:
+      model: a per-layer (``scan_layers=False``) ViT / DiffViT, eval mode (no dropout).
+      x: [B, H, W, C] images in [0, 1].
+      key: start vectors (one per layer and image).
+      iters: power-iteration steps (≥ 1).
+
+    Returns:
+      [depth, B] estimates σ̂ (float, the model's dtype).
+    """
+    h = model.embed(x)
+    sigmas = []
+    for layer, blk in enumerate(model.blocks):
+        u = blk.attention_input(h)
+        frozen = _frozen(blk.attn)
+        keys = jax.random.split(jax.random.fold_in(key, layer), u.shape[0])
+
+        def one(u1, k, blk=blk, frozen=frozen):
+            u0 = jax.lax.stop_gradient(u1)
+            matvec, rmatvec, _ = linear_operator(lambda z: frozen(z[None])[0], u0)
+            found = power_iteration(matvec, rmatvec, u0.size, key=k, max_iters=iters,
+                                    tol=0.0, dtype=u0.dtype)  # fmt: skip
+            v = found.right[0].reshape(u0.shape)
+            _, jv = jax.jvp(lambda z: blk.attn(z[None])[0], (u1,), (v,))
+            return jnp.linalg.norm(jv)
+
+        sigmas.append(jax.vmap(one)(u, keys))
+        h = blk(h)
+    return jnp.stack(sigmas)
+
+
 def _step(
     state: TrainState,
     images: jax.Array,
@@ -299,14 +385,28 @@ def _step(
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     aug_key, dropout_key = jax.random.split(key)
     x = to_unit_range(augment(aug_key, images, config.crop_padding, config.flip))
+    if config.noise_sigma > 0:
+        noise_key = jax.random.fold_in(key, NOISE_STREAM)
+        x = x + config.noise_sigma * jax.random.normal(noise_key, x.shape, x.dtype)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params)
         rngs = nnx.Rngs(dropout=dropout_key) if config.model.dropout > 0 else None
         logits = model(x, rngs=rngs)
-        return smoothed_cross_entropy(logits, labels, config.label_smoothing).mean(), logits
+        loss = smoothed_cross_entropy(logits, labels, config.label_smoothing).mean()
+        aux = {"logits": logits}
+        objective = loss
+        if config.lipschitz_penalty > 0:
+            sigma = attention_sigmas(
+                model, x[: config.lipschitz_examples], jax.random.fold_in(key, POWER_STREAM),
+                config.lipschitz_iters,
+            ).mean()  # fmt: skip
+            objective = loss + config.lipschitz_penalty * sigma
+            aux["attention_sigma"] = sigma
+        return objective, (loss, aux)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    logits = aux.pop("logits")
     tx = make_optimizer(config, steps_per_epoch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -315,6 +415,7 @@ def _step(
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_schedule(config, steps_per_epoch)(state.step),
+        **aux,
     }
     return TrainState(state.step + 1, params, opt_state), metrics
 
@@ -340,6 +441,8 @@ def train_step(
     Returns:
       (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
       batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
+      With ``lipschitz_penalty`` also ``attention_sigma``, the mean σ̂ of
+      :func:`attention_sigmas` (the objective is loss + β · attention_sigma).
     """
     return _step(state, images, labels, config, steps_per_epoch)
 

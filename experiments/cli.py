@@ -23,7 +23,7 @@ import pathlib
 import sys
 
 EXPERIMENTS = ("main", "asr_table", "alignment", "lipschitz", "depth", "lambda_sweep",
-               "lambda_training", "clip_compare", "language")  # fmt: skip
+               "lambda_training", "clip_compare", "language", "certified")  # fmt: skip
 # Subcommands that take a config, with the config (name:arg) they use without --config.
 CONFIGURED = {"train": "train:cpu", "attack": "attack:pgd", "analyse": "analyse"}
 

@@ -14,7 +14,7 @@ from diffjax.experiments.configs import recipes
 from diffjax.train import TrainConfig
 
 ARGS = {"main": ("embedded", "smoke", "gpu"), "attack": ("pgd", "cw", "autoattack"),
-        "analyse": ("",),
+        "analyse": ("",), "certified": ("smoke", "cpu"),
         "train": tuple(recipes.RECIPES)}  # fmt: skip
 
 
