@@ -44,7 +44,8 @@ def pytest_pyfunc_call(pyfuncitem):
     # The child must not add -O0 itself: an explicit level in XLA_FLAGS tells it so (3 is XLA's
     # default).
     env = {**os.environ, CHILD: "1", "XLA_FLAGS": f"{flags} {OPT_FLAG}=3".strip()}
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+    # One process, no worker pool: the ini file's addopts (-n auto) are dropped.
+    argv = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
             pyfuncitem.nodeid]  # fmt: skip
     done = subprocess.run(argv, env=env, cwd=pyfuncitem.config.rootpath, capture_output=True,
                           text=True)  # fmt: skip
