@@ -83,7 +83,9 @@ NOT_IDENTITY = ("resident_data",)
 # defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
 OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples")
 # fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
-NOISE_STREAM, POWER_STREAM = 1, 2
+# Not 0 or 1: with JAX's partitionable threefry, fold_in(key, i) is split(key)[i], so tag 1
+# would be the dropout key itself.
+NOISE_STREAM, POWER_STREAM = 3, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +127,11 @@ class TrainConfig:
       lipschitz_penalty: weight β of the Lipschitz penalty: the objective is the
         cross-entropy plus β × the mean, over attention layers and the first
         ``lipschitz_examples`` images of the batch, of σmax(∂Attn_l/∂u) at u = LN1(h_l)
-        (:func:`attention_sigmas`). 0 disables. Needs ``model.scan_layers=False``.
+        (:func:`attention_sigmas`). 0 disables. Needs ``model.scan_layers=False`` and
+        ``model.attention_impl="reference"``.
       lipschitz_iters: power-iteration steps per penalised Jacobian (start vector re-drawn
-        from the step's key every step).
+        from the step's key every step; the vector used has ``lipschitz_iters − 1``
+        refinements).
       lipschitz_examples: images of the batch whose layers are penalised (≤ batch_size).
 
     Fields added after the first release (``noise_sigma`` and the ``lipschitz_*`` ones,
@@ -200,16 +204,24 @@ class TrainConfig:
             check_number("grad_clip", self.grad_clip, 0, low_open=True)
         check_number("noise_sigma", self.noise_sigma, 0)
         check_number("lipschitz_penalty", self.lipschitz_penalty, 0)
-        if self.lipschitz_examples > self.batch_size:
-            raise ValueError(
-                f"lipschitz_examples ({self.lipschitz_examples}) exceeds batch_size "
-                f"({self.batch_size})"
-            )
-        if self.lipschitz_penalty > 0 and self.model.scan_layers:
-            raise ValueError(
-                "lipschitz_penalty needs the per-layer model (model.scan_layers=False): the "
-                "penalty differentiates each attention layer on its own input"
-            )
+        if self.lipschitz_penalty > 0:
+            if self.lipschitz_examples > self.batch_size:
+                raise ValueError(
+                    f"lipschitz_examples ({self.lipschitz_examples}) exceeds batch_size "
+                    f"({self.batch_size})"
+                )
+            if self.model.scan_layers:
+                raise ValueError(
+                    "lipschitz_penalty needs the per-layer model (model.scan_layers=False): the "
+                    "penalty differentiates each attention layer on its own input"
+                )
+            if self.model.attention_impl != "reference":
+                # cuDNN's fused kernel has a custom VJP only: the power iteration's JVPs fail.
+                raise ValueError(
+                    "lipschitz_penalty needs model.attention_impl='reference': the power "
+                    "iteration differentiates attention forward-mode, which the fused kernel "
+                    f"does not support (got {self.model.attention_impl!r})"
+                )
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -336,18 +348,20 @@ def _frozen(module: nnx.Module) -> nnx.Module:
 def attention_sigmas(model: ViT, x: jax.Array, key: jax.Array, iters: int) -> jax.Array:
     """σmax(∂Attn_l/∂u) at u = LN1(h_l) for every layer and image, differentiable in the model.
 
-    The top right singular vector v of each Jacobian J is found by ``iters`` steps of power
-    iteration (:func:`diffjax.analysis.power_iteration`, JVP/VJP products, start vector from
-    ``key``) on a gradient-stopped copy of the layer; the estimate is then σ̂ = ‖J v‖, recomputed
-    with gradients. σ̂ ≤ σmax always, and at the top singular vector ∇σ̂ = ∇σmax (for a simple
-    σmax, ∂σ = uᵀ ∂J v: the envelope theorem), so its gradient is that of the exact constant
-    up to the power iteration's error.
+    The top right singular vector v of each Jacobian J is approximated by ``iters`` steps of
+    power iteration (:func:`diffjax.analysis.power_iteration`, JVP/VJP products, start vector
+    from ``key``) on a gradient-stopped copy of the layer: v is the vector that entered the last
+    step, i.e. the start vector after ``iters − 1`` refinements (``iters = 1``: the random start
+    vector itself). The estimate is then σ̂ = ‖J v‖, recomputed with gradients. σ̂ ≤ σmax
+    always, and at the top singular vector ∇σ̂ = ∇σmax (for a simple σmax, ∂σ = uᵀ ∂J v: the
+    envelope theorem), so its gradient is that of the exact constant up to the power
+    iteration's error.
 
     Args:
       model: a per-layer (``scan_layers=False``) ViT / DiffViT, eval mode (no dropout).
       x: [B, H, W, C] images in [0, 1].
       key: start vectors (one per layer and image).
-      iters: power-iteration steps (≥ 1).
+      iters: power-iteration steps (≥ 1); v has ``iters − 1`` refinements.
 
     Returns:
       [depth, B] estimates σ̂ (float, the model's dtype).

@@ -16,8 +16,10 @@ import pytest
 
 # The suite's time is mostly XLA:CPU compiling thousands of small programs, and LLVM's
 # optimisation passes are most of that: at -O0 a compile-bound test file takes about half as
-# long. The arithmetic is IEEE float at every level (XLA:CPU's fast-math is off by default), and
-# every comparison a test makes (against NumPy, PyTorch, a second run) is within one setting.
+# long. Fast-math is off at every level, but the last bit may differ between levels (at -O3
+# LLVM may contract a·b + c into one fused multiply-add), so every comparison a test makes
+# (against NumPy, PyTorch, a second run) is within one setting and to a tolerance, except the
+# bit-identity claims about two different programs: those are `default_compiler` tests.
 # Subprocesses the tests start (CLI runs, simulated hosts) inherit it through the environment.
 OPT_FLAG = "--xla_backend_optimization_level"
 CHILD = "DIFFJAX_TEST_DEFAULT_COMPILER"
@@ -52,6 +54,8 @@ def pytest_pyfunc_call(pyfuncitem):
     if done.returncode != 0:
         tail = done.stdout[-6000:] + done.stderr[-2000:]
         pytest.fail(f"at XLA's default optimisation level:\n{tail}", pytrace=False)
+    if " passed" not in done.stdout.splitlines()[-1]:  # e.g. skipped there: not a pass here
+        pytest.skip(f"in the child pytest: {done.stdout.splitlines()[-1]}")
     return True
 
 

@@ -67,7 +67,7 @@ def test_convert_then_analyse_and_compare(open_clip_model, tmp_path, capsys):
     assert (c.text_width, c.text_layers, c.embed_dim, c.vision_activation) == (32, 1, 16, "gelu")
     convert = (*convert, "--sizes-from-weights")
     err = diffjax_error(capsys, *convert, "--text-heads", "4")
-    assert "vision width 32 is not a multiple of open_clip's head width 64" in err
+    assert "the vision tower is 32 wide, the preset's 768: give the vision head count" in err
     err = diffjax_error(capsys, *convert, "--vision-heads", "2", "--text-heads", "3")
     assert "text width 32 is not divisible by 3 heads" in err
 

@@ -127,6 +127,8 @@ def test_resume_after_kill_equals_uninterrupted_run(smoke_run, tmp_path):
     assert again["resumed_from_step"] == STEPS and again["final"] == summary["final"]
 
 
+# Two different programs equal to the bit: a claim about the code XLA generates by default.
+@pytest.mark.default_compiler
 def test_resident_data_trains_exactly_as_the_host_fed_path(smoke_run, tmp_path):
     # The smoke run kept its 256 training images on the 4 devices (they fit the budget) and
     # gathered each batch in the step; fed from the host, the same run sees the same batches and

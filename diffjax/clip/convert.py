@@ -209,7 +209,9 @@ def openai_shapes(
     and patch size, both towers' width, depth and MLP ratio, context length and vocabulary
     (ViT-B/32, L/14@336px, H/14, … and reduced test models then convert with the activation,
     eps and statistics of a preset). Head counts are not in the weights: ``vision_heads`` /
-    ``text_heads``, by default width / 64 (open_clip's head width; every released model).
+    ``text_heads``, by default the preset's where the tower has the preset's width; a tower of
+    another width needs its count given (open_clip's head width is 64 up to L/14 but 80 for
+    H/14, 88 for g/14 and 104 for bigG/14: no rule of thumb is safe).
 
     Raises:
       ConversionError: a key the sizes are read from is missing, or a width is not divisible
@@ -235,12 +237,13 @@ def openai_shapes(
     heads = {}
     for name, width, given in (("vision", vw, vision_heads), ("text", tw, text_heads)):
         if given is None:
-            if width % 64:
+            preset_width = getattr(config, f"{name}_width")
+            if width != preset_width:
                 raise ConversionError(
-                    f"{name} width {width} is not a multiple of open_clip's head width 64: give "
-                    f"the {name} head count (it is not in the weights)"
+                    f"the {name} tower is {width} wide, the preset's {preset_width}: give the "
+                    f"{name} head count (it is not in the weights)"
                 )
-            given = width // 64
+            given = getattr(config, f"{name}_heads")
         if given < 1 or width % given:
             raise ConversionError(f"{name} width {width} is not divisible by {given} heads")
         heads[name] = given
