@@ -128,6 +128,6 @@ def test_auto_preset_refuses_open_clip_weights(tmp_path, capsys):
     args = ("convert-clip", str(tmp_path / "w.pt"), str(tmp_path / "out"), "--preset", "openai_b16",
             "--sizes-from-weights")
     err = diffjax_error(capsys, *args)
-    assert "the text tower is 32 wide, the preset's 512: give the text head count" in err
+    assert "the vision tower is 64 wide, the preset's 768: give the vision head count" in err
     diffjax(*args, "--vision-heads", "4", "--text-heads", "4")
     assert read_clip_config(tmp_path / "out") == clip_preset("openai_b16", **SMALL)
