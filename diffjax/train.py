@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from diffjax import sharding
-from diffjax.analysis.lanczos import linear_operator, power_iteration
+from diffjax.analysis.lipschitz import top_singular_values
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -375,9 +375,8 @@ def attention_sigmas(model: ViT, x: jax.Array, key: jax.Array, iters: int) -> ja
 
         def one(u1, k, blk=blk, frozen=frozen):
             u0 = jax.lax.stop_gradient(u1)
-            matvec, rmatvec, _ = linear_operator(lambda z: frozen(z[None])[0], u0)
-            found = power_iteration(matvec, rmatvec, u0.size, key=k, max_iters=iters,
-                                    tol=0.0, dtype=u0.dtype)  # fmt: skip
+            found = top_singular_values(lambda z: frozen(z[None])[0], u0, k=1, key=k,
+                                        max_iters=iters, tol=0.0, method="power")  # fmt: skip
             v = found.right[0].reshape(u0.shape)
             _, jv = jax.jvp(lambda z: blk.attn(z[None])[0], (u1,), (v,))
             return jnp.linalg.norm(jv)
