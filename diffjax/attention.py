@@ -156,6 +156,23 @@ def rotary(x: Array, base: float, seq_axis: int) -> Array:
     return out.reshape(x.shape).astype(x.dtype)
 
 
+def head_norm(t: Array, p: Mapping[str, Array], eps: float) -> Array:
+    """LayerNorm over the last axis (a head's d channels) of ``t`` [..., d] with ``p``'s
+    ``scale`` and ``bias`` [d]; statistics in at least float32, the result in ``t``'s dtype
+    (timm's ``qk_norm``, applied per head to queries and keys)."""
+    x = _wide(t)
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+    y = (x - mu) * jax.lax.rsqrt(var + eps) * p["scale"].astype(x.dtype) + p["bias"].astype(x.dtype)
+    return y.astype(t.dtype)
+
+
+def _qk_norm(q: Array, k: Array, params: Mapping[str, Any], eps: float | None):
+    if params.get("q_norm") is None:
+        return q, k
+    return head_norm(q, params["q_norm"], eps), head_norm(k, params["k_norm"], eps)
+
+
 def _rotate(t: Array, base: float | None, seq_axis: int) -> Array:
     return t if base is None else rotary(t, base, seq_axis)
 
@@ -236,11 +253,13 @@ def softmax_attention(
     return_maps: bool = False,
     impl: str = "reference",
     rotary_base: float | None = None,
+    qk_norm_eps: float | None = None,
 ):
     """Multi-head softmax self-attention.
 
     Args:
-      params: ``{"q"|"k"|"v"|"out": {"kernel": [D, D], "bias": [D] or None}}``.
+      params: ``{"q"|"k"|"v"|"out": {"kernel": [D, D], "bias": [D] or None}}``, and with
+        qk-norm ``"q_norm"``, ``"k_norm"``: ``{"scale": [d], "bias": [d]}``.
       x: [B, N, D] tokens.
       num_heads: H, head dim d = D / H, scale d^-½.
       mask: optional boolean, broadcastable to [B, H, N, N]; True = may attend.
@@ -248,6 +267,8 @@ def softmax_attention(
         the reference path.
       impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (module docstring).
       rotary_base: rotate queries and keys (:func:`rotary`, base θ); ``None``: no rotation.
+      qk_norm_eps: the eps of the per-head LayerNorm of queries and keys (:func:`head_norm`,
+        before any rotation), used when ``params`` has ``"q_norm"``.
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
@@ -259,10 +280,12 @@ def softmax_attention(
     formulation = _formulation(impl, x.dtype, return_maps)
     if formulation is not None:
         q, k, v = (_tokens_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+        q, k = _qk_norm(q, k, params, qk_norm_eps)
         q, k = (_rotate(t, rotary_base, 1) for t in (q, k))
         o = fused_attention(q, k, v, d**-0.5, mask, formulation)
         return _dense(o.reshape(b, n, width), params["out"])
     q, k, v = (_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+    q, k = _qk_norm(q, k, params, qk_norm_eps)
     q, k = (_rotate(t, rotary_base, 2) for t in (q, k))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     a = _softmax_wide(logits, mask)
@@ -270,6 +293,27 @@ def softmax_attention(
     o = o.transpose(0, 2, 1, 3).reshape(b, n, width)
     out = _dense(o, params["out"])
     return (out, AttentionMaps(a1=a)) if return_maps else out
+
+
+def latent_attention(params: Mapping[str, Any], latent: Array, x: Array, num_heads: int) -> Array:
+    """Multi-head attention of learnt queries over tokens (timm's ``AttentionPoolLatent``).
+
+    Args:
+      params: ``{"q"|"k"|"v"|"out": {"kernel": [D, D], "bias": [D] or None}}``.
+      latent: [B, L, D] the query tokens (q is projected from them).
+      x: [B, N, D] the tokens attended over (k and v are projected from them).
+      num_heads: H, head dim d = D / H, scale d^-½.
+
+    Returns:
+      [B, L, D]: the output projection of the attended values.
+    """
+    b, n_q, width = latent.shape
+    q = _heads(latent, params["q"], num_heads)
+    k, v = (_heads(x, params[name], num_heads) for name in ("k", "v"))
+    d = width // num_heads
+    a = _softmax_wide(jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k), None)
+    o = jnp.einsum("bhqk,bhkd->bhqd", a.astype(v.dtype), v)
+    return _dense(o.transpose(0, 2, 1, 3).reshape(b, n_q, width), params["out"])
 
 
 def diff_lambda(params: Mapping[str, Any], lambda_init: float, dtype=jnp.float32) -> Array:
@@ -403,7 +447,9 @@ class SoftmaxAttention(nnx.Module):
     ``impl`` (``"reference"``, ``"fused"`` or ``"fused_xla"``) picks the implementation of the
     forward pass (module docstring); the maps (``return_maps=True``) always come from the
     reference path. ``causal`` adds the causal mask to any mask passed in; ``rotary_base``
-    rotates queries and keys (:func:`rotary`).
+    rotates queries and keys (:func:`rotary`). ``use_bias`` puts biases on q/k/v and, unless
+    ``out_bias`` says otherwise, on the output projection; ``qk_norm_eps`` (not ``None``) adds
+    the per-head LayerNorm of queries and keys with that eps (:func:`head_norm`).
     """
 
     def __init__(
@@ -412,9 +458,11 @@ class SoftmaxAttention(nnx.Module):
         num_heads: int,
         *,
         use_bias: bool = True,
+        out_bias: bool | None = None,
         impl: str = "reference",
         causal: bool = False,
         rotary_base: float | None = None,
+        qk_norm_eps: float | None = None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
@@ -425,17 +473,30 @@ class SoftmaxAttention(nnx.Module):
         self.impl = impl
         self.causal = causal
         self.rotary_base = rotary_base
-        self.q, self.k, self.v, self.out = (_linear(width, use_bias, rngs) for _ in range(4))
+        self.qk_norm_eps = qk_norm_eps
+        self.q, self.k, self.v = (_linear(width, use_bias, rngs) for _ in range(3))
+        self.out = _linear(width, use_bias if out_bias is None else out_bias, rngs)
+        head = width // num_heads
+        self.q_norm, self.k_norm = (
+            (nnx.LayerNorm(head, epsilon=qk_norm_eps, rngs=rngs) for _ in range(2))
+            if qk_norm_eps is not None
+            else (None, None)
+        )
 
     def params(self) -> dict[str, Any]:
         """The parameters as the mapping :func:`softmax_attention` takes."""
-        return {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
+        p = {n: _linear_params(getattr(self, n)) for n in ("q", "k", "v", "out")}
+        if self.q_norm is not None:
+            p |= {n: {"scale": getattr(self, n).scale[...], "bias": getattr(self, n).bias[...]}
+                  for n in ("q_norm", "k_norm")}  # fmt: skip
+        return p
 
     def __call__(self, x: Array, mask: Array | None = None, return_maps: bool = False):
         mask = _with_causal(mask, x.shape[-2], self.causal)
         return softmax_attention(
-            self.params(), x, self.num_heads, mask, return_maps, self.impl, self.rotary_base
-        )
+            self.params(), x, self.num_heads, mask, return_maps, self.impl, self.rotary_base,
+            self.qk_norm_eps,
+        )  # fmt: skip
 
 
 class DiffAttention(nnx.Module):

@@ -79,8 +79,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-def config_to_dict(config: ViTConfig) -> dict:
-    return dataclasses.asdict(config)
+def config_to_dict(config) -> dict:
+    """A model config (ViTConfig, CLIPConfig, ...) as a JSON-ready dict: its own ``to_dict``
+    where it has one (ViTConfig leaves unused optional fields out), else every field."""
+    return config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
 
 
 def config_from_dict(d: dict, cls: type = ViTConfig):

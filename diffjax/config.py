@@ -19,8 +19,8 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The Inception / Hugging Face ViT statistics: [0, 1] pixels mapped to [-1, 1].
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-POOLS = ("cls", "mean")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+POOLS = ("cls", "mean", "map")
 
 
 def check_number(
@@ -81,7 +81,8 @@ class ViTConfig:
       image_size: input height = width, pixels.
       patch_size: square patch side, pixels; must divide ``image_size``.
       channels: input channels.
-      num_classes: classifier outputs.
+      num_classes: classifier outputs; 0: no head, the model outputs the pooled features
+        ([B, width], timm's ``num_classes=0``, a Hugging Face ``Dinov2Model``'s pooler output).
       width: token width D.
       depth: number of blocks.
       num_heads: heads of the softmax model, H_base. DA layers use H_base / 2 DIFF heads with
@@ -92,7 +93,9 @@ class ViTConfig:
         ``None`` means all layers.
       lambda_init: ``"schedule"`` for 0.8 − 0.6·exp(−0.3·l), or a constant float for every layer,
         finite and in [0, 1) (λ_init = 1 would cancel the two maps entirely at initialisation).
-      qkv_bias: biases on the q/k/v/out projections.
+      qkv_bias: biases on the q/k/v projections (and on the output projection unless
+        ``proj_bias`` says otherwise).
+      proj_bias: a bias on the attention's output projection; ``None``: as ``qkv_bias``.
       layer_norm_eps: LayerNorm epsilon (timm ViT: 1e-6; DiffCLIP: 1e-5).
       dropout: dropout rate after attention and MLP (0 = off; always off in eval mode).
       mean, std: per-channel normalisation applied inside the model to [0, 1] pixels.
@@ -112,14 +115,30 @@ class ViTConfig:
       remat: recompute each block's activations in the backward pass instead of storing them
         (``nnx.remat``): less memory, about one more forward pass of compute.
       activation: MLP activation: ``"gelu"`` (exact, x·Φ(x)), ``"gelu_tanh"`` (the tanh
-        approximation) or ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP).
+        approximation), ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP) or ``"silu"``
+        (x·sigmoid(x); with ``mlp_gate`` the SwiGLU MLP).
       ln_pre: a LayerNorm on the embedded tokens before the first block (CLIP's ``ln_pre``,
         timm's ``norm_pre``); h_0 is its output.
       patch_bias: a bias on the patch embedding (OpenAI CLIP's ``conv1`` has none).
-      pool: what the head reads: ``"cls"`` (LN(h_L)[CLS]) or ``"mean"`` (LN of the mean of the
-        patch tokens, timm's ``global_pool="avg"`` with ``fc_norm``).
+      pool: what the head reads: ``"cls"`` (LN(h_L)[CLS]), ``"mean"`` (LN of the mean of the
+        patch tokens, timm's ``global_pool="avg"`` with ``fc_norm``) or ``"map"`` (timm's
+        multi-head attention pooling ``global_pool="map"``: one learnt latent query attends
+        over the patch tokens of LN(h_L), then a residual MLP; SigLIP).
       distillation: DeiT's distillation token after CLS (tokens [CLS, DIST, patches]) and a second
         head on it; the logits are the mean of the two heads (timm's inference output).
+      class_token: a CLS token before the patches (timm's ``class_token=False``: none).
+      num_registers: register tokens after CLS (DINOv2 ``*_reg4_*``: 4), learnt, never read
+        by the head (Darcet et al. 2023).
+      pos_embed_prefix: the position embeddings have rows for the prefix tokens (CLS, DIST,
+        registers) too; ``False``: only the patches get positions and the prefix is prepended
+        after (timm's ``no_embed_class=True``, DINOv2 with registers).
+      layer_scale: LayerScale: each branch's output multiplied by a learnt per-channel γ before
+        the residual sum, h + γ₁·Attn(LN(h)) (timm ``init_values``, DINOv2, DeiT-III).
+      qk_norm: a LayerNorm (eps ``layer_norm_eps``) over the head dim of every query and key
+        head before the logits (timm ``qk_norm=True``).
+      mlp_gate: a gated MLP (GLU): fc1 gives [gate | value], each ``width·mlp_ratio`` wide, and
+        fc2 reads act(gate)·value; with ``activation="silu"`` the SwiGLU of DINOv2-g (timm
+        ``SwiGLUPacked``, Hugging Face ``use_swiglu_ffn``).
     """
 
     image_size: int = 32
@@ -147,10 +166,19 @@ class ViTConfig:
     patch_bias: bool = True
     pool: Literal["cls", "mean"] = "cls"
     distillation: bool = False
+    class_token: bool = True
+    num_registers: int = 0
+    pos_embed_prefix: bool = True
+    layer_scale: bool = False
+    qk_norm: bool = False
+    proj_bias: bool | None = None
+    mlp_gate: bool = False
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
+        for name in ("image_size", "patch_size", "channels", "width", "depth"):
             check_int(name, getattr(self, name), 1)
+        check_int("num_classes", self.num_classes, 0)
+        check_int("num_registers", self.num_registers, 0)
         check_int("num_heads", self.num_heads, 1)
         if self.image_size % self.patch_size:
             raise ValueError(
@@ -197,14 +225,29 @@ class ViTConfig:
                 f"attention_impl={self.attention_impl!r} computes its softmax in float32; "
                 "float64 (exact) models need attention_impl='reference'"
             )
-        for name in ("scan_layers", "remat", "ln_pre", "patch_bias", "distillation"):
-            check_bool(name, getattr(self, name))
+        for name in ("scan_layers", "remat", "ln_pre", "patch_bias", "distillation",
+                     "class_token", "pos_embed_prefix", "layer_scale", "qk_norm", "mlp_gate"):
+            check_bool(name, getattr(self, name))  # fmt: skip
+        if self.proj_bias is not None:
+            check_bool("proj_bias", self.proj_bias)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.distillation and self.pool != "cls":
-            raise ValueError("distillation=True reads the CLS and DIST tokens: it needs pool='cls'")
+        if self.distillation and (self.pool != "cls" or self.num_registers or not self.num_classes):
+            raise ValueError(
+                "distillation=True reads the CLS and DIST tokens into two heads (DeiT): it needs "
+                "pool='cls', no register tokens and num_classes >= 1"
+            )
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' reads the class token: class_token=False needs "
+                             "pool='mean' or 'map'")  # fmt: skip
+        if not self.pos_embed_prefix and not self.num_prefix_tokens:
+            raise ValueError("pos_embed_prefix=False says the prefix tokens have no positions, "
+                             "but there are none (no CLS, DIST or register tokens)")  # fmt: skip
+        if self.attention == "diff" and (self.qk_norm or self.proj_bias is not None):
+            raise ValueError("qk_norm and proj_bias are softmax-attention switches (imported "
+                             "ViTs); Differential Attention has neither")  # fmt: skip
         if self.scan_layers and self.attention == "diff":
             if self.diff_layers is not None and len(set(self.diff_layers)) < self.depth:
                 raise ValueError(
@@ -223,8 +266,32 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: CLS, and DIST with ``distillation``."""
-        return 1 + int(self.distillation)
+        """Tokens before the patches: CLS, DIST with ``distillation``, the registers."""
+        return int(self.class_token) + int(self.distillation) + self.num_registers
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of the position embeddings: every token, or only the patches without
+        ``pos_embed_prefix``."""
+        return self.num_tokens if self.pos_embed_prefix else self.num_patches
+
+    @property
+    def out_bias(self) -> bool:
+        """Whether the attention's output projection has a bias."""
+        return self.qkv_bias if self.proj_bias is None else self.proj_bias
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width (of each half, gate and value, with ``mlp_gate``)."""
+        return int(round(self.width * self.mlp_ratio))
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict; the fields of :data:`OPTIONAL_VIT_FIELDS` only where
+        they differ from their defaults, so the configs and run hashes written before those
+        fields existed stay valid."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items()
+                if k not in OPTIONAL_VIT_FIELDS or v != OPTIONAL_VIT_FIELDS[k]}  # fmt: skip
 
     @property
     def num_tokens(self) -> int:
@@ -249,6 +316,16 @@ class ViTConfig:
 
     def replace(self, **changes) -> ViTConfig:
         return dataclasses.replace(self, **changes)
+
+
+# ViTConfig fields added after run hashes were first published (imported-model switches), with
+# their defaults: ViTConfig.to_dict leaves them out at these values.
+OPTIONAL_VIT_FIELDS: dict[str, Any] = {
+    f.name: f.default
+    for f in dataclasses.fields(ViTConfig)
+    if f.name in ("class_token", "num_registers", "pos_embed_prefix", "layer_scale", "qk_norm",
+                  "proj_bias", "mlp_gate")
+}  # fmt: skip
 
 
 # Model sizes, big_vision style: name → (width D, default depth, softmax heads H_base, MLP ratio).

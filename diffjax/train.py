@@ -236,7 +236,7 @@ class TrainConfig:
         their defaults. Either way the ``config.json`` of run directories and the experiments'
         config hashes (run names) written before these fields existed stay valid.
         """
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self) | {"model": self.model.to_dict()}))
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         return {k: v for k, v in d.items()
                 if k not in NOT_IDENTITY and (k not in OPTIONAL_FIELDS or v != defaults[k])}

@@ -32,6 +32,7 @@ from diffjax.attention import (
     DiffAttention,
     SoftmaxAttention,
     diff_lambda,
+    latent_attention,
 )
 from diffjax.config import ViTConfig
 
@@ -94,6 +95,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": gelu,
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "quick_gelu": quick_gelu,
+    "silu": jax.nn.silu,
 }
 
 
@@ -101,6 +103,17 @@ def _tokens_dense(layer: nnx.Linear, x: Array) -> Array:
     """``layer`` on [B, N, D_in] tokens as one [B·N, D_in] matrix (one GEMM for the weight
     gradient on XLA:CPU, not a two-axis contraction). Returns [B, N, D_out]."""
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+def mlp(fc1: nnx.Linear, fc2: nnx.Linear, activation: str, gate: bool, x: Array) -> Array:
+    """fc2(act(fc1(x))) on [B, N, D] tokens; with ``gate`` the GLU fc2(act(g)·v), where fc1's
+    output is [g | v] (its two halves). Returns [B, N, D_out]."""
+    m = _tokens_dense(fc1, x)
+    act = ACTIVATION_FUNCTIONS[activation]
+    if gate:
+        g, v = jnp.split(m, 2, axis=-1)
+        return _tokens_dense(fc2, act(g) * v)
+    return _tokens_dense(fc2, act(m))
 
 
 def _apply_block(block, h: Array, rngs: nnx.Rngs | None) -> Array:
@@ -140,7 +153,9 @@ def unbatch(captured: Intermediates) -> Intermediates:
 
 class Block(nnx.Module):
     """Pre-norm transformer block: LN → attention → residual; LN → MLP → residual (the MLP's
-    activation is ``config.activation``, exact GELU by default)."""
+    activation is ``config.activation``, exact GELU by default; ``mlp_gate`` makes it a GLU).
+    With ``layer_scale`` each branch is multiplied by its learnt γ [D] (``ls1``, ``ls2``)
+    before the residual sum."""
 
     def __init__(self, config: ViTConfig, layer: int, *, rngs: nnx.Rngs):
         c = config
@@ -151,16 +166,27 @@ class Block(nnx.Module):
         if c.is_diff_layer(layer):
             self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
         else:
-            self.attn = SoftmaxAttention(c.width, c.num_heads, **attn)
+            qk_eps = c.layer_norm_eps if c.qk_norm else None
+            self.attn = SoftmaxAttention(
+                c.width, c.num_heads, out_bias=c.proj_bias, qk_norm_eps=qk_eps, **attn
+            )
         self.norm2 = _layer_norm(c, rngs)
-        hidden = int(round(c.width * c.mlp_ratio))
         dense = dict(
             kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
         )
-        self.fc1 = nnx.Linear(c.width, hidden, rngs=rngs, **dense)
-        self.fc2 = nnx.Linear(hidden, c.width, rngs=rngs, **dense)
+        self.fc1 = nnx.Linear(c.width, c.mlp_hidden * (1 + c.mlp_gate), rngs=rngs, **dense)
+        self.fc2 = nnx.Linear(c.mlp_hidden, c.width, rngs=rngs, **dense)
+        self.ls1, self.ls2 = (
+            (nnx.Param(jnp.ones((c.width,), jnp.float32)) for _ in range(2))
+            if c.layer_scale
+            else (None, None)
+        )
         self.drop = nnx.Dropout(c.dropout) if c.dropout > 0 else None
         self.activation = c.activation
+        self.mlp_gate = c.mlp_gate
+
+    def _scale(self, x: Array, gamma: nnx.Param | None) -> Array:
+        return x if gamma is None else x * gamma[...].astype(x.dtype)
 
     def _dropout(self, x: Array, rngs: nnx.Rngs | None) -> Array:
         if self.drop is None or rngs is None:
@@ -175,10 +201,10 @@ class Block(nnx.Module):
         """h [B, N, D] (accumulation dtype) → h_next [B, N, D], and the maps if asked."""
         a = self.attn(self.attention_input(h), return_maps=return_maps)
         a, maps = a if return_maps else (a, None)
-        h = h + self._dropout(a.astype(self.accum_dtype), rngs)
-        m = _tokens_dense(self.fc1, self.norm2(h).astype(self.dtype))
-        m = _tokens_dense(self.fc2, ACTIVATION_FUNCTIONS[self.activation](m))
-        h = h + self._dropout(m.astype(self.accum_dtype), rngs)
+        h = h + self._dropout(self._scale(a.astype(self.accum_dtype), self.ls1), rngs)
+        m = mlp(self.fc1, self.fc2, self.activation, self.mlp_gate,
+                self.norm2(h).astype(self.dtype))  # fmt: skip
+        h = h + self._dropout(self._scale(m.astype(self.accum_dtype), self.ls2), rngs)
         return (h, maps) if return_maps else h
 
 
@@ -215,6 +241,31 @@ class ScannedBlocks(nnx.Module):
         return body(h, self.layers, keys)
 
 
+class AttentionPool(nnx.Module):
+    """timm's ``AttentionPoolLatent`` (``global_pool="map"``, SigLIP): one learnt latent query
+    attends over the tokens (``num_heads`` heads, biased q/k/v/out projections), then a
+    residual MLP, x + MLP(LN(x)) (plain, ``activation``, hidden ``width·mlp_ratio``).
+
+    Call with tokens [B, N, D]; returns the pooled [B, D] in the accumulation dtype.
+    """
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.num_heads, self.activation = c.num_heads, c.activation
+        self.latent = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
+        self.attn = SoftmaxAttention(c.width, c.num_heads, rngs=rngs)  # holds q/k/v/out
+        self.norm = _layer_norm(c, rngs)
+        dense = dict(kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init())
+        self.fc1 = nnx.Linear(c.width, c.mlp_hidden, dtype=c.accum_dtype, rngs=rngs, **dense)
+        self.fc2 = nnx.Linear(c.mlp_hidden, c.width, dtype=c.accum_dtype, rngs=rngs, **dense)
+
+    def __call__(self, x: Array) -> Array:
+        latent = jnp.broadcast_to(self.latent[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+        p = latent_attention(self.attn.params(), latent, x, self.num_heads)
+        p = p + mlp(self.fc1, self.fc2, self.activation, False, self.norm(p))
+        return p[:, 0]
+
+
 class ViT(nnx.Module):
     """ViT (``attention="softmax"``) or DiffViT (``attention="diff"``) classifier.
 
@@ -231,25 +282,25 @@ class ViT(nnx.Module):
         self.patch_embed = nnx.Linear(
             patch_dim, c.width, use_bias=c.patch_bias, dtype=self.accum_dtype, rngs=rngs, **dense
         )
-        self.cls_token = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
-        self.dist_token = (
-            nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
-            if c.distillation
-            else None
-        )
-        self.pos_embed = nnx.Param(
-            DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
-        )
+        def tokens(n: int, present: bool = True) -> nnx.Param | None:
+            init = DENSE_INIT(rngs.params(), (1, n, c.width), jnp.float32)
+            return nnx.Param(init) if present else None
+
+        self.cls_token = tokens(1, c.class_token)
+        self.dist_token = tokens(1, c.distillation)
+        self.reg_token = tokens(c.num_registers, c.num_registers > 0)
+        self.pos_embed = tokens(c.num_positions)
         self.ln_pre = _layer_norm(c, rngs) if c.ln_pre else None
         blocks = [Block(c, i, rngs=rngs) for i in range(c.depth)]
         self.blocks = ScannedBlocks(blocks) if c.scan_layers else nnx.List(blocks)
         self.norm = _layer_norm(c, rngs)
-        self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
-        self.head_dist = (
-            nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
-            if c.distillation
-            else None
-        )
+        self.attn_pool = AttentionPool(c, rngs=rngs) if c.pool == "map" else None
+
+        def head() -> nnx.Linear | None:
+            return nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
+
+        self.head = head() if c.num_classes else None
+        self.head_dist = head() if c.distillation else None
 
     def lambdas(self) -> list[float | None]:
         """λ of every layer, in order; ``None`` for softmax layers (host floats: for logging)."""
@@ -277,8 +328,9 @@ class ViT(nnx.Module):
             )
 
     def embed(self, images: Array) -> Array:
-        """Normalise, patchify, embed, prepend CLS (and DIST), add positions, then ``ln_pre`` if
-        the config has it: [B, H, W, C] → h_0 [B, N, D]."""
+        """Normalise, patchify, embed, prepend the prefix tokens (CLS, DIST, registers, those the
+        config has) and add positions (before or after the prepending, ``pos_embed_prefix``),
+        then ``ln_pre`` if the config has it: [B, H, W, C] → h_0 [B, N, D]."""
         c = self.config
         self._check_images(images)
         mean = jnp.asarray(c.mean, self.accum_dtype)
@@ -288,26 +340,33 @@ class ViT(nnx.Module):
         x = x.reshape(b, g, p, g, p, c.channels).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, g * g, p * p * c.channels)
         tokens = _tokens_dense(self.patch_embed, x)
-        prefix = [self.cls_token] + ([self.dist_token] if c.distillation else [])
-        prefix = [jnp.broadcast_to(t[...], (b, 1, c.width)) for t in prefix]
-        h = (jnp.concatenate([*prefix, tokens], axis=1) + self.pos_embed[...]).astype(
-            self.accum_dtype
-        )
+        prefix = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        prefix = [jnp.broadcast_to(t[...], (b, *t.shape[1:])) for t in prefix]
+        if c.pos_embed_prefix:
+            h = jnp.concatenate([*prefix, tokens], axis=1) + self.pos_embed[...]
+        else:
+            h = jnp.concatenate([*prefix, tokens + self.pos_embed[...]], axis=1)
+        h = h.astype(self.accum_dtype)
         return h if self.ln_pre is None else self.ln_pre(h)
 
     def classify(self, h: Array) -> Array:
-        """Final LN and linear head: h_L [B, N, D] → logits [B, classes].
+        """Final LN, pooling and linear head: h_L [B, N, D] → logits [B, classes] (the pooled
+        features [B, D] when the config has no head, ``num_classes=0``).
 
         ``pool="cls"``: the head on LN(h_L)[CLS] (with ``distillation``, the mean of it and the
-        DIST head on LN(h_L)[DIST]); ``pool="mean"``: the head on LN(mean of the patch tokens).
+        DIST head on LN(h_L)[DIST]); ``pool="mean"``: the head on LN(mean of the patch tokens);
+        ``pool="map"``: the head on the attention pool of LN(h_L)'s patch tokens.
         """
         c = self.config
+        head = (lambda x: x) if self.head is None else self.head
         if c.pool == "mean":
-            return self.head(self.norm(jnp.mean(h[:, c.num_prefix_tokens :], axis=1)))
+            return head(self.norm(jnp.mean(h[:, c.num_prefix_tokens :], axis=1)))
         x = self.norm(h)
+        if c.pool == "map":
+            return head(self.attn_pool(x[:, c.num_prefix_tokens :]))
         if c.distillation:
             return 0.5 * (self.head(x[:, 0]) + self.head_dist(x[:, 1]))
-        return self.head(x[:, 0])
+        return head(x[:, 0])
 
     def __call__(
         self,

@@ -47,12 +47,37 @@ from diffjax.torch_weights import (
 )
 from diffjax.vit import ViT
 
-LAYOUTS = ("timm", "hf")
-# Each library's defaults for what the weights do not hold.
+LAYOUTS = ("timm", "hf", "hf_dinov2")
+# Each library's defaults for what the weights do not hold (the statistics are not among them:
+# infer_config wants them given, see there).
 LIBRARY_DEFAULTS = {
-    "timm": dict(layer_norm_eps=1e-6, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "hf": dict(layer_norm_eps=1e-12, mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    "timm": dict(layer_norm_eps=1e-6),
+    "hf": dict(layer_norm_eps=1e-12),
+    "hf_dinov2": dict(layer_norm_eps=1e-6),
 }
+# Each library's defaults for the image statistics (timm's ImageNet, Hugging Face ViT's 0.5,
+# DINOv2's ImageNet): what the user may choose to assume when the checkpoint does not say.
+LIBRARY_STATS = {
+    "timm": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "hf": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    "hf_dinov2": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+}
+
+
+def _rename(state: Mapping[str, np.ndarray], patterns) -> dict[str, np.ndarray]:
+    """``state`` with each key renamed by the first of ``patterns`` (regex, replacement) that
+    matches; other keys unchanged."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in patterns:
+            new, n = re.subn(pattern, repl, new)
+            if n:
+                break
+        if new in out:
+            raise ConversionError(f"keys {key!r} and another both name {new!r}")
+        out[new] = value
+    return out
 
 
 # transformers >= 5 module names → the names of the released ViT checkpoints.
@@ -71,40 +96,53 @@ _HF5_NAMES = (
     (r"^vit\.layers\.(\d+)\.mlp\.fc2\.", r"vit.encoder.layer.\1.output.dense."),
     (r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
 )
+# transformers >= 5 Dinov2Model module names → the released checkpoints' (facebook/dinov2-*).
+_DINOV2_HF5_NAMES = (
+    (r"^(encoder\.layer\.\d+\.attention\.)q_proj\.", r"\1attention.query."),
+    (r"^(encoder\.layer\.\d+\.attention\.)k_proj\.", r"\1attention.key."),
+    (r"^(encoder\.layer\.\d+\.attention\.)v_proj\.", r"\1attention.value."),
+    (r"^(encoder\.layer\.\d+\.attention\.)o_proj\.", r"\1output.dense."),
+    (r"^(encoder\.layer\.\d+\.mlp\.)down_proj\.", r"\1weights_out."),
+)
 
 
 def released_hf_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``state`` with transformers ≥ 5 ViT module names renamed to the released checkpoints'
-    (``vit.encoder.layer.{i}.attention.attention.query`` …); other keys unchanged."""
-    out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in _HF5_NAMES:
-            new, n = re.subn(pattern, repl, new)
-            if n:
-                break
-        if new in out:
-            raise ConversionError(f"keys {key!r} and another both name {new!r}")
-        out[new] = value
-    return out
+    """``state`` with transformers ≥ 5 ViT / Dinov2 module names renamed to the released
+    checkpoints' (``vit.encoder.layer.{i}.attention.attention.query`` …; a Dinov2 SwiGLU's
+    ``gate_proj`` and ``up_proj`` joined, in that order, into the released ``weights_in``);
+    other keys unchanged."""
+    if not any(k.startswith("encoder.layer.") for k in state):
+        return _rename(state, _HF5_NAMES)
+    state = dict(state)
+    gates = [k for k in state if re.match(r"^encoder\.layer\.\d+\.mlp\.gate_proj\.", k)]
+    for gate in gates:
+        up = gate.replace(".gate_proj.", ".up_proj.")
+        if up not in state:
+            raise ConversionError(f"{gate} has no {up} to make the SwiGLU's weights_in with")
+        joined = np.concatenate([state.pop(gate), state.pop(up)], axis=0)
+        state[gate.replace(".gate_proj.", ".weights_in.")] = joined
+    return _rename(state, _DINOV2_HF5_NAMES)
 
 
 def detect_layout(state: Mapping[str, np.ndarray]) -> str:
-    """``"hf"`` or ``"timm"`` from the embedding keys.
+    """``"hf"``, ``"hf_dinov2"`` or ``"timm"`` from the embedding keys.
 
     Raises:
-      ConversionError: neither layout's class token and patch embedding are present.
+      ConversionError: no layout's position and patch embeddings are present.
     """
     if {"vit.embeddings.cls_token", "vit.embeddings.patch_embeddings.projection.weight"} <= set(
         state
     ):
         return "hf"
-    if {"cls_token", "patch_embed.proj.weight"} <= set(state):
+    if {"embeddings.cls_token", "embeddings.patch_embeddings.projection.weight"} <= set(state):
+        return "hf_dinov2"
+    if {"pos_embed", "patch_embed.proj.weight"} <= set(state):
         return "timm"
     sample = ", ".join(sorted(state)[:6])
     raise ConversionError(
-        "not a timm VisionTransformer (cls_token, patch_embed.proj.weight) nor a Hugging Face "
-        f"ViTForImageClassification (vit.embeddings.*) state dict; first keys: {sample}"
+        "not a timm VisionTransformer (pos_embed, patch_embed.proj.weight), a Hugging Face "
+        "ViTForImageClassification (vit.embeddings.*) nor a Hugging Face Dinov2Model "
+        f"(embeddings.*) state dict; first keys: {sample}"
     )
 
 
@@ -114,11 +152,43 @@ def _keys(layout: str) -> dict[str, str]:
         return dict(cls="vit.embeddings.cls_token", pos="vit.embeddings.position_embeddings",
                     patch="vit.embeddings.patch_embeddings.projection.weight",
                     head="classifier.weight", block="vit.encoder.layer.{}.",
-                    fc1="vit.encoder.layer.0.intermediate.dense.weight",
-                    qkv_bias="vit.encoder.layer.0.attention.attention.query.bias")  # fmt: skip
+                    fc2="vit.encoder.layer.0.output.dense.weight",
+                    qkv_bias="vit.encoder.layer.0.attention.attention.query.bias",
+                    proj_bias="vit.encoder.layer.0.attention.output.dense.bias")  # fmt: skip
+    if layout == "hf_dinov2":
+        return dict(cls="embeddings.cls_token", pos="embeddings.position_embeddings",
+                    patch="embeddings.patch_embeddings.projection.weight",
+                    head="classifier.weight", block="encoder.layer.{}.",
+                    fc2="encoder.layer.0.mlp.fc2.weight",
+                    gated_fc2="encoder.layer.0.mlp.weights_out.weight",
+                    qkv_bias="encoder.layer.0.attention.attention.query.bias",
+                    proj_bias="encoder.layer.0.attention.output.dense.bias",
+                    layer_scale="encoder.layer.0.layer_scale1.lambda1")  # fmt: skip
     return dict(cls="cls_token", pos="pos_embed", patch="patch_embed.proj.weight",
                 head="head.weight", block="blocks.{}.", fc1="blocks.0.mlp.fc1.weight",
-                qkv_bias="blocks.0.attn.qkv.bias")  # fmt: skip
+                fc2="blocks.0.mlp.fc2.weight", qkv_bias="blocks.0.attn.qkv.bias",
+                proj_bias="blocks.0.attn.proj.bias", layer_scale="blocks.0.ls1.gamma",
+                qk_norm="blocks.0.attn.q_norm.weight", reg="reg_token")  # fmt: skip
+
+
+def _positions(rows: int, prefix: int, key: str, overrides: Mapping) -> tuple[int, bool]:
+    """(grid side, pos_embed_prefix) of a position table of ``rows`` rows before ``prefix``
+    prefix tokens; ambiguous when both readings are square grids (then ``overrides`` decide)."""
+    readings = [flag for flag, n in ((True, rows - prefix), (False, rows))
+                if n > 0 and math.isqrt(n) ** 2 == n and (flag or prefix)]  # fmt: skip
+    if "pos_embed_prefix" in overrides:
+        flag = overrides["pos_embed_prefix"]
+    elif len(readings) == 1:
+        flag = readings[0]
+    elif not readings:
+        raise ConversionError(f"{key} holds {rows} rows: no square patch grid with or without "
+                              f"the {prefix} prefix token(s)")  # fmt: skip
+    else:
+        raise ConversionError(
+            f"{key} holds {rows} rows: a square grid with and without the {prefix} prefix "
+            "token(s); say which with pos_embed_prefix"
+        )
+    return _grid(rows - prefix if flag else rows, key), flag
 
 
 def infer_config(
@@ -127,12 +197,16 @@ def infer_config(
     image_size: int | None = None,
     **overrides,
 ) -> ViTConfig:
-    """The :class:`ViTConfig` of a timm / Hugging Face ViT state dict.
+    """The :class:`ViTConfig` of a timm / Hugging Face ViT or Dinov2 state dict.
 
-    Width, depth, patch size, the checkpoint's image size, classes, MLP ratio, qkv and patch
-    biases, ``ln_pre``, ``distillation`` and ``pool`` are read from the keys and shapes; eps and the
-    normalisation default to the library's (``LIBRARY_DEFAULTS``); ``overrides`` set any other
+    Width, depth, patch size, the checkpoint's image size, classes (0 for a headless backbone),
+    MLP ratio and gating, qkv / output / patch biases, ``ln_pre``, ``distillation``, ``pool``,
+    the class and register tokens, whether positions cover them, LayerScale and qk-norm are
+    read from the keys and shapes; eps defaults to the library's (``LIBRARY_DEFAULTS``) and a
+    gated timm MLP to SiLU (SwiGLU, timm's only gated ViT MLP); ``overrides`` set any other
     :class:`ViTConfig` field (``activation``, ``layer_norm_eps``, ``mean``, ``std``, ``dtype``).
+    The image statistics are not in the weights and have no default: give ``mean`` and
+    ``std`` (``LIBRARY_STATS`` holds each library's usual ones).
 
     Args:
       num_heads: attention heads (not in the weights).
@@ -140,38 +214,67 @@ def infer_config(
         size resamples the position embeddings in :func:`convert_vit`.
 
     Raises:
-      ConversionError: an unknown layout, a non-square position grid, or no classifier head.
+      ConversionError: an unknown layout, a non-square position grid, a pooling diffjax does
+        not model.
+      ValueError: no ``mean`` / ``std``.
     """
+    if "mean" not in overrides or "std" not in overrides:
+        raise ValueError(
+            "the image mean and std are not in the weights: give them (the checkpoint's "
+            "preprocessing config says them; LIBRARY_STATS has each library's usual ones)"
+        )
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout == "hf" else state
+    state = released_hf_names(state) if layout != "timm" else state
     k = _keys(layout)
-    width = int(state[k["cls"]].shape[-1])
+    width = int(state[k["patch"]].shape[0])
     channels, patch = int(state[k["patch"]].shape[1]), int(state[k["patch"]].shape[2])
     depth = 0
     while any(key.startswith(k["block"].format(depth)) for key in state):
         depth += 1
-    distillation = layout == "timm" and "dist_token" in state
-    prefix = 1 + int(distillation)
-    grid = _grid(int(np.shape(state[k["pos"]])[-2]) - prefix, k["pos"])
-    if k["head"] not in state:
+    timm = layout == "timm"
+    class_token = k["cls"] in state
+    distillation = timm and "dist_token" in state
+    registers = int(state[k["reg"]].shape[1]) if timm and k["reg"] in state else 0
+    prefix = int(class_token) + int(distillation) + registers
+    grid, pos_prefix = _positions(int(np.shape(state[k["pos"]])[-2]), prefix, k["pos"], overrides)
+    if timm and "attn_pool.latent" in state:
+        pool = "map"
+    elif timm and "fc_norm.weight" in state:
+        pool = "mean"
+    elif class_token:
+        pool = "cls"
+    else:
         raise ConversionError(
-            f"no classifier head ({k['head']}): a headless backbone has no logits to analyse"
+            "a timm ViT without a class token pools with fc_norm (global_pool='avg') or "
+            "attn_pool (global_pool='map') in diffjax; this one has neither"
         )
+    gated_fc2 = k.get("gated_fc2") in state
+    fc2 = state[k["gated_fc2"] if gated_fc2 else k["fc2"]]
+    gate = gated_fc2 or (timm and state[k["fc1"]].shape[0] == 2 * fc2.shape[1])
+    qkv_bias, proj_bias = k["qkv_bias"] in state, k["proj_bias"] in state
     fields = dict(
         image_size=grid * patch if image_size is None else image_size,
         patch_size=patch,
         channels=channels,
-        num_classes=int(state[k["head"]].shape[0]),
+        num_classes=int(state[k["head"]].shape[0]) if k["head"] in state else 0,
         width=width,
         depth=depth,
         num_heads=num_heads,
-        mlp_ratio=int(state[k["fc1"]].shape[0]) / width,
-        qkv_bias=k["qkv_bias"] in state,
+        mlp_ratio=int(fc2.shape[1]) / width,
+        qkv_bias=qkv_bias,
+        proj_bias=None if proj_bias == qkv_bias else proj_bias,
         patch_bias=k["patch"][: -len("weight")] + "bias" in state,
-        ln_pre=layout == "timm" and "norm_pre.weight" in state,
-        pool="mean" if layout == "timm" and "fc_norm.weight" in state else "cls",
+        ln_pre=timm and "norm_pre.weight" in state,
+        pool=pool,
         distillation=distillation,
+        class_token=class_token,
+        num_registers=registers,
+        pos_embed_prefix=pos_prefix,
+        layer_scale=k.get("layer_scale") in state,
+        qk_norm=k.get("qk_norm") in state,
+        mlp_gate=bool(gate),
         **LIBRARY_DEFAULTS[layout],
+        **(dict(activation="silu") if gate else {}),
     )
     return ViTConfig(**(fields | overrides))
 
@@ -221,56 +324,100 @@ def resample_pos_embed(pos: np.ndarray, num_prefix_tokens: int, grid: int) -> np
 
 
 def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
-    """For every key of ``layout`` (``"timm"`` or ``"hf"``): its shape and where it goes."""
+    """For every key of ``layout`` (``"timm"``, ``"hf"`` or ``"hf_dinov2"``): its shape and
+    where it goes."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     c = config
-    w, p, hidden = c.width, c.patch_size, int(round(c.width * c.mlp_ratio))
+    w, p = c.width, c.patch_size
     k = _keys(layout)
-    pfx = "vit." if layout == "hf" else ""
     rules: dict[str, Rule] = {
-        k["cls"]: ((1, 1, w), [(("cls_token",), identity)]),
-        k["pos"]: ((1, c.num_tokens, w), [(("pos_embed",), identity)]),
+        k["pos"]: ((1, c.num_positions, w), [(("pos_embed",), identity)]),
         k["patch"]: ((w, c.channels, p, p), [(("patch_embed", "kernel"), conv_to_dense)]),
     }
+    if c.class_token:
+        rules[k["cls"]] = ((1, 1, w), [(("cls_token",), identity)])
+    if c.num_registers:
+        rules["reg_token"] = ((1, c.num_registers, w), [(("reg_token",), identity)])
     if c.patch_bias:
         rules[k["patch"][: -len("weight")] + "bias"] = ((w,), [(("patch_embed", "bias"), identity)])
-    final = "fc_norm" if c.pool == "mean" else "norm"
-    rules.update(norm_rules(f"{pfx}layernorm" if layout == "hf" else final, ("norm",), w))
-    head = "classifier" if layout == "hf" else "head"
-    rules.update(linear_rules(head, ("head",), w, c.num_classes))
+    final = {"hf": "vit.layernorm", "hf_dinov2": "layernorm"}.get(layout)
+    final = final or ("fc_norm" if c.pool == "mean" else "norm")
+    rules.update(norm_rules(final, ("norm",), w))
+    if c.num_classes:
+        head = {"hf": "classifier", "hf_dinov2": "classifier"}.get(layout, "head")
+        rules.update(linear_rules(head, ("head",), w, c.num_classes))
+    if c.pool == "map":
+        rules.update(_attention_pool_rules(w, c.mlp_hidden))
     if c.distillation:
         rules["dist_token"] = ((1, 1, w), [(("dist_token",), identity)])
         rules.update(linear_rules("head_dist", ("head_dist",), w, c.num_classes))
     if c.ln_pre:
         rules.update(norm_rules("norm_pre", ("ln_pre",), w))
     for i in range(c.depth):
-        src, dst = k["block"].format(i), ("blocks", i)
-        rules.update(_block_rules(src, dst, layout, w, hidden, c.qkv_bias))
+        rules.update(_block_rules(k["block"].format(i), ("blocks", i), layout, c))
     return rules
 
 
-def _block_rules(src: str, dst: Path, layout: str, w: int, hidden: int, bias: bool):
+def _fused_rules(key: str, n_in: int, targets: list[Path], bias: bool) -> dict[str, Rule]:
+    """A fused Linear ``key`` whose output rows are ``targets``' blocks in order (timm's
+    ``qkv``, ``kv``): each Dense kernel (and bias) its block of rows."""
+    n = len(targets)
+    rules = {f"{key}.weight": ((n * n_in, n_in),
+                               [(t + ("kernel",), rows(i, n)) for i, t in enumerate(targets)])}
+    if bias:
+        rules[f"{key}.bias"] = ((n * n_in,),
+                                [(t + ("bias",), rows(i, n)) for i, t in enumerate(targets)])
+    return rules  # fmt: skip
+
+
+def _attention_pool_rules(w: int, hidden: int) -> dict[str, Rule]:
+    """timm's ``attn_pool`` (AttentionPoolLatent): latent, q, fused kv [k; v], proj, norm, mlp."""
+    dst = ("attn_pool",)
     attn = dst + ("attn",)
-    if layout == "hf":
-        names = dict(norm1="layernorm_before", norm2="layernorm_after", fc1="intermediate.dense",
-                     fc2="output.dense", out="attention.output.dense")  # fmt: skip
+    rules = {"attn_pool.latent": ((1, 1, w), [(dst + ("latent",), identity)])}
+    rules.update(linear_rules("attn_pool.q", attn + ("q",), w, w))
+    rules.update(_fused_rules("attn_pool.kv", w, [attn + ("k",), attn + ("v",)], True))
+    rules.update(linear_rules("attn_pool.proj", attn + ("out",), w, w))
+    rules.update(norm_rules("attn_pool.norm", dst + ("norm",), w))
+    rules.update(linear_rules("attn_pool.mlp.fc1", dst + ("fc1",), w, hidden))
+    rules.update(linear_rules("attn_pool.mlp.fc2", dst + ("fc2",), hidden, w))
+    return rules
+
+
+def _block_rules(src: str, dst: Path, layout: str, c: ViTConfig) -> dict[str, Rule]:
+    w, hidden, bias = c.width, c.mlp_hidden, c.qkv_bias
+    attn = dst + ("attn",)
+    if layout == "timm":
+        names = dict(norm1="norm1", norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", out="attn.proj",
+                     ls1="ls1.gamma", ls2="ls2.gamma")  # fmt: skip
+        rules = _fused_rules(f"{src}attn.qkv", w, [attn + (n,) for n in ("q", "k", "v")], bias)
+        if c.qk_norm:
+            d = w // c.num_heads
+            rules.update(norm_rules(f"{src}attn.q_norm", attn + ("q_norm",), d))
+            rules.update(norm_rules(f"{src}attn.k_norm", attn + ("k_norm",), d))
+    else:
+        if layout == "hf":
+            names = dict(norm1="layernorm_before", norm2="layernorm_after",
+                         fc1="intermediate.dense", fc2="output.dense")  # fmt: skip
+        else:
+            gated = dict(fc1="mlp.weights_in", fc2="mlp.weights_out")
+            names = dict(norm1="norm1", norm2="norm2", ls1="layer_scale1.lambda1",
+                         ls2="layer_scale2.lambda1",
+                         **(gated if c.mlp_gate else dict(fc1="mlp.fc1", fc2="mlp.fc2")))  # fmt: skip
+        names["out"] = "attention.output.dense"
         rules = {}
         for n in ("query", "key", "value"):
             rules.update(linear_rules(f"{src}attention.attention.{n}", attn + (n[0],), w, w, bias))
-    else:
-        names = dict(norm1="norm1", norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", out="attn.proj")
-        qkv = ("q", "k", "v")
-        rules = {f"{src}attn.qkv.weight": ((3 * w, w), [(attn + (n, "kernel"), rows(i, 3))
-                                                         for i, n in enumerate(qkv)])}  # fmt: skip
-        if bias:
-            rules[f"{src}attn.qkv.bias"] = ((3 * w,), [(attn + (n, "bias"), rows(i, 3))
-                                                       for i, n in enumerate(qkv)])  # fmt: skip
-    rules.update(linear_rules(src + names["out"], attn + ("out",), w, w, bias))
+    rules.update(linear_rules(src + names["out"], attn + ("out",), w, w, c.out_bias))
     rules.update(norm_rules(src + names["norm1"], dst + ("norm1",), w))
     rules.update(norm_rules(src + names["norm2"], dst + ("norm2",), w))
-    rules.update(linear_rules(src + names["fc1"], dst + ("fc1",), w, hidden))
+    rules.update(linear_rules(src + names["fc1"], dst + ("fc1",), w, hidden * (1 + c.mlp_gate)))
     rules.update(linear_rules(src + names["fc2"], dst + ("fc2",), hidden, w))
+    if c.layer_scale:
+        if "ls1" not in names:
+            raise ConversionError(f"the {layout} layout has no LayerScale: layer_scale=False")
+        rules.update({src + names[n]: ((w,), [(dst + (n,), identity)]) for n in ("ls1", "ls2")})
     return rules
 
 
@@ -278,25 +425,41 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
     """A :class:`ViT` of ``config`` holding a timm / Hugging Face state dict's weights.
 
     The position embeddings are resampled first when ``config.image_size`` differs from the
-    checkpoint's grid. Fused timm ``qkv`` rows [q; k; v] are split; Linear weights are
-    transposed to Dense kernels; parameters stay float32.
+    checkpoint's grid (timm's rule; a Hugging Face Dinov2 interpolates by its own and is
+    imported at its checkpoint's size). Fused timm ``qkv`` / ``kv`` rows are split; Linear
+    weights are transposed to Dense kernels; parameters stay float32. A Dinov2's
+    ``embeddings.mask_token`` (masked-image pretraining only: never used on images) is checked
+    for shape and dropped.
 
     Raises:
-      ConversionError: naming every missing, unexpected or wrong-shaped key (e.g. timm's
-        LayerScale ``ls1.gamma`` or register tokens, which diffjax does not model).
+      ConversionError: naming every missing, unexpected or wrong-shaped key (e.g. timm's EVA
+        SwiGLU ``mlp.fc1_g`` or rotary position embeddings, which diffjax does not model).
     """
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout == "hf" else state
+    state = released_hf_names(state) if layout != "timm" else dict(state)
     if config.attention != "softmax":
         raise ConversionError(
             "timm / Hugging Face ViTs have softmax attention: attention='softmax'"
         )
+    if layout == "hf_dinov2" and "embeddings.mask_token" in state:
+        mask = state.pop("embeddings.mask_token")
+        if tuple(np.shape(mask)) != (1, config.width):
+            raise ConversionError(
+                f"embeddings.mask_token: {tuple(np.shape(mask))} (expected (1, {config.width}))"
+            )
     pos_key = _keys(layout)["pos"]
     pos = np.asarray(state[pos_key])
     grid = config.image_size // config.patch_size
-    if pos.ndim == 3 and pos.shape[1] != config.num_tokens:
-        state = dict(state, **{pos_key: resample_pos_embed(pos, config.num_prefix_tokens, grid)})
+    if pos.ndim == 3 and pos.shape[1] != config.num_positions:
+        if layout == "hf_dinov2":
+            raise ConversionError(
+                f"{pos_key} holds {pos.shape[1]} positions, the config wants "
+                f"{config.num_positions}: import a Hugging Face Dinov2 at its checkpoint's image "
+                "size (its own interpolation is not timm's)"
+            )
+        prefix = config.num_prefix_tokens if config.pos_embed_prefix else 0
+        state[pos_key] = resample_pos_embed(pos, prefix, grid)
     rules = vit_rules(config, layout)
-    what = f"{'Hugging Face' if layout == 'hf' else 'timm'} ViT of this config"
-    check_state_dict(state, rules, what, f"\n  config: {config}")
+    what = {"hf": "Hugging Face ViT", "hf_dinov2": "Hugging Face Dinov2"}.get(layout, "timm ViT")
+    check_state_dict(state, rules, f"{what} of this config", f"\n  config: {config}")
     return load_into(ViT(config, rngs=nnx.Rngs(seed)), state, rules)

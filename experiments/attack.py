@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from diffjax import attacks
-from diffjax.checkpoint import load_model, write_json_atomic
+from diffjax.checkpoint import config_to_dict, load_model, write_json_atomic
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
 
@@ -123,7 +123,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
             "format": FORMAT,
             "status": status,
             "settings": settings,
-            "model_config": dataclasses.asdict(mc),
+            "model_config": config_to_dict(mc),
             "devices": [str(d) for d in devices],
             "jax_version": jax.__version__,
             "batches_done": done,
