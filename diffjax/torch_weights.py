@@ -43,6 +43,9 @@ from diffjax.checkpoint import CheckpointError
 STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict")
 DDP_PREFIX = "module."
 
+# The first bytes of a zip archive (a local file header), as torch.save writes them.
+ZIP_SIGNATURE = b"PK\x03\x04"
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
     "DoubleStorage": np.dtype(np.float64),
@@ -200,6 +203,15 @@ def read_state_dict(path: str | os.PathLike, progress: bool = False) -> dict[str
     if not os.path.isfile(path):
         raise ConversionError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            signature = f.read(4)
+        if signature == ZIP_SIGNATURE:
+            # A zip's index is at its end: a file cut short starts like one but has none.
+            raise ConversionError(
+                f"{path} starts like a torch zip archive but has no readable zip index: the "
+                f"file is truncated or corrupt ({os.path.getsize(path)} bytes); download or "
+                "copy it again"
+            )
         raise ConversionError(
             f"{path} is not a torch zip archive (torch >= 1.6 format); legacy tar/pickle "
             "checkpoints are not supported: re-save it with torch.save in torch >= 1.6"

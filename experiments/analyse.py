@@ -75,10 +75,12 @@ def _settings(args: argparse.Namespace) -> dict:
     return s
 
 
-def _parse_row(row: str, num_tokens: int) -> int | None:
+def _parse_row(row: str, num_tokens: int, class_token: bool = True) -> int | None:
     if row == "all":
         return None
     if row == "cls":
+        if not class_token:
+            raise ValueError("row 'cls': the model has no class token (give a row index or 'all')")
         return 0
     try:
         r = int(row)
@@ -280,7 +282,10 @@ def _lipschitz_record(e, i) -> dict:
 
 def _example_record(out, i: int, index: int, label: int, model) -> dict:
     logits = out["logits"][i]
-    rec = {"index": index, "label": label, "prediction": int(np.argmax(logits)), "logits": logits}
+    # A headless backbone's "logits" are its pooled features: no class is predicted.
+    headless = _vit_config(model).num_classes == 0
+    prediction = None if headless else int(np.argmax(logits))
+    rec = {"index": index, "label": label, "prediction": prediction, "logits": logits}
     if "layers" in out:
         rec["layers"] = []
         for layer, lo in enumerate(out["layers"]):
@@ -348,7 +353,9 @@ def summarise(records: list[dict], settings: dict) -> dict:
     summary: dict = {
         "settings": settings,
         "num_examples": len(records),
-        "accuracy": float(np.mean([r["prediction"] == r["label"] for r in records])),
+        "accuracy": None
+        if any(r["prediction"] is None for r in records)
+        else float(np.mean([r["prediction"] == r["label"] for r in records])),
     }
     if records and "layers" in records[0]:
         layers = []
@@ -450,7 +457,7 @@ def _run(args: argparse.Namespace) -> dict:
             raise ValueError("checkpoint and base_checkpoint must both be CLIP or both ViT models")
         _check_base(_vit_config(model), _vit_config(base))
     c = _vit_config(model)
-    row = _parse_row(args.row, c.num_tokens)
+    row = _parse_row(args.row, c.num_tokens, c.class_token)
     ds = load_dataset(args.dataset, args.split, args.data_dir)
     if clip and args.class_names:
         ds = ds.renamed(args.class_names)

@@ -1,13 +1,18 @@
-"""Import a timm or Hugging Face ViT checkpoint into a diffjax model directory, for the analysis.
+"""Import a timm or Hugging Face ViT / DINOv2 checkpoint into a diffjax model directory, for
+the analysis.
 
 Reads ``model.safetensors``, ``pytorch_model.bin`` or a ``torch.save`` ``.pt`` without torch,
-reads the architecture from the keys and shapes (timm ``VisionTransformer`` / DeiT, or Hugging
-Face ``ViTForImageClassification``), checks every key and shape, and writes ``OUT/config.json``,
-``OUT/params/`` and ``OUT/conversion.json`` (source, SHA-256, layout, the config). What the
-weights do not say comes from the flags, else from a ``config.json`` beside the weights (the
-Hugging Face ``ViTConfig``: heads, eps, activation, image size; timm's hub ``config.json``: mean
-and std), else from the library's defaults. Then ``diffjax analyse --config.checkpoint=OUT``
-(or ``diffjax attack``) runs on it like on any diffjax model.
+reads the architecture from the keys and shapes (timm ``VisionTransformer``: ViT, DeiT, DINOv2
+with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; Hugging Face
+``ViTForImageClassification`` or ``Dinov2Model``), checks every key and shape, and writes
+``OUT/config.json``, ``OUT/params/`` and ``OUT/conversion.json`` (source, SHA-256, layout, the
+config). What the weights do not say comes from the flags and from the files beside the
+weights: ``config.json`` (Hugging Face: heads, eps, activation; timm's hub config: mean and
+std) and ``preprocessor_config.json`` (Hugging Face: mean and std); a flag that contradicts
+them is refused. The image statistics have no silent default: give ``--mean``/``--std``, ship
+the config files, or say ``--assume-imagenet-stats``. A headless backbone (timm
+``num_classes=0``, ``Dinov2Model``) outputs its pooled features. Then ``diffjax analyse
+--config.checkpoint=OUT`` (or ``diffjax attack``) runs on it like on any diffjax model.
 
     diffjax import-vit model.safetensors models/vit_b16 --num-heads 12
     diffjax analyse --config.checkpoint=models/vit_b16 --config.dataset=... --workdir out/an
@@ -20,7 +25,7 @@ import json
 import pathlib
 
 from diffjax.checkpoint import config_to_dict, save_model, write_json_atomic
-from diffjax.config import ACTIVATIONS
+from diffjax.config import ACTIVATIONS, IMAGENET_MEAN, IMAGENET_STD
 from diffjax.experiments.convert_clip import sha256
 from diffjax.torch_weights import read_weights
 from diffjax.vit import count_params
@@ -43,34 +48,99 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-norm-eps", type=float, help="LayerNorm epsilon")
     parser.add_argument("--mean", type=float, nargs=3, help="per-channel mean of [0, 1] pixels")
     parser.add_argument("--std", type=float, nargs=3, help="per-channel std of [0, 1] pixels")
+    parser.add_argument("--assume-imagenet-stats", action="store_true",
+                        help="use the ImageNet mean/std when neither the flags nor the files "
+                        "beside the weights give them")  # fmt: skip
     parser.add_argument("--model-config", type=pathlib.Path,
                         help="the checkpoint's config.json (default: the one beside the weights, "
                         "if any)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 
-def config_hints(path: pathlib.Path | None) -> dict:
-    """ViTConfig fields from a Hugging Face or timm ``config.json`` (missing file: none)."""
-    if path is None or not path.is_file():
-        return {}
+# timm ``act_layer`` names (as its hub config.json writes them) → ViTConfig.activation.
+TIMM_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
+                    "silu": "silu", "swish": "silu"}  # fmt: skip
+# timm ``global_pool`` → ViTConfig.pool (what the weights cannot always tell apart: a model
+# pooled by the mean without fc_norm has the keys of a class-token model).
+TIMM_POOLS = {"token": "cls", "avg": "mean", "map": "map"}
+# Hugging Face model types whose config.json this importer reads (the weights decide the rest).
+HF_MODEL_TYPES = ("vit", "dinov2")
+
+
+def _read_json(path: pathlib.Path) -> dict:
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read model config {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return d
+
+
+def config_hints(path: pathlib.Path | None) -> dict:
+    """ViTConfig fields from a Hugging Face or timm ``config.json`` (missing file: none)."""
+    if path is None or not path.is_file():
+        return {}
+    d = _read_json(path)
     hints = {}
-    if "num_attention_heads" in d:  # Hugging Face ViTConfig
+    if "num_attention_heads" in d:  # Hugging Face ViTConfig / Dinov2Config
+        kind = d.get("model_type", "vit")
+        if kind not in HF_MODEL_TYPES:
+            raise ValueError(f"{path}: model_type {kind!r} is not one of {HF_MODEL_TYPES}")
         hints["num_heads"] = int(d["num_attention_heads"])
         if "layer_norm_eps" in d:
             hints["layer_norm_eps"] = float(d["layer_norm_eps"])
         act = d.get("hidden_act", "gelu")
         if act not in HF_ACTIVATIONS:
             raise ValueError(f"{path}: hidden_act {act!r} is not one of {sorted(HF_ACTIVATIONS)}")
-        hints["activation"] = HF_ACTIVATIONS[act]
+        # A Dinov2 SwiGLU MLP is SiLU-gated whatever hidden_act says (transformers' own rule).
+        hints["activation"] = "silu" if d.get("use_swiglu_ffn") else HF_ACTIVATIONS[act]
     pretrained = d.get("pretrained_cfg", {})  # timm's hub config
     for key in ("mean", "std"):
         if key in pretrained:
             hints[key] = tuple(float(v) for v in pretrained[key])
+    args = d.get("model_args", {})
+    if "num_heads" in args:
+        hints["num_heads"] = int(args["num_heads"])
+    if "act_layer" in args:
+        if args["act_layer"] not in TIMM_ACTIVATIONS:
+            raise ValueError(f"{path}: act_layer {args['act_layer']!r} is not one of "
+                             f"{sorted(TIMM_ACTIVATIONS)}")  # fmt: skip
+        hints["activation"] = TIMM_ACTIVATIONS[args["act_layer"]]
+    pool = d.get("global_pool", args.get("global_pool"))
+    if pool is not None:
+        if pool not in TIMM_POOLS:
+            raise ValueError(f"{path}: global_pool {pool!r} is not one of {sorted(TIMM_POOLS)}")
+        hints["pool"] = TIMM_POOLS[pool]
     return hints
+
+
+def preprocessor_hints(path: pathlib.Path) -> dict:
+    """``mean`` and ``std`` from a Hugging Face ``preprocessor_config.json`` (none if absent)."""
+    if not path.is_file():
+        return {}
+    d = _read_json(path)
+    if d.get("do_normalize", True) is False:
+        return dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return {ours: tuple(float(v) for v in d[theirs])
+            for ours, theirs in (("mean", "image_mean"), ("std", "image_std")) if theirs in d}  # fmt: skip
+
+
+def merge_hints(hints: dict, flags: dict) -> dict:
+    """``hints`` (from the files) updated by the ``flags`` given (not ``None``).
+
+    Raises:
+      ValueError: a flag that contradicts a file, naming both values.
+    """
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in flags.items() if v is not None}
+    clash = [f"{k}: flag {given[k]!r}, file {hints[k]!r}"
+             for k in sorted(set(given) & set(hints)) if given[k] != hints[k]]  # fmt: skip
+    if clash:
+        raise ValueError(
+            "the flags contradict the checkpoint's config files (" + "; ".join(clash) + "): "
+            "drop the flag, or point --model-config at the right file"
+        )
+    return hints | given
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -86,13 +156,24 @@ def run(args: argparse.Namespace) -> dict:
     model_config = args.model_config or args.weights.parent / "config.json"
     if args.model_config is not None and not model_config.is_file():
         raise FileNotFoundError(f"model config {model_config} does not exist")
-    hints = config_hints(model_config)
+    hints = config_hints(model_config) | preprocessor_hints(
+        args.weights.parent / "preprocessor_config.json"
+    )
     flags = dict(num_heads=args.num_heads, activation=args.activation,
                  layer_norm_eps=args.layer_norm_eps, mean=args.mean, std=args.std)  # fmt: skip
-    fields = hints | {k: tuple(v) if isinstance(v, list) else v
-                      for k, v in flags.items() if v is not None}  # fmt: skip
+    fields = merge_hints(hints, flags)
     if "num_heads" not in fields:
         raise ValueError("--num-heads is required (the weights do not hold the head count)")
+    if args.assume_imagenet_stats and (args.mean or args.std):
+        raise ValueError("--assume-imagenet-stats contradicts --mean/--std: give one of them")
+    if not {"mean", "std"} <= set(fields):
+        if not args.assume_imagenet_stats:
+            raise ValueError(
+                "the image mean/std are not in the weights and no config file beside them says "
+                "them (timm config.json, Hugging Face preprocessor_config.json): give --mean and "
+                "--std, or --assume-imagenet-stats"
+            )
+        fields = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD) | fields
     state = read_weights(args.weights, progress=True)
     config = infer_config(state, image_size=args.image_size, **fields)
     model = convert_vit(state, config)
@@ -101,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         "source": str(args.weights.resolve()),
         "source_sha256": sha256(args.weights),
         "layout": detect_layout(state),
-        "model_config": str(model_config) if hints else None,
+        "model_config": str(model_config) if model_config.is_file() else None,
         "tensors": len(state),
         "parameters": count_params(model),
         "config": config_to_dict(config),

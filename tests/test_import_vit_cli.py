@@ -34,7 +34,9 @@ def timm_model(tmp_path_factory):
 def test_import_then_analyse_and_attack(timm_model, tmp_path, capsys):
     ref, weights = timm_model
     out = tmp_path / "vit"
-    record = diffjax("import-vit", str(weights), str(out), "--num-heads", "2")
+    record = diffjax(
+        "import-vit", str(weights), str(out), "--num-heads", "2", "--assume-imagenet-stats"
+    )
     assert record["layout"] == "timm" and record["config"]["num_heads"] == 2
     assert load_model(out).config.layer_norm_eps == 1e-6
     assert "--overwrite" in diffjax_error(capsys, "import-vit", str(weights), str(out))
@@ -81,5 +83,17 @@ def test_import_errors(timm_model, tmp_path, capsys):
     err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "b"),
                         "--model-config", str(hf))  # fmt: skip
     assert "hidden_act 'relu'" in err
-    err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "c"), "--num-heads", "3")
+    err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "c"), "--num-heads", "3",
+                        "--assume-imagenet-stats")  # fmt: skip
     assert "not divisible by num_heads 3" in err
+    # timm weights alone do not say their statistics (a mean/std 0.5 model would be off).
+    err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "d"), "--num-heads", "2")
+    assert "mean/std are not in the weights" in err and "--assume-imagenet-stats" in err
+    err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "e"), "--num-heads", "2",
+                        "--assume-imagenet-stats", "--mean", "0.5", "0.5", "0.5")  # fmt: skip
+    assert "contradicts --mean/--std" in err
+    # A flag contradicting the checkpoint's config.json is refused, naming both values.
+    hf.write_text(json.dumps({"num_attention_heads": 2, "hidden_act": "gelu"}))
+    err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "f"), "--num-heads", "4",
+                        "--model-config", str(hf), "--assume-imagenet-stats")  # fmt: skip
+    assert "num_heads: flag 4, file 2" in err

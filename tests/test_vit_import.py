@@ -23,6 +23,7 @@ from diffjax.torch_weights import (  # noqa: E402
     read_weights,
 )
 from diffjax.vit_import import (  # noqa: E402
+    LIBRARY_STATS,
     convert_vit,
     infer_config,
     resample_pos_embed,
@@ -88,7 +89,7 @@ def test_timm_logits_match(case):
     name, kwargs, overrides = TIMM_CASES[case]
     ref = _randomise(timm.create_model(name, pretrained=False, **TINY, **kwargs))
     state = _state(ref)
-    config = infer_config(state, num_heads=4, **overrides)
+    config = infer_config(state, num_heads=4, **LIBRARY_STATS["timm"], **overrides)
     assert (config.ln_pre, config.pool, config.distillation) == (
         "pre_norm" in kwargs,
         "mean" if "global_pool" in kwargs else "cls",
@@ -113,7 +114,9 @@ def test_huggingface_logits_match(hidden_act):
     torch.manual_seed(0)
     ref = _randomise(transformers.ViTForImageClassification(hf_config))
     state = _state(ref)
-    config = infer_config(state, num_heads=4, activation=HF_ACTS[hidden_act])
+    config = infer_config(
+        state, num_heads=4, activation=HF_ACTS[hidden_act], **LIBRARY_STATS["hf"]
+    )
     assert config.layer_norm_eps == 1e-12 and config.mean == (0.5, 0.5, 0.5)
     model = convert_vit(state, config)
     d32, d64 = _max_diffs(model, config, ref, _images(), hf=True)
@@ -139,7 +142,7 @@ def test_other_image_size_matches_timm_resampled_model():
     state = _state(small)
     big = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, "img_size": 48})
     big.load_state_dict(checkpoint_filter_fn(small.state_dict(), big))
-    config = infer_config(state, num_heads=4, image_size=48)
+    config = infer_config(state, num_heads=4, image_size=48, **LIBRARY_STATS["timm"])
     model = convert_vit(state, config)
     d32, d64 = _max_diffs(model, config, big.eval(), _images(size=48))
     # timm resamples in float32, we in float64 (then round to float32): float32-level agreement.
@@ -170,7 +173,7 @@ def test_weight_files_read_alike(tmp_path):
 def test_bad_checkpoints_name_the_problem(tmp_path):
     ref = _randomise(timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY))
     state = _state(ref)
-    config = infer_config(state, num_heads=4)
+    config = infer_config(state, num_heads=4, **LIBRARY_STATS["timm"])
     missing = {k: v for k, v in state.items() if k != "blocks.1.attn.qkv.bias"}
     with pytest.raises(ConversionError, match=r"missing key.*blocks\.1\.attn\.qkv\.bias"):
         convert_vit(missing, config)
@@ -181,9 +184,9 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     with pytest.raises(ConversionError, match=r"wrong shape.*head\.weight: \(4, 32\)"):
         convert_vit(wrong, config)
     with pytest.raises(ConversionError, match="not a timm VisionTransformer"):
-        infer_config({"foo.weight": np.zeros(3, np.float32)}, num_heads=4)
-    with pytest.raises(ConversionError, match="headless"):
-        infer_config({k: v for k, v in state.items() if not k.startswith("head")}, num_heads=4)
+        infer_config({"foo.weight": np.zeros(3, np.float32)}, num_heads=4, **LIBRARY_STATS["timm"])
+    with pytest.raises(ValueError, match="mean and std are not in the weights"):
+        infer_config(state, num_heads=4)
     with pytest.raises(ConversionError, match="unknown weights format"):
         read_weights(tmp_path / "model.h5")
     (tmp_path / "short.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
