@@ -37,16 +37,25 @@ def _dense(x, p):
     return y
 
 
-def softmax_attention(params, x, num_heads, mask=None, rotary_base=None):
-    """x [B, N, D] → (out [B, N, D], maps [B, H, N, N]); RoPE per head if ``rotary_base``."""
+def softmax_attention(params, x, num_heads, mask=None, rotary_base=None, qk_norm_eps=None,
+                      queries=None):  # fmt: skip
+    """x [B, N, D] → (out [B, N, D], maps [B, H, N, N]); RoPE per head if ``rotary_base``;
+    each head's q and k layer-normed (``params["q_norm"]``, ``["k_norm"]``) if ``qk_norm_eps``;
+    q projected from ``queries`` [B, L, D] instead of x if given (attention pooling)."""
     x = np.asarray(x, np.float64)
     b, n, width = x.shape
     d = width // num_heads
     q, k, v = (_dense(x, params[name]) for name in ("q", "k", "v"))
+    if queries is not None:
+        q = _dense(np.asarray(queries, np.float64), params["q"])
     heads, maps = [], []
     for h in range(num_heads):
         sl = slice(h * d, (h + 1) * d)
-        qh, kh = _rot(q[..., sl], rotary_base), _rot(k[..., sl], rotary_base)
+        qh, kh = q[..., sl], k[..., sl]
+        if qk_norm_eps is not None:
+            qh = _layer_norm(qh, params["q_norm"], qk_norm_eps)
+            kh = _layer_norm(kh, params["k_norm"], qk_norm_eps)
+        qh, kh = _rot(qh, rotary_base), _rot(kh, rotary_base)
         s = qh @ kh.transpose(0, 2, 1) / np.sqrt(d)
         if mask is not None:
             s = np.where(mask, s, -np.inf)
@@ -99,10 +108,31 @@ def _layer_norm(x, p, eps):
     )
 
 
-def vit_logits(params, config, images):
-    """Float64 ViT/DiffViT forward from ``nnx.state(model, nnx.Param)`` converted to dicts."""
+def _activation(m, name):
     from scipy.special import erf
 
+    if name == "gelu":
+        return 0.5 * m * (1 + erf(m / np.sqrt(2)))
+    if name == "silu":
+        return m / (1 + np.exp(-m))
+    if name == "gelu_tanh":
+        return 0.5 * m * (1 + np.tanh(np.sqrt(2 / np.pi) * (m + 0.044715 * m**3)))
+    raise ValueError(name)
+
+
+def _mlp(x, blk, activation, gate):
+    """fc2(act(fc1 x)); with ``gate`` fc1's output is [g | v] and fc2 reads act(g)·v."""
+    m = _dense(x, blk["fc1"])
+    if gate:
+        half = m.shape[-1] // 2
+        return _dense(_activation(m[..., :half], activation) * m[..., half:], blk["fc2"])
+    return _dense(_activation(m, activation), blk["fc2"])
+
+
+def vit_logits(params, config, images):
+    """Float64 ViT/DiffViT forward from ``nnx.state(model, nnx.Param)`` converted to dicts:
+    the class, distillation and register tokens, positions with or without the prefix,
+    LayerScale, qk-norm, gated MLPs and the cls / mean / attention-pool heads (or none)."""
     c = config
     x = (np.asarray(images, np.float64) - np.asarray(c.mean)) / np.asarray(c.std)
     b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
@@ -110,8 +140,17 @@ def vit_logits(params, config, images):
         [x[:, i * p : (i + 1) * p, j * p : (j + 1) * p, :].reshape(b, -1)
          for i in range(g) for j in range(g)], axis=1)  # fmt: skip
     tokens = _dense(patches, params["patch_embed"])
-    cls = np.broadcast_to(np.asarray(params["cls_token"], np.float64), (b, 1, c.width))
-    h = np.concatenate([cls, tokens], axis=1) + np.asarray(params["pos_embed"], np.float64)
+    names = [n for n, on in (("cls_token", c.class_token), ("dist_token", c.distillation),
+                             ("reg_token", c.num_registers > 0)) if on]  # fmt: skip
+    prefix = [np.broadcast_to(np.asarray(params[n], np.float64), (b, *np.shape(params[n])[1:]))
+              for n in names]  # fmt: skip
+    pos = np.asarray(params["pos_embed"], np.float64)
+    if c.pos_embed_prefix:
+        h = np.concatenate([*prefix, tokens], axis=1) + pos
+    else:
+        h = np.concatenate([*prefix, tokens + pos], axis=1)
+    if c.ln_pre:
+        h = _layer_norm(h, params["ln_pre"], c.layer_norm_eps)
     for layer in range(c.depth):
         blk = params["blocks"][layer]
         a_in = _layer_norm(h, blk["norm1"], c.layer_norm_eps)
@@ -119,12 +158,26 @@ def vit_logits(params, config, images):
         if c.is_diff_layer(layer):
             a, *_ = diff_attention(att, a_in, c.num_heads, c.layer_lambda_init(layer))
         else:
-            a, _ = softmax_attention(att, a_in, c.num_heads)
-        h = h + a
-        m = _dense(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk["fc1"])
-        m = 0.5 * m * (1 + erf(m / np.sqrt(2)))
-        h = h + _dense(m, blk["fc2"])
-    return _dense(_layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0], params["head"])
+            eps = c.layer_norm_eps if c.qk_norm else None
+            a, _ = softmax_attention(att, a_in, c.num_heads, qk_norm_eps=eps)
+        scale = (lambda t, n: t * np.asarray(blk[n], np.float64)) if c.layer_scale else (
+            lambda t, n: t)  # fmt: skip
+        h = h + scale(a, "ls1")
+        m = _mlp(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk, c.activation, c.mlp_gate)
+        h = h + scale(m, "ls2")
+    n_prefix = int(c.class_token) + int(c.distillation) + c.num_registers
+    if c.pool == "mean":
+        pooled = _layer_norm(h[:, n_prefix:].mean(1), params["norm"], c.layer_norm_eps)
+    elif c.pool == "map":
+        pool = params["attn_pool"]
+        x = _layer_norm(h, params["norm"], c.layer_norm_eps)[:, n_prefix:]
+        latent = np.broadcast_to(np.asarray(pool["latent"], np.float64), (b, 1, c.width))
+        o, _ = softmax_attention(pool["attn"], x, c.num_heads, queries=latent)
+        o = o + _mlp(_layer_norm(o, pool["norm"], c.layer_norm_eps), pool, c.activation, False)
+        pooled = o[:, 0]
+    else:
+        pooled = _layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0]
+    return _dense(pooled, params["head"]) if c.num_classes else pooled
 
 
 def _rms_norm(x, scale, eps):

@@ -43,6 +43,36 @@ def test_forward_matches_float64_reference(attention, overrides):
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
 
 
+# The switches of imported models (timm / Hugging Face DINOv2, SigLIP, qk-norm ViTs), each
+# against the float64 reference with every parameter drawn anew (no γ at 1, no norm at 1/0).
+IMPORTED_SWITCHES = {
+    "layer_scale_registers": dict(layer_scale=True, num_registers=3, pos_embed_prefix=False),
+    "registers_with_positions": dict(num_registers=2),
+    "no_cls_map_head": dict(class_token=False, pool="map", num_classes=0),
+    "no_cls_mean": dict(class_token=False, pool="mean", activation="gelu_tanh"),
+    "qk_norm_no_qkv_bias": dict(qk_norm=True, qkv_bias=False, proj_bias=True),
+    "swiglu_headless": dict(mlp_gate=True, activation="silu", num_classes=0, mlp_ratio=1.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPORTED_SWITCHES))
+def test_imported_model_switches_match_float64_reference(case):
+    with jax.enable_x64(True):
+        config = dj.preset("tiny", dtype="float64", **IMPORTED_SWITCHES[case])
+        model = dj.ViT(config, rngs=nnx.Rngs(0))
+        state = nnx.state(model, nnx.Param)
+        leaves, tree = jax.tree.flatten(state)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        drawn = [0.5 * jax.random.normal(k, x.shape, jnp.float32) + (x.ndim == 1)
+                 for k, x in zip(keys, leaves, strict=True)]  # fmt: skip
+        nnx.update(model, jax.tree.unflatten(tree, drawn))
+        x = _images(dtype=jnp.float64)
+        out = model(x)
+        ref = reference.vit_logits(_param_dict(model), config, x)
+    assert out.shape == (4, config.num_classes or config.width)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("name", ["tiny", "cifar"])
 def test_diffvit_has_vit_parameters_plus_6d_per_da_layer(name):
     soft = dj.preset(name)

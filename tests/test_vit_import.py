@@ -187,6 +187,11 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
         infer_config({"foo.weight": np.zeros(3, np.float32)}, num_heads=4, **LIBRARY_STATS["timm"])
     with pytest.raises(ValueError, match="mean and std are not in the weights"):
         infer_config(state, num_heads=4)
+    torch.save({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConversionError, match="truncated or corrupt"):
+        read_weights(tmp_path / "half.pt")
     with pytest.raises(ConversionError, match="unknown weights format"):
         read_weights(tmp_path / "model.h5")
     (tmp_path / "short.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
