@@ -5,7 +5,10 @@ hammh0a/ViTB16_CC3M, …_CC12M), or an unmodified OpenAI / open_clip ``CLIP`` st
 (``.pt``, ``.bin`` or ``.safetensors``; give ``--preset openai_b16`` etc.: the activation is not in
 the weights; the sizes are read from it and must be the preset's, or with
 ``--sizes-from-weights`` ViT-B/32, L/14@336px, H/14 … convert with the preset of the same
-activation), without torch, checks every key and shape against the architecture,
+activation), or a Hugging Face ``CLIPModel`` (``model.safetensors`` / ``pytorch_model.bin``
+with its ``config.json`` and ``preprocessor_config.json`` beside it, which say every size, the
+heads, activations, eps and image statistics; ``--preset`` stays ``auto``), without torch,
+checks every key and shape against the architecture,
 and writes ``OUT/config.json`` + ``OUT/params/`` (orbax) and ``OUT/conversion.json`` (source,
 its SHA-256, tensor and parameter counts). Load the result with
 ``diffjax.clip.checkpoint.load_clip(OUT)``.
@@ -28,6 +31,7 @@ from diffjax.clip.convert import (
     convert_state_dict,
     detect_attention,
     detect_layout,
+    hf_config,
     openai_shapes,
 )
 from diffjax.torch_weights import read_weights
@@ -69,7 +73,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OpenAI / open_clip layout: convert a model whose sizes differ from "
                         "the preset's (ViT-B/32, H/14, …) with the preset's activation, eps and "
                         "statistics (without it, a size mismatch is refused)")  # fmt: skip
+    parser.add_argument("--model-config", type=pathlib.Path,
+                        help="Hugging Face CLIPModel: its config.json (default: the one beside "
+                        "the weights)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
+
+
+def _hf_config(args: argparse.Namespace):
+    """A Hugging Face CLIPModel's config from the config.json and preprocessor_config.json."""
+    from diffjax.experiments.import_vit import preprocessor_hints, read_json
+
+    if args.preset != "auto" or args.vision_heads or args.text_heads or args.sizes_from_weights:
+        raise ValueError(
+            f"{args.checkpoint} is a Hugging Face CLIPModel: its config.json says the "
+            "architecture (no --preset, --vision-heads, --text-heads or --sizes-from-weights)"
+        )
+    path = args.model_config or args.checkpoint.parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: a Hugging Face CLIPModel needs its config.json (heads, "
+            "activations, eps; --model-config to point at it)"
+        )
+    stats = preprocessor_hints(path.parent / "preprocessor_config.json")
+    if not {"mean", "std"} <= set(stats):
+        raise FileNotFoundError(
+            f"no image_mean/image_std in {path.parent / 'preprocessor_config.json'}: download "
+            "the checkpoint's preprocessor_config.json beside its config.json"
+        )
+    return hf_config(read_json(path), stats["mean"], stats["std"])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -89,8 +120,11 @@ def run(args: argparse.Namespace) -> dict:
             "in the weights: pass --preset openai_b16|openai_l14 (QuickGELU: OpenAI's weights, "
             "open_clip '-quickgelu' models) or openclip_b16|openclip_l14 (exact GELU)"
         )
-    preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
-    config = clip_preset(preset)
+    if layout == "hf":
+        config, preset = _hf_config(args), "hf"
+    else:
+        preset = RELEASE_PRESETS[attention] if args.preset == "auto" else args.preset
+        config = clip_preset(preset)
     if layout == "openai":  # sizes from the weights; activation, eps, statistics from the preset
         sized = openai_shapes(state, config, args.vision_heads, args.text_heads)
         # A wrong-size preset (openai_l14 for B/16 weights) would otherwise convert silently
@@ -111,6 +145,8 @@ def run(args: argparse.Namespace) -> dict:
             "--vision-heads / --text-heads / --sizes-from-weights are for OpenAI / open_clip "
             "state dicts"
         )
+    if args.model_config is not None and layout != "hf":
+        raise ValueError("--model-config is for Hugging Face CLIPModel checkpoints")
     model = convert_state_dict(state, config)
     save_model(args.out, model)
     record = {

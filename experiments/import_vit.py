@@ -67,7 +67,8 @@ TIMM_POOLS = {"token": "cls", "avg": "mean", "map": "map"}
 HF_MODEL_TYPES = ("vit", "dinov2")
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json(path: pathlib.Path) -> dict:
+    """The JSON object of a model config file (ValueError naming the file otherwise)."""
     try:
         d = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -81,7 +82,7 @@ def config_hints(path: pathlib.Path | None) -> dict:
     """ViTConfig fields from a Hugging Face or timm ``config.json`` (missing file: none)."""
     if path is None or not path.is_file():
         return {}
-    d = _read_json(path)
+    d = read_json(path)
     hints = {}
     if "num_attention_heads" in d:  # Hugging Face ViTConfig / Dinov2Config
         kind = d.get("model_type", "vit")
@@ -119,7 +120,7 @@ def preprocessor_hints(path: pathlib.Path) -> dict:
     """``mean`` and ``std`` from a Hugging Face ``preprocessor_config.json`` (none if absent)."""
     if not path.is_file():
         return {}
-    d = _read_json(path)
+    d = read_json(path)
     if d.get("do_normalize", True) is False:
         return dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return {ours: tuple(float(v) for v in d[theirs])

@@ -37,6 +37,7 @@ from diffjax.torch_weights import (
     read_state_dict,
     read_weights,
     rows,
+    transpose,
 )
 from diffjax.torch_weights import check_state_dict as check_rules
 
@@ -70,7 +71,9 @@ def _attention_rules(
     return rules
 
 
-LAYOUTS = ("slip", "openai")
+LAYOUTS = ("slip", "openai", "hf")
+# Hugging Face CLIPModel buffers of the released files that are not parameters (0..N-1).
+HF_POSITION_IDS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
 
 def _reshape(*shape: int):
@@ -136,6 +139,119 @@ def _openai_vision_rules(c: CLIPConfig, num_tokens: int) -> dict[str, Rule]:
     return rules
 
 
+def _hf_tower_rules(src: str, dst: Path, width: int, hidden: int, layers: int, mlp, norms):
+    """The ``encoder.layers.{i}`` of a Hugging Face CLIP tower (layer_norm1, self_attn.{q,k,v,
+    out}_proj, layer_norm2, mlp.fc1/fc2) → a diffjax tower's blocks (norms and MLP named
+    ``norms`` and ``mlp``)."""
+    rules: dict[str, Rule] = {}
+    for i in range(layers):
+        s, d = f"{src}.encoder.layers.{i}", dst + ("blocks", i)
+        rules.update(norm_rules(f"{s}.layer_norm1", d + (norms[0],), width))
+        rules.update(norm_rules(f"{s}.layer_norm2", d + (norms[1],), width))
+        for n in ("q", "k", "v", "out"):
+            rules.update(linear_rules(f"{s}.self_attn.{n}_proj", d + ("attn", n), width, width))
+        rules.update(linear_rules(f"{s}.mlp.fc1", d + (mlp[0],), width, hidden))
+        rules.update(linear_rules(f"{s}.mlp.fc2", d + (mlp[1],), hidden, width))
+    return rules
+
+
+def _hf_rules(c: CLIPConfig, num_tokens: int) -> dict[str, Rule]:
+    """Hugging Face ``CLIPModel``: ``vision_model`` (class_embedding, bias-free patch_embedding,
+    pre_layrnorm, encoder, post_layernorm), ``visual_projection``, ``text_model``
+    (token/position embeddings, causal encoder, final_layer_norm), ``text_projection``
+    (projections are bias-free Linear layers: transposed), ``logit_scale``."""
+    vw, tw, p = c.vision_width, c.text_width, c.patch_size
+    v: Path = ("visual",)
+    e = "vision_model.embeddings"
+    rules: dict[str, Rule] = {
+        f"{e}.class_embedding": ((vw,), [(v + ("cls_token",), _reshape(1, 1, vw))]),
+        f"{e}.position_embedding.weight": (
+            (num_tokens, vw),
+            [(v + ("pos_embed",), _reshape(1, num_tokens, vw))],
+        ),
+        f"{e}.patch_embedding.weight": (
+            (vw, c.channels, p, p),
+            [(v + ("patch_embed", "kernel"), conv_to_dense)],
+        ),
+        "text_model.embeddings.token_embedding.weight": (
+            (c.vocab_size, tw),
+            [(("text", "token_embedding", "embedding"), identity)],
+        ),
+        "text_model.embeddings.position_embedding.weight": (
+            (c.context_length, tw),
+            [(("text", "positional_embedding"), identity)],
+        ),
+        "text_projection.weight": ((c.embed_dim, tw), [(("text", "projection"), transpose)]),
+        "logit_scale": ((), [(("logit_scale",), identity)]),
+    }
+    rules.update(linear_rules("visual_projection", v + ("head",), vw, c.embed_dim, bias=False))
+    rules.update(norm_rules("vision_model.pre_layrnorm", v + ("ln_pre",), vw))
+    rules.update(norm_rules("vision_model.post_layernorm", v + ("norm",), vw))
+    rules.update(norm_rules("text_model.final_layer_norm", ("text", "ln_final"), tw))
+    rules.update(_hf_tower_rules("vision_model", v, vw, int(round(vw * c.vision_mlp_ratio)),
+                                 c.vision_layers, ("fc1", "fc2"), ("norm1", "norm2")))
+    rules.update(_hf_tower_rules("text_model", ("text",), tw, int(round(tw * c.text_mlp_ratio)),
+                                 c.text_layers, ("c_fc", "c_proj"), ("ln_1", "ln_2")))
+    return rules  # fmt: skip
+
+
+def hf_config(d: Mapping, mean, std) -> CLIPConfig:
+    """The :class:`CLIPConfig` of a Hugging Face ``CLIPModel`` ``config.json`` (``d``), with the
+    image statistics of its ``preprocessor_config.json``.
+
+    Raises:
+      ConversionError: not a CLIP config, or an activation diffjax does not model.
+    """
+    if d.get("model_type") != "clip" or not {"text_config", "vision_config"} <= set(d):
+        raise ConversionError(
+            f"not a Hugging Face CLIPModel config.json (model_type {d.get('model_type')!r})"
+        )
+    t, v = d["text_config"], d["vision_config"]
+    acts = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+            "gelu_new": "gelu_tanh"}  # fmt: skip
+    for name, tower in (("text", t), ("vision", v)):
+        if tower.get("hidden_act", "quick_gelu") not in acts:
+            raise ConversionError(f"{name}_config.hidden_act {tower['hidden_act']!r} is not one "
+                                  f"of {sorted(acts)}")  # fmt: skip
+    return CLIPConfig(
+        embed_dim=int(d.get("projection_dim", 512)),
+        image_size=int(v["image_size"]),
+        patch_size=int(v["patch_size"]),
+        channels=int(v.get("num_channels", 3)),
+        vision_width=int(v["hidden_size"]),
+        vision_layers=int(v["num_hidden_layers"]),
+        vision_heads=int(v["num_attention_heads"]),
+        vision_mlp_ratio=int(v["intermediate_size"]) / int(v["hidden_size"]),
+        vision_ln_eps=float(v.get("layer_norm_eps", 1e-5)),
+        context_length=int(t.get("max_position_embeddings", 77)),
+        vocab_size=int(t.get("vocab_size", 49408)),
+        text_width=int(t["hidden_size"]),
+        text_layers=int(t["num_hidden_layers"]),
+        text_heads=int(t["num_attention_heads"]),
+        text_mlp_ratio=int(t["intermediate_size"]) / int(t["hidden_size"]),
+        text_ln_eps=float(t.get("layer_norm_eps", 1e-5)),
+        attention="softmax",
+        mean=tuple(mean),
+        std=tuple(std),
+        vision_activation=acts[v.get("hidden_act", "quick_gelu")],
+        text_activation=acts[t.get("hidden_act", "quick_gelu")],
+        vision_ln_pre=True,
+        vision_patch_bias=False,
+    )
+
+
+def drop_position_ids(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``state`` without a Hugging Face CLIP's ``position_ids`` buffers (in older releases'
+    files), each checked to be 0..N-1: diffjax's positions are always those."""
+    out = dict(state)
+    for key in HF_POSITION_IDS:
+        if key in out:
+            ids = np.asarray(out.pop(key)).reshape(-1)
+            if not np.array_equal(ids, np.arange(ids.size)):
+                raise ConversionError(f"{key} is not 0..{ids.size - 1}: positions not modelled")
+    return out
+
+
 def _resblock_rules(src, dst, width, heads, hidden, mlp, norms, diff) -> dict[str, Rule]:
     """An OpenAI ``ResidualAttentionBlock`` (ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj) → a diffjax
     block whose norms and MLP layers are named ``norms`` and ``mlp``."""
@@ -176,13 +292,18 @@ def conversion_rules(config: CLIPConfig, layout: str = "slip") -> dict[str, Rule
     """For every torch key of ``layout``: its shape and where it goes in diffjax.
 
     Args:
-      layout: ``"slip"`` (SLIP / DiffCLIP releases: a timm ViT image tower) or ``"openai"``
-        (OpenAI CLIP and open_clip ``CLIP`` state dicts; softmax attention only).
+      layout: ``"slip"`` (SLIP / DiffCLIP releases: a timm ViT image tower), ``"openai"``
+        (OpenAI CLIP and open_clip ``CLIP`` state dicts) or ``"hf"`` (Hugging Face
+        ``CLIPModel``); the last two have softmax attention only.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     c = config
     num_tokens = (c.image_size // c.patch_size) ** 2 + 1
+    if layout == "hf":
+        if c.attention != "softmax":
+            raise ConversionError("the Hugging Face CLIPModel layout has softmax attention only")
+        return _hf_rules(c, num_tokens)
     if layout == "openai":
         if c.attention != "softmax":
             raise ConversionError("the OpenAI / open_clip layout has softmax attention only")
@@ -194,8 +315,10 @@ def conversion_rules(config: CLIPConfig, layout: str = "slip") -> dict[str, Rule
 
 
 def detect_layout(state: Mapping[str, np.ndarray]) -> str:
-    """``"openai"`` if the image tower is OpenAI / open_clip's (``visual.conv1.weight``), else
-    ``"slip"``."""
+    """``"hf"`` for a Hugging Face ``CLIPModel`` (``vision_model.*``), ``"openai"`` if the image
+    tower is OpenAI / open_clip's (``visual.conv1.weight``), else ``"slip"``."""
+    if "vision_model.embeddings.class_embedding" in state:
+        return "hf"
     return "openai" if "visual.conv1.weight" in state else "slip"
 
 
@@ -287,8 +410,11 @@ def convert_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig, seed
     Raises:
       ConversionError: keys or shapes do not match (see :func:`check_state_dict`).
     """
+    layout = detect_layout(state)
+    if layout == "hf":
+        state = drop_position_ids(state)
     check_state_dict(state, config)
-    rules = conversion_rules(config, detect_layout(state))
+    rules = conversion_rules(config, layout)
     return load_into(CLIP(config, rngs=nnx.Rngs(seed)), state, rules)
 
 

@@ -194,7 +194,8 @@ class CLIP(nnx.Module):
         return self.text(tokens)
 
     def __call__(self, images: Array, tokens: Array) -> Array:
-        """Scaled cosine similarities exp(logit_scale)·cos, [B_images, B_texts] float32."""
+        """Scaled cosine similarities exp(logit_scale)·cos, [B_images, B_texts] float32
+        (float64 in float64 mode: the scale's exp too, not only the cosines)."""
         img = l2_normalize(self.encode_image(images))
         txt = l2_normalize(self.encode_text(tokens))
-        return jnp.exp(self.logit_scale[...]) * img @ txt.T
+        return jnp.exp(self.logit_scale[...].astype(img.dtype)) * img @ txt.T
