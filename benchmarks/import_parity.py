@@ -32,8 +32,11 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from diffjax.analysis import with_dtype
 from diffjax.checkpoint import write_json_atomic, write_text_atomic
 from diffjax.clip.config import clip_preset
-from diffjax.clip.convert import convert_state_dict
+from diffjax.clip.convert import convert_state_dict, hf_config
+from diffjax.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from diffjax.torch_weights import read_weights
 from diffjax.vit_import import LIBRARY_STATS, convert_vit, infer_config
+from tests import test_clip_huggingface as H
 from tests import test_clip_openclip as C
 from tests import test_vit_import as T
 from tests import test_vit_import_families as F
@@ -121,6 +124,34 @@ def reduced() -> None:
             d32, d64 = np.abs(got[i] - want[i]).max(), np.abs(got64[i] - want64[i]).max()
             record(f"open_clip {preset} layout", f"{tower} features", d32, d64,
                    np.abs(want64[i]).max())  # fmt: skip
+    _huggingface_clip()
+
+
+def _huggingface_clip() -> None:
+    """The tests' Hugging Face CLIPModel (GELU image tower, QuickGELU text tower)."""
+    import tempfile
+
+    ref = H._reference("quick_gelu", "gelu")
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(tmp)
+        state = read_weights(pathlib.Path(tmp) / "model.safetensors")
+        config = hf_config(json.loads((pathlib.Path(tmp) / "config.json").read_text()),
+                           OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)  # fmt: skip
+    images, tokens = np.random.default_rng(1).uniform(size=(2, 32, 32, 3)), C._tokens()
+    model = convert_state_dict(state, config)
+    got32 = [*C._features(model, np.float32(images), tokens),
+             np.asarray(model(np.float32(images), tokens.astype(np.int32)))]  # fmt: skip
+    with jax.enable_x64():
+        m64 = with_dtype(model, "float64")
+        got64 = [
+            *C._features(m64, images, tokens),
+            np.asarray(m64(images, tokens.astype(np.int32))),
+        ]
+    want32, want64 = (H._hf_features(ref, images, tokens, config.mean, config.std, t)
+                      for t in (torch.float32, torch.float64))  # fmt: skip
+    for i, output in enumerate(("image features", "text features", "logits")):
+        record("Hugging Face CLIPModel", output, np.abs(got32[i] - want32[i]).max(),
+               np.abs(got64[i] - want64[i]).max(), np.abs(want64[i]).max())  # fmt: skip
 
 
 def _timm_full() -> None:
@@ -206,7 +237,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also open_clip ViT-L-14")
     parser.add_argument("--only", action="store_true", help="skip the reduced models")
     parser.add_argument("--render", action="store_true",
-                        help="only rewrite docs/import.md's table from the saved results")  # fmt: skip
+                        help="only rewrite the docs table from the saved results")  # fmt: skip
     args = parser.parse_args()
     if not args.render:
         for group, run, wanted in (("reduced", reduced, not args.only), ("full", full, args.full),

@@ -225,8 +225,18 @@ class ViTConfig:
                 f"attention_impl={self.attention_impl!r} computes its softmax in float32; "
                 "float64 (exact) models need attention_impl='reference'"
             )
-        for name in ("scan_layers", "remat", "ln_pre", "patch_bias", "distillation",
-                     "class_token", "pos_embed_prefix", "layer_scale", "qk_norm", "mlp_gate"):
+        for name in (
+            "scan_layers",
+            "remat",
+            "ln_pre",
+            "patch_bias",
+            "distillation",
+            "class_token",
+            "pos_embed_prefix",
+            "layer_scale",
+            "qk_norm",
+            "mlp_gate",
+        ):
             check_bool(name, getattr(self, name))  # fmt: skip
         if self.proj_bias is not None:
             check_bool("proj_bias", self.proj_bias)

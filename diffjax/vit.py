@@ -282,6 +282,7 @@ class ViT(nnx.Module):
         self.patch_embed = nnx.Linear(
             patch_dim, c.width, use_bias=c.patch_bias, dtype=self.accum_dtype, rngs=rngs, **dense
         )
+
         def tokens(n: int, present: bool = True) -> nnx.Param | None:
             init = DENSE_INIT(rngs.params(), (1, n, c.width), jnp.float32)
             return nnx.Param(init) if present else None

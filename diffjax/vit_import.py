@@ -148,22 +148,19 @@ def detect_layout(state: Mapping[str, np.ndarray]) -> str:
 
 def _keys(layout: str) -> dict[str, str]:
     """Names of the tensors :func:`infer_config` reads, in ``layout``."""
-    if layout == "hf":
-        return dict(cls="vit.embeddings.cls_token", pos="vit.embeddings.position_embeddings",
-                    patch="vit.embeddings.patch_embeddings.projection.weight",
-                    head="classifier.weight", block="vit.encoder.layer.{}.",
-                    fc2="vit.encoder.layer.0.output.dense.weight",
-                    qkv_bias="vit.encoder.layer.0.attention.attention.query.bias",
-                    proj_bias="vit.encoder.layer.0.attention.output.dense.bias")  # fmt: skip
-    if layout == "hf_dinov2":
-        return dict(cls="embeddings.cls_token", pos="embeddings.position_embeddings",
-                    patch="embeddings.patch_embeddings.projection.weight",
-                    head="classifier.weight", block="encoder.layer.{}.",
-                    fc2="encoder.layer.0.mlp.fc2.weight",
-                    gated_fc2="encoder.layer.0.mlp.weights_out.weight",
-                    qkv_bias="encoder.layer.0.attention.attention.query.bias",
-                    proj_bias="encoder.layer.0.attention.output.dense.bias",
-                    layer_scale="encoder.layer.0.layer_scale1.lambda1")  # fmt: skip
+    if layout in ("hf", "hf_dinov2"):
+        pfx, fc2 = ("vit.", "output.dense") if layout == "hf" else ("", "mlp.fc2")
+        layer0 = f"{pfx}encoder.layer.0."
+        keys = dict(cls=f"{pfx}embeddings.cls_token", pos=f"{pfx}embeddings.position_embeddings",
+                    patch=f"{pfx}embeddings.patch_embeddings.projection.weight",
+                    head="classifier.weight", block=pfx + "encoder.layer.{}.",
+                    fc2=f"{layer0}{fc2}.weight",
+                    qkv_bias=f"{layer0}attention.attention.query.bias",
+                    proj_bias=f"{layer0}attention.output.dense.bias")  # fmt: skip
+        if layout == "hf_dinov2":
+            keys |= dict(gated_fc2=f"{layer0}mlp.weights_out.weight",
+                         layer_scale=f"{layer0}layer_scale1.lambda1")  # fmt: skip
+        return keys
     return dict(cls="cls_token", pos="pos_embed", patch="patch_embed.proj.weight",
                 head="head.weight", block="blocks.{}.", fc1="blocks.0.mlp.fc1.weight",
                 fc2="blocks.0.mlp.fc2.weight", qkv_bias="blocks.0.attn.qkv.bias",
@@ -363,11 +360,17 @@ def _fused_rules(key: str, n_in: int, targets: list[Path], bias: bool) -> dict[s
     """A fused Linear ``key`` whose output rows are ``targets``' blocks in order (timm's
     ``qkv``, ``kv``): each Dense kernel (and bias) its block of rows."""
     n = len(targets)
-    rules = {f"{key}.weight": ((n * n_in, n_in),
-                               [(t + ("kernel",), rows(i, n)) for i, t in enumerate(targets)])}
+    rules = {
+        f"{key}.weight": (
+            (n * n_in, n_in),
+            [(t + ("kernel",), rows(i, n)) for i, t in enumerate(targets)],
+        )
+    }
     if bias:
-        rules[f"{key}.bias"] = ((n * n_in,),
-                                [(t + ("bias",), rows(i, n)) for i, t in enumerate(targets)])
+        rules[f"{key}.bias"] = (
+            (n * n_in,),
+            [(t + ("bias",), rows(i, n)) for i, t in enumerate(targets)],
+        )
     return rules  # fmt: skip
 
 
@@ -401,10 +404,9 @@ def _block_rules(src: str, dst: Path, layout: str, c: ViTConfig) -> dict[str, Ru
             names = dict(norm1="layernorm_before", norm2="layernorm_after",
                          fc1="intermediate.dense", fc2="output.dense")  # fmt: skip
         else:
-            gated = dict(fc1="mlp.weights_in", fc2="mlp.weights_out")
+            mlp = ("mlp.weights_in", "mlp.weights_out") if c.mlp_gate else ("mlp.fc1", "mlp.fc2")
             names = dict(norm1="norm1", norm2="norm2", ls1="layer_scale1.lambda1",
-                         ls2="layer_scale2.lambda1",
-                         **(gated if c.mlp_gate else dict(fc1="mlp.fc1", fc2="mlp.fc2")))  # fmt: skip
+                         ls2="layer_scale2.lambda1", fc1=mlp[0], fc2=mlp[1])  # fmt: skip
         names["out"] = "attention.output.dense"
         rules = {}
         for n in ("query", "key", "value"):

@@ -210,4 +210,3 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
         f"{s.get('invalid')} -> {output}"
     )
     return out
-

@@ -67,8 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision-heads", type=int,
                         help="OpenAI / open_clip layout: image-tower heads (not in the weights; "
                         "default: the preset's; needed for another width)")  # fmt: skip
-    parser.add_argument("--text-heads", type=int,
-                        help="OpenAI / open_clip layout: text-tower heads (as --vision-heads)")
+    parser.add_argument(
+        "--text-heads",
+        type=int,
+        help="OpenAI / open_clip layout: text-tower heads (as --vision-heads)",
+    )
     parser.add_argument("--sizes-from-weights", action="store_true",
                         help="OpenAI / open_clip layout: convert a model whose sizes differ from "
                         "the preset's (ViT-B/32, H/14, …) with the preset's activation, eps and "

@@ -123,8 +123,8 @@ def preprocessor_hints(path: pathlib.Path) -> dict:
     d = read_json(path)
     if d.get("do_normalize", True) is False:
         return dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    return {ours: tuple(float(v) for v in d[theirs])
-            for ours, theirs in (("mean", "image_mean"), ("std", "image_std")) if theirs in d}  # fmt: skip
+    keys = (("mean", "image_mean"), ("std", "image_std"))
+    return {ours: tuple(float(v) for v in d[theirs]) for ours, theirs in keys if theirs in d}
 
 
 def merge_hints(hints: dict, flags: dict) -> dict:

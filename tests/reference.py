@@ -160,11 +160,11 @@ def vit_logits(params, config, images):
         else:
             eps = c.layer_norm_eps if c.qk_norm else None
             a, _ = softmax_attention(att, a_in, c.num_heads, qk_norm_eps=eps)
-        scale = (lambda t, n: t * np.asarray(blk[n], np.float64)) if c.layer_scale else (
-            lambda t, n: t)  # fmt: skip
-        h = h + scale(a, "ls1")
+        gamma1, gamma2 = (np.asarray(blk[n], np.float64) if c.layer_scale else 1.0
+                          for n in ("ls1", "ls2"))  # fmt: skip
+        h = h + gamma1 * a
         m = _mlp(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk, c.activation, c.mlp_gate)
-        h = h + scale(m, "ls2")
+        h = h + gamma2 * m
     n_prefix = int(c.class_token) + int(c.distillation) + c.num_registers
     if c.pool == "mean":
         pooled = _layer_norm(h[:, n_prefix:].mean(1), params["norm"], c.layer_norm_eps)

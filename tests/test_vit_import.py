@@ -114,9 +114,7 @@ def test_huggingface_logits_match(hidden_act):
     torch.manual_seed(0)
     ref = _randomise(transformers.ViTForImageClassification(hf_config))
     state = _state(ref)
-    config = infer_config(
-        state, num_heads=4, activation=HF_ACTS[hidden_act], **LIBRARY_STATS["hf"]
-    )
+    config = infer_config(state, num_heads=4, activation=HF_ACTS[hidden_act], **LIBRARY_STATS["hf"])
     assert config.layer_norm_eps == 1e-12 and config.mean == (0.5, 0.5, 0.5)
     model = convert_vit(state, config)
     d32, d64 = _max_diffs(model, config, ref, _images(), hf=True)

@@ -173,25 +173,37 @@ def _hf_rules(c: CLIPConfig, num_tokens: int) -> dict[str, Rule]:
             (vw, c.channels, p, p),
             [(v + ("patch_embed", "kernel"), conv_to_dense)],
         ),
-        "text_model.embeddings.token_embedding.weight": (
-            (c.vocab_size, tw),
-            [(("text", "token_embedding", "embedding"), identity)],
-        ),
-        "text_model.embeddings.position_embedding.weight": (
-            (c.context_length, tw),
-            [(("text", "positional_embedding"), identity)],
-        ),
         "text_projection.weight": ((c.embed_dim, tw), [(("text", "projection"), transpose)]),
-        "logit_scale": ((), [(("logit_scale",), identity)]),
     }
+    t = "text_model.embeddings."
+    rules.update(_text_embedding_rules(c, f"{t}token_embedding.weight",
+                                       f"{t}position_embedding.weight"))  # fmt: skip
     rules.update(linear_rules("visual_projection", v + ("head",), vw, c.embed_dim, bias=False))
     rules.update(norm_rules("vision_model.pre_layrnorm", v + ("ln_pre",), vw))
     rules.update(norm_rules("vision_model.post_layernorm", v + ("norm",), vw))
     rules.update(norm_rules("text_model.final_layer_norm", ("text", "ln_final"), tw))
-    rules.update(_hf_tower_rules("vision_model", v, vw, int(round(vw * c.vision_mlp_ratio)),
-                                 c.vision_layers, ("fc1", "fc2"), ("norm1", "norm2")))
-    rules.update(_hf_tower_rules("text_model", ("text",), tw, int(round(tw * c.text_mlp_ratio)),
-                                 c.text_layers, ("c_fc", "c_proj"), ("ln_1", "ln_2")))
+    rules.update(
+        _hf_tower_rules(
+            "vision_model",
+            v,
+            vw,
+            int(round(vw * c.vision_mlp_ratio)),
+            c.vision_layers,
+            ("fc1", "fc2"),
+            ("norm1", "norm2"),
+        )
+    )
+    rules.update(
+        _hf_tower_rules(
+            "text_model",
+            ("text",),
+            tw,
+            int(round(tw * c.text_mlp_ratio)),
+            c.text_layers,
+            ("c_fc", "c_proj"),
+            ("ln_1", "ln_2"),
+        )
+    )
     return rules  # fmt: skip
 
 
@@ -209,32 +221,34 @@ def hf_config(d: Mapping, mean, std) -> CLIPConfig:
     t, v = d["text_config"], d["vision_config"]
     acts = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
             "gelu_new": "gelu_tanh"}  # fmt: skip
+    # diffjax pools the text at argmax(token id), which is transformers' rule for the legacy
+    # eos_token_id 2 and its first-EOT rule when EOT is the largest id (the CLIP vocabulary).
+    eos, vocab = t.get("eos_token_id", 2), int(t.get("vocab_size", 49408))
+    if eos not in (2, vocab - 1):
+        raise ConversionError(f"text_config.eos_token_id {eos} is not the largest id "
+                              f"{vocab - 1}: its EOT pooling is not modelled")  # fmt: skip
+    fields = {}
     for name, tower in (("text", t), ("vision", v)):
-        if tower.get("hidden_act", "quick_gelu") not in acts:
-            raise ConversionError(f"{name}_config.hidden_act {tower['hidden_act']!r} is not one "
-                                  f"of {sorted(acts)}")  # fmt: skip
+        act = tower.get("hidden_act", "quick_gelu")
+        if act not in acts:
+            raise ConversionError(f"{name}_config.hidden_act {act!r} is not one of {sorted(acts)}")
+        width = int(tower["hidden_size"])
+        fields |= {f"{name}_width": width, f"{name}_layers": int(tower["num_hidden_layers"]),
+                   f"{name}_heads": int(tower["num_attention_heads"]),
+                   f"{name}_mlp_ratio": int(tower["intermediate_size"]) / width,
+                   f"{name}_ln_eps": float(tower.get("layer_norm_eps", 1e-5)),
+                   f"{name}_activation": acts[act]}  # fmt: skip
     return CLIPConfig(
         embed_dim=int(d.get("projection_dim", 512)),
         image_size=int(v["image_size"]),
         patch_size=int(v["patch_size"]),
         channels=int(v.get("num_channels", 3)),
-        vision_width=int(v["hidden_size"]),
-        vision_layers=int(v["num_hidden_layers"]),
-        vision_heads=int(v["num_attention_heads"]),
-        vision_mlp_ratio=int(v["intermediate_size"]) / int(v["hidden_size"]),
-        vision_ln_eps=float(v.get("layer_norm_eps", 1e-5)),
         context_length=int(t.get("max_position_embeddings", 77)),
-        vocab_size=int(t.get("vocab_size", 49408)),
-        text_width=int(t["hidden_size"]),
-        text_layers=int(t["num_hidden_layers"]),
-        text_heads=int(t["num_attention_heads"]),
-        text_mlp_ratio=int(t["intermediate_size"]) / int(t["hidden_size"]),
-        text_ln_eps=float(t.get("layer_norm_eps", 1e-5)),
+        vocab_size=vocab,
         attention="softmax",
         mean=tuple(mean),
         std=tuple(std),
-        vision_activation=acts[v.get("hidden_act", "quick_gelu")],
-        text_activation=acts[t.get("hidden_act", "quick_gelu")],
+        **fields,
         vision_ln_pre=True,
         vision_patch_bias=False,
     )
@@ -264,22 +278,24 @@ def _resblock_rules(src, dst, width, heads, hidden, mlp, norms, diff) -> dict[st
     return rules
 
 
+def _text_embedding_rules(c: CLIPConfig, token: str, position: str) -> dict[str, Rule]:
+    """The token and position embeddings (keys ``token``, ``position``) and the logit scale."""
+    tw = c.text_width
+    return {
+        token: ((c.vocab_size, tw), [(("text", "token_embedding", "embedding"), identity)]),
+        position: ((c.context_length, tw), [(("text", "positional_embedding"), identity)]),
+        "logit_scale": ((), [(("logit_scale",), identity)]),
+    }
+
+
 def _text_rules(c: CLIPConfig) -> dict[str, Rule]:
-    """The text tower and logit scale: the same keys in every layout."""
+    """The text tower and logit scale: the same keys in the SLIP and OpenAI layouts."""
     tw = c.text_width
     thidden = int(round(tw * c.text_mlp_ratio))
     rules: dict[str, Rule] = {
-        "token_embedding.weight": (
-            (c.vocab_size, tw),
-            [(("text", "token_embedding", "embedding"), identity)],
-        ),
-        "positional_embedding": (
-            (c.context_length, tw),
-            [(("text", "positional_embedding"), identity)],
-        ),
         "text_projection": ((tw, c.embed_dim), [(("text", "projection"), identity)]),
-        "logit_scale": ((), [(("logit_scale",), identity)]),
     }
+    rules.update(_text_embedding_rules(c, "token_embedding.weight", "positional_embedding"))
     rules.update(norm_rules("ln_final", ("text", "ln_final"), tw))
     for i in range(c.text_layers):
         rules.update(_resblock_rules(f"transformer.resblocks.{i}", ("text", "blocks", i), tw,
