@@ -2,8 +2,10 @@
 
     logits = Linear(LN(h_L)[CLS]),   h_{l+1} = h'_l + MLP(LN(h'_l)),   h'_l = h_l + Attn_l(LN(h_l))
 
-The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, ``patch_bias``)
-cover imported timm / Hugging Face ViTs and the CLIP image towers; their defaults are the above.
+The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, ``patch_bias``,
+``class_token``, ``num_registers``, ``pos_embed_prefix``, ``layer_scale``, ``qk_norm``,
+``proj_bias``, ``mlp_gate``, ``num_classes=0``) cover imported timm / Hugging Face ViTs, DINOv2,
+SigLIP-style towers and the CLIP image towers; their defaults are the above.
 
 Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
 attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every

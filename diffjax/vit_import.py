@@ -1,26 +1,34 @@
-"""timm and Hugging Face ViT checkpoints → a diffjax :class:`~diffjax.vit.ViT`, without torch.
+"""timm and Hugging Face ViT / DINOv2 checkpoints → a diffjax :class:`~diffjax.vit.ViT`, without
+torch.
 
     state = read_weights("model.safetensors")            # or pytorch_model.bin / .pt / .pth
-    config = infer_config(state, num_heads=12)           # shapes from the keys, the rest given
+    config = infer_config(state, num_heads=12, mean=..., std=...)   # the rest from the keys
     model = convert_vit(state, config)                   # strict: every key, every shape
 
-Two key layouts are read (:func:`detect_layout`):
+Three key layouts are read (:func:`detect_layout`):
 
-* ``"timm"``: ``VisionTransformer`` (``vit_*_patch*_*``, DeiT, DeiT distilled): ``cls_token``,
-  ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
-  mlp.fc2}``, ``norm`` (or ``fc_norm`` with average pooling), ``head``; optionally ``norm_pre``
-  (→ ``ln_pre``), ``dist_token`` and ``head_dist`` (→ ``distillation``).
+* ``"timm"``: ``VisionTransformer`` (``vit_*_patch*_*``, DeiT, DeiT distilled, DINOv2 with and
+  without registers, SigLIP's attention-pool towers, qk-norm, SwiGLU): ``cls_token``,
+  ``reg_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.{norm1, attn.qkv,
+  attn.q_norm, attn.k_norm, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``, ``norm`` (or
+  ``fc_norm`` with average pooling, ``attn_pool`` with MAP pooling), ``head`` (absent: a
+  headless backbone); optionally ``norm_pre`` (→ ``ln_pre``), ``dist_token`` and ``head_dist``.
 * ``"hf"``: Hugging Face ``ViTForImageClassification``: ``vit.embeddings.*``,
   ``vit.encoder.layer.{i}.{layernorm_before, attention.attention.{query, key, value},
   attention.output.dense, layernorm_after, intermediate.dense, output.dense}``,
-  ``vit.layernorm``, ``classifier`` (the names of the released files; transformers ≥ 5 names
-  its in-memory modules ``vit.layers.{i}.{attention.{q,k,v,o}_proj, mlp.fc1, mlp.fc2}``, and
-  :func:`released_hf_names` maps those back).
+  ``vit.layernorm``, ``classifier``.
+* ``"hf_dinov2"``: Hugging Face ``Dinov2Model`` (headless): ``embeddings.*``,
+  ``encoder.layer.{i}.{norm1, attention.attention.*, attention.output.dense, layer_scale1,
+  norm2, mlp.fc1/fc2 or mlp.weights_in/weights_out, layer_scale2}``, ``layernorm``.
 
-What the weights do not say (heads, LayerNorm eps, activation, normalisation statistics) is
-given to :func:`infer_config`; its defaults are each library's (timm: eps 1e-6, ImageNet mean/std;
-Hugging Face: eps 1e-12, mean = std = 0.5). A different ``image_size`` resamples the patch
-position embeddings as timm does (:func:`resample_pos_embed`).
+Released files use those names; transformers ≥ 5 names its in-memory modules otherwise
+(``vit.layers.{i}.attention.q_proj`` …, a Dinov2 SwiGLU's ``gate_proj``/``up_proj``), and
+:func:`released_hf_names` maps them back.
+
+What the weights do not say (heads, LayerNorm eps, activation, image statistics) is given to
+:func:`infer_config`; eps and activation default to each library's (timm: eps 1e-6; Hugging
+Face ViT: 1e-12; Dinov2: 1e-6); the statistics have no default. A different ``image_size``
+resamples the patch position embeddings as timm does (:func:`resample_pos_embed`).
 """
 
 from __future__ import annotations

@@ -167,7 +167,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--num-heads is required (the weights do not hold the head count)")
     if args.assume_imagenet_stats and (args.mean or args.std):
         raise ValueError("--assume-imagenet-stats contradicts --mean/--std: give one of them")
+    stats = "flags" if args.mean and args.std else "config files"
     if not {"mean", "std"} <= set(fields):
+        stats = "assumed ImageNet (--assume-imagenet-stats)"
         if not args.assume_imagenet_stats:
             raise ValueError(
                 "the image mean/std are not in the weights and no config file beside them says "
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> dict:
         "source_sha256": sha256(args.weights),
         "layout": detect_layout(state),
         "model_config": str(model_config) if model_config.is_file() else None,
+        "statistics": stats,
         "tensors": len(state),
         "parameters": count_params(model),
         "config": config_to_dict(config),
