@@ -126,19 +126,23 @@ def causal_mask(n: int) -> Array:
     return jnp.tril(jnp.ones((n, n), bool))
 
 
-def rotary(x: Array, base: float, seq_axis: int) -> Array:
-    """Rotary position embedding, interleaved (GPT-J) pairs, positions 0..N-1.
+def rotary(x: Array, base: float, seq_axis: int, half: bool = False) -> Array:
+    """Rotary position embedding, positions 0..N-1.
 
-    Pair i of the last axis, (x[2i], x[2i+1]), at position p is rotated by the angle
-    p·base^(−2i/d): x'[2i] = x[2i]·cos − x[2i+1]·sin, x'[2i+1] = x[2i]·sin + x[2i+1]·cos.
+    Interleaved (GPT-J, the default): pair i of the last axis, (x[2i], x[2i+1]), at position p
+    is rotated by the angle p·base^(−2i/d): x'[2i] = x[2i]·cos − x[2i+1]·sin,
+    x'[2i+1] = x[2i]·sin + x[2i+1]·cos. ``half`` (GPT-NeoX, Hugging Face LLaMA's
+    ``rotate_half``): pair i is (x[i], x[i + d/2]), with the same angles.
 
     Args:
       x: [..., d] with the sequence on ``seq_axis`` (d even); queries or keys of one sub-head.
       base: θ of the frequencies (10,000 in RoFormer and LLaMA).
       seq_axis: the axis of the N positions.
+      half: the half-split pairing instead of the interleaved one.
 
     Returns:
-      the rotated array, same shape and dtype (angles computed in at least float32).
+      the rotated array, same shape and dtype (angles computed in at least float32, in float64
+      for float64 input).
     """
     d = x.shape[-1]
     if d % 2:
@@ -150,6 +154,10 @@ def rotary(x: Array, base: float, seq_axis: int) -> Array:
     shape = [1] * x.ndim
     shape[seq_axis], shape[-1] = n, d // 2
     cos, sin = jnp.cos(angles).reshape(shape), jnp.sin(angles).reshape(shape)
+    if half:
+        first, second = jnp.split(x.astype(dtype), 2, axis=-1)
+        out = jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
+        return out.astype(x.dtype)
     pairs = x.astype(dtype).reshape(*x.shape[:-1], d // 2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
     out = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
@@ -173,8 +181,16 @@ def _qk_norm(q: Array, k: Array, params: Mapping[str, Any], eps: float | None):
     return head_norm(q, params["q_norm"], eps), head_norm(k, params["k_norm"], eps)
 
 
-def _rotate(t: Array, base: float | None, seq_axis: int) -> Array:
-    return t if base is None else rotary(t, base, seq_axis)
+def _rotate(t: Array, base: float | None, seq_axis: int, half: bool = False) -> Array:
+    return t if base is None else rotary(t, base, seq_axis, half)
+
+
+def _kv_heads(x: Array, p: Mapping[str, Array], num_heads: int, kv_heads: int, axis: int):
+    """Keys or values of ``kv_heads`` heads, each repeated for its ``num_heads / kv_heads``
+    query heads (grouped-query attention: query head h reads kv head h // group), along the
+    head ``axis`` (1: head-major [B, H, N, d], 2: token-major [B, N, H, d])."""
+    t = _heads(x, p, kv_heads) if axis == 1 else _tokens_heads(x, p, kv_heads)
+    return t if kv_heads == num_heads else jnp.repeat(t, num_heads // kv_heads, axis=axis)
 
 
 def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
@@ -254,6 +270,8 @@ def softmax_attention(
     impl: str = "reference",
     rotary_base: float | None = None,
     qk_norm_eps: float | None = None,
+    rotary_half: bool = False,
+    num_kv_heads: int | None = None,
 ):
     """Multi-head softmax self-attention.
 
@@ -269,6 +287,10 @@ def softmax_attention(
       rotary_base: rotate queries and keys (:func:`rotary`, base θ); ``None``: no rotation.
       qk_norm_eps: the eps of the per-head LayerNorm of queries and keys (:func:`head_norm`,
         before any rotation), used when ``params`` has ``"q_norm"``.
+      rotary_half: the half-split rotary pairing (:func:`rotary`'s ``half``).
+      num_kv_heads: grouped-query attention: k and v have this many heads ([D, kv·d]
+        kernels), each shared by ``num_heads / num_kv_heads`` consecutive query heads;
+        ``None``: ``num_heads``.
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
@@ -277,16 +299,19 @@ def softmax_attention(
     _check_impl(impl)
     b, n, width = x.shape
     d = width // num_heads
+    kv = num_heads if num_kv_heads is None else num_kv_heads
     formulation = _formulation(impl, x.dtype, return_maps)
     if formulation is not None:
-        q, k, v = (_tokens_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+        q = _tokens_heads(x, params["q"], num_heads)
+        k, v = (_kv_heads(x, params[name], num_heads, kv, 2) for name in ("k", "v"))
         q, k = _qk_norm(q, k, params, qk_norm_eps)
-        q, k = (_rotate(t, rotary_base, 1) for t in (q, k))
+        q, k = (_rotate(t, rotary_base, 1, rotary_half) for t in (q, k))
         o = fused_attention(q, k, v, d**-0.5, mask, formulation)
         return _dense(o.reshape(b, n, width), params["out"])
-    q, k, v = (_heads(x, params[name], num_heads) for name in ("q", "k", "v"))
+    q = _heads(x, params["q"], num_heads)
+    k, v = (_kv_heads(x, params[name], num_heads, kv, 1) for name in ("k", "v"))
     q, k = _qk_norm(q, k, params, qk_norm_eps)
-    q, k = (_rotate(t, rotary_base, 2) for t in (q, k))
+    q, k = (_rotate(t, rotary_base, 2, rotary_half) for t in (q, k))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     a = _softmax_wide(logits, mask)
     o = jnp.einsum("bhqk,bhkd->bhqd", a.astype(v.dtype), v)
@@ -409,10 +434,10 @@ def diff_attention(
     return (out, AttentionMaps(a1=a1, a2=a2, lam=lam)) if return_maps else out
 
 
-def _linear(width: int, use_bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(width: int, use_bias: bool, rngs: nnx.Rngs, out: int | None = None) -> nnx.Linear:
     return nnx.Linear(
         width,
-        width,
+        width if out is None else out,
         use_bias=use_bias,
         kernel_init=DENSE_INIT,
         bias_init=nnx.initializers.zeros_init(),
@@ -449,7 +474,9 @@ class SoftmaxAttention(nnx.Module):
     reference path. ``causal`` adds the causal mask to any mask passed in; ``rotary_base``
     rotates queries and keys (:func:`rotary`). ``use_bias`` puts biases on q/k/v and, unless
     ``out_bias`` says otherwise, on the output projection; ``qk_norm_eps`` (not ``None``) adds
-    the per-head LayerNorm of queries and keys with that eps (:func:`head_norm`).
+    the per-head LayerNorm of queries and keys with that eps (:func:`head_norm`);
+    ``rotary_half`` picks the half-split rotary pairing; ``num_kv_heads`` makes it
+    grouped-query attention (:func:`softmax_attention`).
     """
 
     def __init__(
@@ -463,10 +490,15 @@ class SoftmaxAttention(nnx.Module):
         causal: bool = False,
         rotary_base: float | None = None,
         qk_norm_eps: float | None = None,
+        rotary_half: bool = False,
+        num_kv_heads: int | None = None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        kv = num_heads if num_kv_heads is None else num_kv_heads
+        if not isinstance(kv, int) or isinstance(kv, bool) or kv < 1 or num_heads % kv:
+            raise ValueError(f"num_kv_heads must divide num_heads {num_heads}, got {kv!r}")
         _check_impl(impl)
         _check_position_options(causal, rotary_base)
         self.num_heads = num_heads
@@ -474,7 +506,11 @@ class SoftmaxAttention(nnx.Module):
         self.causal = causal
         self.rotary_base = rotary_base
         self.qk_norm_eps = qk_norm_eps
-        self.q, self.k, self.v = (_linear(width, use_bias, rngs) for _ in range(3))
+        self.rotary_half = rotary_half
+        self.num_kv_heads = num_kv_heads
+        self.q = _linear(width, use_bias, rngs)
+        self.k, self.v = (_linear(width, use_bias, rngs, kv * (width // num_heads))
+                          for _ in range(2))  # fmt: skip
         self.out = _linear(width, use_bias if out_bias is None else out_bias, rngs)
         head = width // num_heads
         self.q_norm, self.k_norm = (
@@ -495,7 +531,7 @@ class SoftmaxAttention(nnx.Module):
         mask = _with_causal(mask, x.shape[-2], self.causal)
         return softmax_attention(
             self.params(), x, self.num_heads, mask, return_maps, self.impl, self.rotary_base,
-            self.qk_norm_eps,
+            self.qk_norm_eps, self.rotary_half, self.num_kv_heads,
         )  # fmt: skip
 
 

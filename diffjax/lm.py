@@ -21,6 +21,7 @@ return_maps=)``) and the model has ``embed``, ``blocks`` and ``config.depth``, s
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Literal
 
 import jax
@@ -35,7 +36,7 @@ from diffjax.attention import (
     SoftmaxAttention,
     lambda_init_schedule,
 )
-from diffjax.config import check_int, check_lambda_init, check_number
+from diffjax.config import check_bool, check_int, check_lambda_init, check_number
 from diffjax.vit import Intermediates, run_blocks
 
 Array = jax.Array
@@ -60,6 +61,11 @@ class LMConfig:
       rms_eps: epsilon of the pre-norm and final RMSNorms (the per-head DA norm uses 1e-5).
       dtype: ``"float32"`` or ``"float64"`` (exact analyses; needs ``jax_enable_x64``).
       attention_impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (:mod:`diffjax.attention`).
+      rotary_half: the half-split rotary pairing (x[i], x[i + d/2]) of GPT-NeoX and Hugging
+        Face LLaMA (``rotate_half``) instead of the interleaved (x[2i], x[2i+1]) (softmax only).
+      num_kv_heads: grouped-query attention (softmax only): k and v have this many heads, each
+        read by ``num_heads / num_kv_heads`` consecutive query heads; ``None``: ``num_heads``.
+      tie_embeddings: the output head is the token embedding, logits = RMSNorm(h_L) Eᵀ.
     """
 
     attention: Literal["softmax", "diff"] = "diff"
@@ -74,6 +80,9 @@ class LMConfig:
     rms_eps: float = 1e-5
     dtype: str = "float32"
     attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
+    rotary_half: bool = False
+    num_kv_heads: int | None = None
+    tie_embeddings: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "width", "depth", "num_heads", "max_len"):
@@ -101,6 +110,23 @@ class LMConfig:
             raise ValueError(f"attention_impl must be one of {IMPLS}, got {self.attention_impl!r}")
         if self.attention_impl != "reference" and self.dtype == "float64":
             raise ValueError("float64 (exact) models need attention_impl='reference'")
+        check_bool("rotary_half", self.rotary_half)
+        check_bool("tie_embeddings", self.tie_embeddings)
+        if self.num_kv_heads is not None:
+            check_int("num_kv_heads", self.num_kv_heads, 1)
+            if self.num_heads % self.num_kv_heads:
+                raise ValueError(f"num_kv_heads {self.num_kv_heads} does not divide num_heads "
+                                 f"{self.num_heads}")  # fmt: skip
+        if self.attention != "softmax" and (self.num_kv_heads is not None or self.rotary_half):
+            raise ValueError("num_kv_heads and rotary_half (imported LLaMA-style checkpoints) "
+                             "are for softmax models")  # fmt: skip
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict; the imported-model fields (:data:`OPTIONAL_LM_FIELDS`)
+        only where they differ from their defaults, so earlier configs and hashes stay valid."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        return {k: v for k, v in d.items()
+                if k not in OPTIONAL_LM_FIELDS or v != OPTIONAL_LM_FIELDS[k]}  # fmt: skip
 
     @property
     def hidden(self) -> int:
@@ -122,6 +148,10 @@ class LMConfig:
 
     def replace(self, **changes) -> LMConfig:
         return dataclasses.replace(self, **changes)
+
+
+# LMConfig fields added for imported checkpoints, with their defaults (left out of to_dict there).
+OPTIONAL_LM_FIELDS = {"rotary_half": False, "num_kv_heads": None, "tie_embeddings": False}
 
 
 def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -148,7 +178,8 @@ class LMBlock(nnx.Module):
         if c.is_diff_layer(layer):
             self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
         else:
-            self.attn = SoftmaxAttention(c.width, c.num_heads, **attn)
+            self.attn = SoftmaxAttention(c.width, c.num_heads, rotary_half=c.rotary_half,
+                                         num_kv_heads=c.num_kv_heads, **attn)  # fmt: skip
         self.norm2 = _rms_norm(c, rngs)
         self.gate = _linear(c.width, c.hidden, self.dtype, rngs)
         self.up = _linear(c.width, c.hidden, self.dtype, rngs)
@@ -176,7 +207,7 @@ class LM(nnx.Module):
         self.embedding = nnx.Param(DENSE_INIT(rngs.params(), (c.vocab_size, c.width), jnp.float32))
         self.blocks = nnx.List([LMBlock(c, i, rngs=rngs) for i in range(c.depth)])
         self.norm = _rms_norm(c, rngs)
-        self.head = _linear(c.width, c.vocab_size, jnp.dtype(c.dtype), rngs)
+        self.head = None if c.tie_embeddings else _linear(c.width, c.vocab_size, c.dtype, rngs)
 
     def lambdas(self) -> list[float | None]:
         """λ of every layer (host floats, for logging); ``None`` for softmax layers."""
@@ -207,7 +238,8 @@ class LM(nnx.Module):
         if h.ndim != 3 or h.shape[-1] != c.width or not 1 <= h.shape[1] <= c.max_len:
             raise ValueError(f"embeddings must be [B, N <= {c.max_len}, {c.width}], got {h.shape}")
         h, captured = run_blocks(self.blocks, h.astype(c.dtype), capture=capture)
-        logits = _tokens(self.head, self.norm(h))
+        x = self.norm(h)
+        logits = x @ self.embedding_matrix().T if self.head is None else _tokens(self.head, x)
         return (logits, captured) if capture else logits
 
     def __call__(self, tokens: Array, *, capture: bool = False):

@@ -142,7 +142,8 @@ class LMTrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = dataclasses.asdict(self) | {"model": self.model.to_dict()}
+        return json.loads(json.dumps(d))
 
     @classmethod
     def from_dict(cls, d: dict) -> LMTrainConfig:

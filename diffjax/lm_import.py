@@ -1,0 +1,134 @@
+"""Hugging Face LLaMA-style checkpoints (``LlamaForCausalLM``) → a diffjax :class:`~diffjax.lm.LM`,
+without torch.
+
+    state = read_weights("model.safetensors")        # diffjax.torch_weights
+    config = config_from_hf(json.load(open("config.json")))
+    model = convert_llama(state, config)              # strict: every key, every shape
+
+The layout: ``model.embed_tokens``, ``model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
+post_attention_layernorm, mlp.{gate,up,down}_proj}``, ``model.norm``, ``lm_head`` (absent when
+the embeddings are tied). What it computes is :mod:`diffjax.lm`'s softmax model with the
+half-split rotary pairing (``rotate_half``), grouped-query attention
+(``num_key_value_heads``), RMSNorm, the SwiGLU MLP, and tied or untied output embeddings; every
+configuration it does not model (RoPE scaling, attention or MLP biases, a head dim other than
+width / heads, another activation, an odd head count, which the head-pair analysis needs) is
+refused by :func:`config_from_hf`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flax import nnx
+
+from diffjax.lm import LM, LMConfig
+from diffjax.torch_weights import (
+    ConversionError,
+    Rule,
+    check_state_dict,
+    identity,
+    linear_rules,
+    load_into,
+)
+
+MODEL_TYPES = ("llama",)
+
+
+def _rope_theta(d: Mapping) -> float:
+    """RoPE θ of a config.json (transformers < 5: ``rope_theta`` and ``rope_scaling``; ≥ 5:
+    ``rope_parameters``), refusing any scaled RoPE."""
+    params = d.get("rope_parameters") or {}
+    scaling = d.get("rope_scaling") or {}
+    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind != "default":
+        raise ConversionError(f"RoPE type {kind!r} (scaled positions) is not modelled")
+    return float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(d: Mapping, dtype: str = "float32") -> LMConfig:
+    """The :class:`LMConfig` of a Hugging Face LLaMA ``config.json`` (``d``).
+
+    Raises:
+      ConversionError: another model type, or a setting diffjax does not model.
+    """
+    if d.get("model_type") not in MODEL_TYPES:
+        raise ConversionError(f"model_type {d.get('model_type')!r} is not one of {MODEL_TYPES}")
+    width, heads = int(d["hidden_size"]), int(d["num_attention_heads"])
+    refused = {
+        "hidden_act": (d.get("hidden_act", "silu"), "silu"),
+        "attention_bias": (bool(d.get("attention_bias", False)), False),
+        "mlp_bias": (bool(d.get("mlp_bias", False)), False),
+        "head_dim": (d.get("head_dim") or width // heads, width // heads),
+    }
+    bad = [f"{k} {got!r} (modelled: {want!r})" for k, (got, want) in refused.items() if got != want]
+    if bad:
+        raise ConversionError("not modelled: " + ", ".join(bad))
+    if heads % 2:
+        raise ConversionError(
+            f"{heads} attention heads: the analysis pairs heads (2h, 2h+1), so diffjax's "
+            "language models need an even head count"
+        )
+    kv = int(d.get("num_key_value_heads") or heads)
+    return LMConfig(
+        attention="softmax",
+        vocab_size=int(d["vocab_size"]),
+        width=width,
+        depth=int(d["num_hidden_layers"]),
+        num_heads=heads,
+        ffn_hidden=int(d["intermediate_size"]),
+        max_len=int(d.get("max_position_embeddings", 2048)),
+        rotary_base=_rope_theta(d),
+        rms_eps=float(d.get("rms_norm_eps", 1e-6)),
+        dtype=dtype,
+        rotary_half=True,
+        num_kv_heads=None if kv == heads else kv,
+        tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+    )
+
+
+def llama_rules(config: LMConfig) -> dict[str, Rule]:
+    """For every key of a ``LlamaForCausalLM`` state dict of ``config``: shape and target."""
+    c = config
+    kv_width = (c.num_kv_heads or c.num_heads) * (c.width // c.num_heads)
+    rules: dict[str, Rule] = {
+        "model.embed_tokens.weight": ((c.vocab_size, c.width), [(("embedding",), identity)]),
+        "model.norm.weight": ((c.width,), [(("norm", "scale"), identity)]),
+    }
+    if not c.tie_embeddings:
+        rules.update(linear_rules("lm_head", ("head",), c.width, c.vocab_size, bias=False))
+    for i in range(c.depth):
+        src, dst = f"model.layers.{i}.", ("blocks", i)
+        rules[f"{src}input_layernorm.weight"] = ((c.width,), [(dst + ("norm1", "scale"), identity)])
+        rules[f"{src}post_attention_layernorm.weight"] = (
+            (c.width,),
+            [(dst + ("norm2", "scale"), identity)],
+        )
+        for name, ours, n_out in (("q", "q", c.width), ("k", "k", kv_width),
+                                  ("v", "v", kv_width), ("o", "out", c.width)):  # fmt: skip
+            rules.update(linear_rules(f"{src}self_attn.{name}_proj", dst + ("attn", ours),
+                                      c.width, n_out, bias=False))  # fmt: skip
+        for name, n_in, n_out in (("gate", c.width, c.hidden), ("up", c.width, c.hidden),
+                                  ("down", c.hidden, c.width)):  # fmt: skip
+            rules.update(linear_rules(f"{src}mlp.{name}_proj", dst + (name,), n_in, n_out,
+                                      bias=False))  # fmt: skip
+    return rules
+
+
+def convert_llama(state: Mapping[str, np.ndarray], config: LMConfig, seed: int = 0) -> LM:
+    """An :class:`LM` of ``config`` (:func:`config_from_hf`) holding a LLaMA state dict's
+    weights (Linear weights transposed to Dense kernels; parameters float32). A tied
+    checkpoint's ``lm_head.weight``, when a writer kept it, must equal the embedding.
+
+    Raises:
+      ConversionError: every missing, unexpected or wrong-shaped key named.
+    """
+    state = dict(state)
+    if config.tie_embeddings and "lm_head.weight" in state:
+        head = state.pop("lm_head.weight")
+        if not np.array_equal(head, state.get("model.embed_tokens.weight")):
+            raise ConversionError("tie_word_embeddings, but lm_head.weight differs from the "
+                                  "token embedding")  # fmt: skip
+    rules = llama_rules(config)
+    check_state_dict(state, rules, "LLaMA model of this config", f"\n  config: {config}")
+    return load_into(LM(config, rngs=nnx.Rngs(seed)), state, rules)
