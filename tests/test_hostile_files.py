@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 from diffjax import torch_weights
+from diffjax.experiments.attack import FORMAT, load_previous
+from diffjax.records import seal
 from diffjax.torch_weights import ConversionError, read_safetensors, read_state_dict
 from tests.fault_table import Outcomes, table_fixture
 
@@ -281,3 +283,28 @@ def test_pickle_opcodes_are_walked_before_unpickling(tmp_path):
     # The check itself, against pickle's own writer: every valid pickle passes it.
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         torch_weights._check_pickle(pickle.dumps({"a": [1, b"x" * 300, 2.5]}, protocol), "p")
+
+
+# ---------------------------------------------------------------------------------------------
+# Results an attack resumes from
+
+
+def test_every_edited_digit_of_a_sealed_attack_file_is_refused(tmp_path):
+    records = [
+        {"index": i, "label": i % 10, "adv_pred": (i + 3) % 10, "linf": 0.0313 * i, "valid": True}
+        for i in range(8)
+    ]
+    settings = {"seed": 0, "eps": 0.0313}
+    value = {"format": FORMAT, "settings": settings, "batches_done": 2, "records": records}
+    path = tmp_path / "attack.json"
+    text = json.dumps(seal(value))
+    path.write_text(text)
+    assert load_previous(path, settings, resume=True)["records"] == records
+    rng = np.random.default_rng(0)
+    digits = [i for i, c in enumerate(text) if c.isdigit() and i < text.index('"sha256"')]
+    for i in rng.choice(digits, 40, replace=False):
+        edited = text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1 :]
+        path.write_text(edited)
+        with pytest.raises(SystemExit, match=f"{path}.*sha256"):
+            load_previous(path, settings, resume=True)
+        outcome("edited digit in a partial attack.json", recovered=False)
