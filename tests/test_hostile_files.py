@@ -11,10 +11,14 @@ declared numbers or sparse files. The outcomes feed the fault table of docs/reli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import pickle
 import struct
+import tarfile
 import tracemalloc
+import warnings
 import zipfile
 
 import ml_dtypes
@@ -22,10 +26,19 @@ import numpy as np
 import pytest
 
 from diffjax import torch_weights
+from diffjax.data import (
+    ChecksumError,
+    DatasetFormatError,
+    UnverifiedDatasetWarning,
+    cifar,
+    download,
+    load_dataset,
+)
 from diffjax.experiments.attack import FORMAT, load_previous
 from diffjax.records import seal
 from diffjax.torch_weights import ConversionError, read_safetensors, read_state_dict
 from tests.fault_table import Outcomes, table_fixture
+from tests.test_data import cifar_files, sha256_of, write_folder, write_tar_gz
 
 outcome = Outcomes()
 fault_table = table_fixture(outcome, "test_hostile_files")
@@ -308,3 +321,120 @@ def test_every_edited_digit_of_a_sealed_attack_file_is_refused(tmp_path):
         with pytest.raises(SystemExit, match=f"{path}.*sha256"):
             load_previous(path, settings, resume=True)
         outcome("edited digit in a partial attack.json", recovered=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets on disk
+
+
+def cifar_remote(monkeypatch, archive=None):
+    """The CIFAR-10 remote, its digest that of ``archive`` (standing for the published one)."""
+    remote = cifar._LAYOUTS["cifar10"][0]
+    if archive is not None:
+        remote = dataclasses.replace(remote, checksum=f"sha256:{sha256_of(archive)}")
+        monkeypatch.setitem(cifar._LAYOUTS, "cifar10", (remote, *cifar._LAYOUTS["cifar10"][1:]))
+    return remote
+
+
+@pytest.mark.parametrize(
+    "labels, shown",
+    [
+        ([3.7] * 5, "3.7"),
+        ([2**32 + 3] * 5, "4294967299"),
+        ([10] * 5, "10"),
+        ([-1] * 5, "-1"),
+        ([True] * 5, "True"),
+    ],  # fmt: skip
+)
+def test_cifar_labels_must_be_integers_in_range(tmp_path, labels, shown):
+    files, _ = cifar_files("cifar10")
+    batch = cifar.unpickle(files["test_batch"], "test_batch")
+    files["test_batch"] = pickle.dumps({b"data": batch[b"data"], b"labels": labels}, protocol=2)
+    folder = write_folder(tmp_path, "cifar-10-batches-py", files)
+    with bounded(), pytest.raises(DatasetFormatError, match=f"test_batch.*integers.*{shown}"):
+        cifar.read_cifar(folder, "cifar10", "test")
+    outcome("CIFAR labels not integers in range", recovered=False)
+
+
+def _sparse_tar(path, member: str, size: int):
+    """An uncompressed tar whose one member declares ``size`` zero bytes (a sparse file)."""
+    info = tarfile.TarInfo(member)
+    info.size = size
+    with open(path, "wb") as f:
+        f.write(info.tobuf())
+        f.truncate(512 + -(-size // 512) * 512 + 1024)  # zeros: the data and two end blocks
+    return path
+
+
+def test_a_2_gib_dataset_member_is_refused_before_it_is_read(tmp_path):
+    big = 2 << 30
+    archive = _sparse_tar(tmp_path / "big.tar", "cifar-10-batches-py/batches.meta", big)
+    with bounded(), pytest.raises(DatasetFormatError, match=f"batches.meta is {big} bytes"):
+        cifar.read_cifar(archive, "cifar10", "test")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "batches.meta", "wb") as f:
+        f.truncate(big)
+    with bounded(), pytest.raises(DatasetFormatError, match=f"batches.meta is {big} bytes"):
+        cifar.read_cifar(folder, "cifar10", "test")
+    outcome("2 GiB dataset member", recovered=False)
+    outcome("2 GiB dataset member", recovered=False)
+
+
+def _wrong_cifar(tmp_path):
+    """A well-formed CIFAR-10 that is not the published one: 5 test images, every label 7."""
+    files, _ = cifar_files("cifar10")
+    batch = cifar.unpickle(files["test_batch"], "test_batch")
+    files["test_batch"] = pickle.dumps({b"data": batch[b"data"], b"labels": [7] * 5}, protocol=2)
+    return files
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_a_wrong_archive_in_the_cache_is_refused(tmp_path, monkeypatch, download):
+    cifar_remote(monkeypatch)  # the published digest
+    archive = write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                           _wrong_cifar(tmp_path))  # fmt: skip
+    with pytest.raises(ChecksumError, match=f"{archive}.*not the published CIFAR-10"):
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=download)
+    outcome("wrong dataset archive in the cache", recovered=False)
+
+
+def test_a_cached_archive_is_hashed_once_and_again_when_changed(tmp_path, monkeypatch):
+    files, expected = cifar_files("cifar10")
+    archive = write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
+    cifar_remote(monkeypatch, archive)
+    hashed = []
+    digest = download.file_digest
+    monkeypatch.setattr(download, "file_digest", lambda *a: hashed.append(a) or digest(*a))
+    for _ in range(2):
+        ds = load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+        np.testing.assert_array_equal(ds.labels, expected["test"][1])
+    assert len(hashed) == 1  # the second run trusted the record of the first
+    wrong = write_tar_gz(tmp_path / "w.tar.gz", "cifar-10-batches-py", _wrong_cifar(tmp_path))
+    os.replace(wrong, archive)
+    with pytest.raises(ChecksumError, match="not the published"):
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+    outcome("wrong dataset archive in the cache", recovered=False)
+
+
+def test_an_extracted_folder_is_checked_against_its_record(tmp_path, monkeypatch):
+    files, expected = cifar_files("cifar10")
+    served = write_tar_gz(tmp_path / "served.tar.gz", "cifar-10-batches-py", files)
+    remote = dataclasses.replace(cifar_remote(monkeypatch, served), url=served.as_uri())
+    monkeypatch.setitem(cifar._LAYOUTS, "cifar10", (remote, *cifar._LAYOUTS["cifar10"][1:]))
+    root = tmp_path / "data"
+    load_dataset("cifar10", "test", data_dir=root)  # downloads, extracts, records
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset("cifar10", "test", data_dir=root, download=False)
+    np.testing.assert_array_equal(ds.labels, expected["test"][1])
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(_wrong_cifar(tmp_path)["test_batch"])
+    with pytest.raises(ChecksumError, match=f"{batch} was changed"):
+        load_dataset("cifar10", "test", data_dir=root, download=False)
+    outcome("edited file in an extracted dataset folder", recovered=False)
+    # A folder extracted by hand cannot be checked: it loads with a warning, never silently.
+    (root / "cifar-10-batches-py.verified").unlink()
+    with pytest.warns(UnverifiedDatasetWarning, match="cifar-10-python.tar.gz"):
+        load_dataset("cifar10", "test", data_dir=root, download=False)
+    outcome("unverified dataset folder (warned)", recovered=False)
