@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -234,8 +235,8 @@ def _abstract(tree):
     return jax.tree.map(target, tree)
 
 
-def _check_fits(item_dir: pathlib.Path, target) -> None:
-    """Raise a clear error, before any read, if the saved arrays do not fit ``target``'s."""
+def _saved_shapes(item_dir: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every array saved in ``item_dir``, from orbax's metadata."""
     try:
         with ocp.StandardCheckpointer() as ckptr:
             metadata = ckptr.metadata(item_dir).item_metadata
@@ -246,6 +247,12 @@ def _check_fits(item_dir: pathlib.Path, target) -> None:
         ) from e
     if not saved:
         raise CheckpointError(f"checkpoint {item_dir} records no arrays: corrupt or incomplete")
+    return saved
+
+
+def _check_fits(item_dir: pathlib.Path, target) -> None:
+    """Raise a clear error, before any read, if the saved arrays do not fit ``target``'s."""
+    saved = _saved_shapes(item_dir)
     wanted = {
         jax.tree_util.keystr(path, simple=True, separator="."): tuple(x.shape)
         for path, x in jax.tree_util.tree_flatten_with_path(target)[0]
@@ -271,6 +278,10 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
         raise CheckpointError(f"parameter checkpoint {params_dir} does not exist")
     # the parameters and the config they were saved with (a model's or its run's config.json)
     verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
+    return _restore_verified(params_dir, model)
+
+
+def _restore_verified(params_dir: pathlib.Path, model: ViT) -> ViT:
     abstract = _abstract(nnx.state(model, nnx.Param))
     try:
         _check_fits(params_dir, abstract)
@@ -521,8 +532,18 @@ def load_model(
         analyses index, ``True`` the ``nnx.scan`` layout, ``None`` the layout it was saved in.
     """
     config_dir, params_dir = resolve_model_dir(directory)
+    # The config is trusted only after its digest is checked, and only for a model the saved
+    # arrays can hold (every block has at least `width` parameters): building the abstract
+    # model of an absurd depth would take forever before any other check.
+    verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
     config = read_config(config_dir)
+    saved = sum(math.prod(shape) for shape in _saved_shapes(params_dir).values())
+    if config.depth * config.width > saved:
+        raise CheckpointError(
+            f"{config_dir / CONFIG_FILE} declares depth {config.depth} and width "
+            f"{config.width}, more than the {saved} numbers saved in {params_dir} can hold"
+        )
     # An abstract module: every parameter is restored, so none needs initialising.
     model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(seed)))
-    model = restore_params(params_dir, model)
+    model = _restore_verified(params_dir, model)
     return model if scan_layers is None else relayout(model, scan_layers)

@@ -24,8 +24,11 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import nnx
 
 from diffjax import torch_weights
+from diffjax.checkpoint import CheckpointError, load_model, save_model, write_manifest
+from diffjax.config import preset
 from diffjax.data import (
     ChecksumError,
     DatasetFormatError,
@@ -37,6 +40,7 @@ from diffjax.data import (
 from diffjax.experiments.attack import FORMAT, load_previous
 from diffjax.records import seal
 from diffjax.torch_weights import ConversionError, read_safetensors, read_state_dict
+from diffjax.vit import ViT
 from tests.fault_table import Outcomes, table_fixture
 from tests.test_data import cifar_files, sha256_of, write_folder, write_tar_gz
 
@@ -438,3 +442,22 @@ def test_an_extracted_folder_is_checked_against_its_record(tmp_path, monkeypatch
     with pytest.warns(UnverifiedDatasetWarning, match="cifar-10-python.tar.gz"):
         load_dataset("cifar10", "test", data_dir=root, download=False)
     outcome("unverified dataset folder (warned)", recovered=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# A saved model's config
+
+
+@pytest.mark.parametrize("forged_manifest", [False, True])
+def test_an_absurd_depth_in_config_json_is_refused_at_once(tmp_path, forged_manifest):
+    directory = save_model(tmp_path / "vit", ViT(preset("tiny"), rngs=nnx.Rngs(0)))
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["depth"] = 10**9
+    path.write_text(json.dumps(config))
+    if forged_manifest:  # digests recomputed: only the size check stands in the way
+        write_manifest(directory)
+    cause = "declares depth 1000000000" if forged_manifest else "sha256"
+    with bounded(), pytest.raises(CheckpointError, match=f"{path}.*{cause}"):
+        load_model(directory)
+    outcome("absurd depth in a saved model's config.json", recovered=False)
