@@ -22,6 +22,7 @@ the config, a digest mismatch, a save that fails, e.g. on a full disk) raises
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,6 +38,8 @@ from flax import nnx
 
 from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
+from diffjax.locking import exclusive
+from diffjax.stopping import critical
 from diffjax.vit import ViT, relayout
 
 CONFIG_FILE = "config.json"
@@ -70,6 +73,10 @@ class _DropExpectedOrbaxWarnings(logging.Filter):
                 message.startswith("Metadata file does not exist")
                 and message.endswith("_CHECKPOINT_METADATA")
             )
+            # a failed synchronous save logs its cause with a traceback from each of orbax's
+            # threads (hundreds of lines), then raises it here: TrainCheckpoints.save reports
+            # it once, in its CheckpointError
+            or "_SignalingThread.run() raised an exception" in message
         )
 
 
@@ -322,6 +329,17 @@ class TrainCheckpoints:
         self._writer = not read_only and jax.process_index() == 0
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/: not a training run")
+        self._lock = contextlib.ExitStack()
+        if self._writer:
+            # a second writer would sweep the first one's save in progress and log twice
+            self._lock.enter_context(exclusive(run_dir, "run directory"))
+        try:
+            self._open(read_only)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, read_only: bool) -> None:
         if self._writer:
             self._sweep_unfinished()
         # orbax reads every step's metrics when it opens a run: a corrupt one would raise a
@@ -357,8 +375,11 @@ class TrainCheckpoints:
         self.close()
 
     def close(self) -> None:
-        """Release the manager."""
-        self._manager.close()
+        """Release the manager and the run directory's lock."""
+        try:
+            self._manager.close()
+        finally:
+            self._lock.close()
 
     def _step_dirs(self) -> list[pathlib.Path]:
         if not self.directory.is_dir():
@@ -415,6 +436,10 @@ class TrainCheckpoints:
           CheckpointError: the save failed (e.g. a full disk); it names the step's path and
             the cause. Nothing of the failed step remains and earlier steps are all kept.
         """
+        with critical():  # SIGINT / SIGTERM in the CLI: after the step is sealed or abandoned
+            self._save(step, params, opt_state, metrics)
+
+    def _save(self, step: int, params, opt_state, metrics: dict | None) -> None:
         path = self.step_dir(step)
         try:
             self._manager.save(

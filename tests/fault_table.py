@@ -24,7 +24,7 @@ COLUMNS = ("tries", "recovered_exactly", "clear_error", "silent_wrong", "unbound
 HEADERS = ("fault kind", "tries", "recovered exactly", "clear error", "silent wrong", "unbounded",
            "data lost")  # fmt: skip
 # The modules that record faults, in the order of the table.
-MODULES = ("test_faults", "test_hostile_files")
+MODULES = ("test_faults", "test_hostile_files", "test_stopping")
 
 
 class Outcomes:
