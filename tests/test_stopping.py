@@ -145,8 +145,9 @@ def test_signals_and_a_full_disk_stop_training_cleanly(tmp_path, small_disk, cap
     ]
     keys = [(r["kind"], r["step"]) for r in records]
     assert len(keys) == len(set(keys)) and keys == sorted(keys, key=lambda k: k[1])
-    for s in signals:
-        outcome(f"{s.name} during training, then resumed", recovered=True)
+    # a clean stop, told in one line: "clear error" (bit-exact resumes: the kill -9 tests)
+    outcome("SIGTERM during training (exit 143), then resumed", recovered=False)
+    outcome("SIGINT during training (exit 130)", recovered=False)
 
 
 def test_a_signal_inside_a_critical_block_waits_for_its_end():
