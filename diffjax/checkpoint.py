@@ -22,9 +22,11 @@ the config, a digest mismatch, a save that fails, e.g. on a full disk) raises
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -36,6 +38,8 @@ from flax import nnx
 
 from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
+from diffjax.locking import exclusive
+from diffjax.stopping import critical
 from diffjax.vit import ViT, relayout
 
 CONFIG_FILE = "config.json"
@@ -69,6 +73,10 @@ class _DropExpectedOrbaxWarnings(logging.Filter):
                 message.startswith("Metadata file does not exist")
                 and message.endswith("_CHECKPOINT_METADATA")
             )
+            # a failed synchronous save logs its cause with a traceback from each of orbax's
+            # threads (hundreds of lines), then raises it here: TrainCheckpoints.save reports
+            # it once, in its CheckpointError
+            or "_SignalingThread.run() raised an exception" in message
         )
 
 
@@ -236,8 +244,8 @@ def _abstract(tree):
     return jax.tree.map(target, tree)
 
 
-def _check_fits(item_dir: pathlib.Path, target) -> None:
-    """Raise a clear error, before any read, if the saved arrays do not fit ``target``'s."""
+def _saved_shapes(item_dir: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every array saved in ``item_dir``, from orbax's metadata."""
     try:
         with ocp.StandardCheckpointer() as ckptr:
             metadata = ckptr.metadata(item_dir).item_metadata
@@ -248,6 +256,12 @@ def _check_fits(item_dir: pathlib.Path, target) -> None:
         ) from e
     if not saved:
         raise CheckpointError(f"checkpoint {item_dir} records no arrays: corrupt or incomplete")
+    return saved
+
+
+def _check_fits(item_dir: pathlib.Path, target) -> None:
+    """Raise a clear error, before any read, if the saved arrays do not fit ``target``'s."""
+    saved = _saved_shapes(item_dir)
     wanted = {
         jax.tree_util.keystr(path, simple=True, separator="."): tuple(x.shape)
         for path, x in jax.tree_util.tree_flatten_with_path(target)[0]
@@ -273,6 +287,10 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
         raise CheckpointError(f"parameter checkpoint {params_dir} does not exist")
     # the parameters and the config they were saved with (a model's or its run's config.json)
     verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
+    return _restore_verified(params_dir, model)
+
+
+def _restore_verified(params_dir: pathlib.Path, model: ViT) -> ViT:
     abstract = _abstract(nnx.state(model, nnx.Param))
     try:
         _check_fits(params_dir, abstract)
@@ -313,6 +331,17 @@ class TrainCheckpoints:
         self._writer = not read_only and jax.process_index() == 0
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{run_dir} has no {CHECKPOINTS_DIR}/: not a training run")
+        self._lock = contextlib.ExitStack()
+        if self._writer:
+            # a second writer would sweep the first one's save in progress and log twice
+            self._lock.enter_context(exclusive(run_dir, "run directory"))
+        try:
+            self._open(read_only)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, read_only: bool) -> None:
         if self._writer:
             self._sweep_unfinished()
         # orbax reads every step's metrics when it opens a run: a corrupt one would raise a
@@ -348,8 +377,11 @@ class TrainCheckpoints:
         self.close()
 
     def close(self) -> None:
-        """Release the manager."""
-        self._manager.close()
+        """Release the manager and the run directory's lock."""
+        try:
+            self._manager.close()
+        finally:
+            self._lock.close()
 
     def _step_dirs(self) -> list[pathlib.Path]:
         if not self.directory.is_dir():
@@ -406,6 +438,10 @@ class TrainCheckpoints:
           CheckpointError: the save failed (e.g. a full disk); it names the step's path and
             the cause. Nothing of the failed step remains and earlier steps are all kept.
         """
+        with critical():  # SIGINT / SIGTERM in the CLI: after the step is sealed or abandoned
+            self._save(step, params, opt_state, metrics)
+
+    def _save(self, step: int, params, opt_state, metrics: dict | None) -> None:
         path = self.step_dir(step)
         try:
             self._manager.save(
@@ -523,8 +559,18 @@ def load_model(
         analyses index, ``True`` the ``nnx.scan`` layout, ``None`` the layout it was saved in.
     """
     config_dir, params_dir = resolve_model_dir(directory)
+    # The config is trusted only after its digest is checked, and only for a model the saved
+    # arrays can hold (every block has at least `width` parameters): building the abstract
+    # model of an absurd depth would take forever before any other check.
+    verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
     config = read_config(config_dir)
+    saved = sum(math.prod(shape) for shape in _saved_shapes(params_dir).values())
+    if config.depth * config.width > saved:
+        raise CheckpointError(
+            f"{config_dir / CONFIG_FILE} declares depth {config.depth} and width "
+            f"{config.width}, more than the {saved} numbers saved in {params_dir} can hold"
+        )
     # An abstract module: every parameter is restored, so none needs initialising.
     model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(seed)))
-    model = restore_params(params_dir, model)
+    model = _restore_verified(params_dir, model)
     return model if scan_layers is None else relayout(model, scan_layers)

@@ -108,6 +108,31 @@ def read_part(path: str | os.PathLike) -> Any:
         raise ValueError(f"corrupt result file {path}: {e}") from e
 
 
+def _canonical(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def seal(value: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` with a ``"sha256"`` entry: the digest of its canonical JSON (sorted keys, no
+    spaces), for a results file that stays plain JSON and is read back by :func:`unseal`."""
+    return {**value, "sha256": _sha256(_canonical(value))}
+
+
+def unseal(value: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The sealed ``value`` read from ``path`` without its digest, after checking it. The
+    digest covers the parsed values, so any edit that changes a number, a flag or a key fails.
+
+    Raises:
+      ValueError: not a JSON object, no digest, or a different one; the message names the file.
+    """
+    if not isinstance(value, dict) or "sha256" not in value:
+        raise ValueError(f"corrupt result file {path}: no sha256 seal (edited or not diffjax's)")
+    rest = {k: v for k, v in value.items() if k != "sha256"}
+    if _sha256(_canonical(rest)) != value["sha256"]:
+        raise ValueError(f"corrupt result file {path}: its content does not match its sha256")
+    return rest
+
+
 def cached(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
     """The part at ``path`` if an earlier run finished it; else ``compute()``, saved atomically.
 

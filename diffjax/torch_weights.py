@@ -17,14 +17,18 @@ skipped.
 
 A ``.safetensors`` file is an 8-byte little-endian header length, a JSON header naming each
 tensor's dtype, shape and byte range, then the raw little-endian bytes; :func:`read_safetensors`
-checks the ranges and reads them with NumPy (bfloat16 through ``ml_dtypes``).
+reads it with the ``safetensors`` package's NumPy API, which checks the ranges (bfloat16 through
+``ml_dtypes``), after refusing a header that names a tensor twice.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import OrderedDict
@@ -34,6 +38,8 @@ from typing import Any
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 from flax import nnx
 from tqdm import tqdm
 
@@ -45,6 +51,10 @@ DDP_PREFIX = "module."
 
 # The first bytes of a zip archive (a local file header), as torch.save writes them.
 ZIP_SIGNATURE = b"PK\x03\x04"
+# Limits checked before anything is allocated. The pickle of a state dict takes ~100 bytes per
+# tensor (a few MB for the largest models); storages are bounded by the file itself.
+MAX_PICKLE_BYTES = 64 << 20
+_INT64 = 1 << 63
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
@@ -146,7 +156,11 @@ class _TorchUnpickler(pickle.Unpickler):
 
 
 def _archive_prefix(zf: zipfile.ZipFile, path) -> str:
-    pickles = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    names = zf.namelist()
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConversionError(f"{path}: ambiguous archive: members {twice} appear more than once")
+    pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
         raise ConversionError(
             f"{path}: expected one '<name>/data.pkl' in the torch archive, found {pickles}"
@@ -154,30 +168,68 @@ def _archive_prefix(zf: zipfile.ZipFile, path) -> str:
     return pickles[0][: -len("data.pkl")]
 
 
+def _read_member(zf: zipfile.ZipFile, name: str, size: int | None, limit: int, path) -> bytes:
+    """The bytes of member ``name``, after checking what its header declares: stored (torch.save
+    never compresses, and a stored member cannot inflate), inside the archive, ``size`` bytes if
+    given and at most ``limit`` bytes."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError as e:
+        raise ConversionError(f"{path}: {name} is missing from the archive") from e
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ConversionError(
+            f"{path}: {name} is compressed (zip method {info.compress_type}); torch.save "
+            "stores every member uncompressed"
+        )
+    if info.file_size != info.compress_size or info.file_size > os.path.getsize(path):
+        raise ConversionError(
+            f"{path}: {name} declares {info.file_size} bytes in a "
+            f"{os.path.getsize(path)}-byte file (corrupt)"
+        )
+    if size is not None and info.file_size != size:
+        raise ConversionError(
+            f"{path}: {name} holds {info.file_size} bytes, expected {size} (truncated or corrupt)"
+        )
+    if info.file_size > limit:
+        raise ConversionError(f"{path}: {name} is {info.file_size} bytes, over the {limit} limit")
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ConversionError(f"{path}: cannot read {name}: {e}") from e
+
+
+def _check_pickle(raw: bytes, path) -> None:
+    """Walk the opcodes of ``raw`` before unpickling it: a length the data does not hold (a
+    BINBYTES8 declaring 2**40 bytes) is refused here, where pickle would allocate it first."""
+    try:
+        for _ in pickletools.genops(io.BytesIO(raw)):
+            pass
+    except (ValueError, struct.error) as e:
+        raise ConversionError(f"{path}: corrupt data.pkl: {e}") from e
+
+
 def _materialize(
     zf: zipfile.ZipFile, prefix: str, t: _LazyTensor, byteorder: str, cache: dict, path
 ) -> np.ndarray:
     s = t.storage
     if s.key not in cache:
-        name = f"{prefix}data/{s.key}"
-        try:
-            raw = zf.read(name)
-        except KeyError as e:
-            raise ConversionError(f"{path}: storage {name} is missing from the archive") from e
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ConversionError(f"{path}: cannot read storage {name}: {e}") from e
-        if len(raw) != s.numel * s.dtype.itemsize:
-            raise ConversionError(
-                f"{path}: storage {name} holds {len(raw)} bytes, expected "
-                f"{s.numel} × {s.dtype.itemsize} (truncated or corrupt)"
-            )
-        order = "<" if byteorder == "little" else ">"
-        cache[s.key] = np.frombuffer(raw, s.dtype.newbyteorder(order))
+        if not 0 <= s.numel < _INT64:
+            raise ConversionError(f"{path}: storage {s.key} declares {s.numel} elements")
+        nbytes = s.numel * s.dtype.itemsize
+        raw = _read_member(zf, f"{prefix}data/{s.key}", nbytes, nbytes, path)
+        cache[s.key] = np.frombuffer(raw, s.dtype.newbyteorder(byteorder))
     flat = cache[s.key]
-    if any(n == 0 for n in t.size):
+    fields = (t.offset, *t.size, *t.stride)
+    if any(not 0 <= v < _INT64 for v in fields) or math.prod(t.size) > flat.size:
+        # a view larger than its storage (stride 0 or overlapping) could ask for any size
+        raise ConversionError(
+            f"{path}: tensor view (offset {t.offset}, size {t.size}, stride {t.stride}) does "
+            f"not fit its storage of {flat.size} elements"
+        )
+    if math.prod(t.size) == 0:
         return np.zeros(t.size, s.dtype)
     last = t.offset + sum((n - 1) * st for n, st in zip(t.size, t.stride, strict=True))
-    if t.offset < 0 or any(st < 0 for st in t.stride) or last >= flat.size:
+    if last >= flat.size:
         raise ConversionError(
             f"{path}: tensor view (offset {t.offset}, size {t.size}, stride {t.stride}) lies "
             f"outside its storage of {flat.size} elements"
@@ -195,9 +247,15 @@ def read_state_dict(path: str | os.PathLike, progress: bool = False) -> dict[str
     ``model_state_dict``) entry holds it; every other entry (optimizer, scaler, epoch, args) is
     ignored and its tensors are never read. A DDP ``module.`` prefix is stripped from every key.
 
+    Every declared size is checked before anything is allocated: members must be stored
+    uncompressed within the file, ``data.pkl`` at most :data:`MAX_PICKLE_BYTES`, each storage
+    exactly its elements' bytes, each tensor view within its storage.
+
     Raises:
-      ConversionError: not a torch ≥ 1.6 zip archive, corrupt or truncated data, no state dict,
-        non-tensor entries in it, or keys that collide after stripping ``module.``.
+      ConversionError: not a torch ≥ 1.6 zip archive, an ambiguous archive (a member twice), a
+        byte order other than ``little`` / ``big``, corrupt or truncated data, sizes the file
+        does not hold, no state dict, non-tensor entries in it, or keys that collide after
+        stripping ``module.``. Every error names the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -229,9 +287,15 @@ def read_state_dict(path: str | os.PathLike, progress: bool = False) -> dict[str
                 )
             byteorder = "little"
             if f"{prefix}byteorder" in names:
-                byteorder = zf.read(f"{prefix}byteorder").decode().strip()
-            with zf.open(f"{prefix}data.pkl") as f:
-                obj = _TorchUnpickler(f).load()
+                raw = _read_member(zf, f"{prefix}byteorder", None, 16, path)
+                byteorder = raw.decode("ascii", "replace").strip()
+                if byteorder not in ("little", "big"):
+                    raise ConversionError(
+                        f"{path}: byteorder record is {byteorder!r}; torch writes 'little' or 'big'"
+                    )
+            raw = _read_member(zf, f"{prefix}data.pkl", None, MAX_PICKLE_BYTES, path)
+            _check_pickle(raw, path)
+            obj = _TorchUnpickler(io.BytesIO(raw)).load()
             state = _find_state_dict(obj, path)
             cache: dict[str, np.ndarray] = {}
             out = {}
@@ -242,7 +306,25 @@ def read_state_dict(path: str | os.PathLike, progress: bool = False) -> dict[str
                         "not a tensor"
                     )
                 out[key] = _materialize(zf, prefix, value, byteorder, cache, path)
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as e:
+    except ConversionError as e:
+        if str(e).startswith(path):
+            raise
+        raise ConversionError(f"{path}: {e}") from e  # raised inside the unpickler
+    # what a hostile pickle or archive can raise inside pickle, zipfile and numpy
+    except (
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        LookupError,
+        NotImplementedError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as e:
         raise ConversionError(f"{path}: corrupt checkpoint: {type(e).__name__}: {e}") from e
     return _strip_prefix(out, path)
 
@@ -274,66 +356,55 @@ def _strip_prefix(state: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Reading .safetensors files
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype(np.bool_),
-}
-# A header is a few kB per hundred tensors; anything near this is not a safetensors file.
-_MAX_SAFETENSORS_HEADER = 100 << 20
+# The safetensors package refuses headers over 100 MB, offsets that overlap, leave gaps or
+# leave bytes uncovered, non-integer offsets and shapes, and sizes that overflow, all before
+# reading a tensor. JSON with a key twice it reads as the last one: that is refused here.
+_SAFETENSORS_HEADER_LIMIT = 100_000_000
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConversionError(f"tensor {twice[0]!r} appears more than once in the header")
+    return dict(pairs)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors of a ``.safetensors`` file as NumPy arrays (the ``__metadata__`` entry is
-    dropped; a DDP ``module.`` prefix is stripped as for :func:`read_state_dict`).
+    """The tensors of a ``.safetensors`` file as NumPy arrays, read by the ``safetensors``
+    package (the ``__metadata__`` entry is dropped; a DDP ``module.`` prefix is stripped as for
+    :func:`read_state_dict`).
 
     Raises:
-      ConversionError: missing file, a header that is not safetensors JSON, an unknown dtype, or
-        byte ranges that do not match the shapes or lie outside the file.
+      ConversionError: missing file, a header that is not safetensors JSON or names a tensor
+        twice, an unknown dtype, or byte ranges that overlap, leave gaps, leave trailing bytes
+        or do not match the shapes. Every error names the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConversionError(f"weights file {path} does not exist")
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise ConversionError(f"{path}: {len(raw)} bytes is too short for a safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > min(len(raw) - 8, _MAX_SAFETENSORS_HEADER):
-        raise ConversionError(f"{path}: header length {n} does not fit the file (not safetensors)")
+        head = f.read(8)
+        if len(head) < 8:
+            raise ConversionError(f"{path}: {size} bytes is too short for a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, _SAFETENSORS_HEADER_LIMIT):
+            raise ConversionError(
+                f"{path}: header length {n} does not fit the {size}-byte file (not safetensors)"
+            )
+        header = f.read(n)
     try:
-        header = json.loads(raw[8 : 8 + n])
+        json.loads(header, object_pairs_hook=_unique_keys)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConversionError(f"{path}: safetensors header is not JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise ConversionError(f"{path}: safetensors header is not a JSON object")
-    body = memoryview(raw)[8 + n :]
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConversionError(f"{path}: bad header entry for {key!r}: {info!r}") from e
-        want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= begin <= end <= len(body) or end - begin != want:
-            raise ConversionError(
-                f"{path}: tensor {key!r} {shape} {info['dtype']} has bytes [{begin}, {end}) of "
-                f"a {len(body)}-byte body, expected {want} bytes (truncated or corrupt)"
-            )
-        out[key] = (
-            np.frombuffer(body[begin:end], dtype).reshape(shape).astype(dtype.newbyteorder("="))
-        )
+    try:
+        out = safetensors.numpy.load_file(path)
+    # SafetensorError for the checks above; AttributeError for a dtype NumPy lacks (F8_*)
+    except (safetensors.SafetensorError, AttributeError, TypeError, ValueError) as e:
+        raise ConversionError(f"{path}: not a valid safetensors file: {e}") from e
     return _strip_prefix(out, path)
 
 

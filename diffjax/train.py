@@ -604,17 +604,24 @@ def _prepare_run_dir(config: TrainConfig, run_dir: pathlib.Path) -> None:
 
 
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-    """Keep the records of steps <= ``step`` (a resumed run rewrites what follows)."""
+    """Keep the records of steps <= ``step`` (a resumed run rewrites what follows), each
+    (kind, step) once and in step order: a record repeated or out of order (two processes once
+    wrote one run) is dropped."""
     if not path.is_file():
         return
-    kept = []
+    kept, seen, last = [], set(), 0
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:  # the line a killed run was writing
             continue
-        if record.get("step", 0) <= step:
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            continue
+        key = (record.get("kind"), record.get("step", 0))
+        if last <= key[1] <= step and key not in seen:
             kept.append(line)
+            seen.add(key)
+            last = key[1]
     write_text_atomic(path, "".join(f"{ln}\n" for ln in kept))
 
 

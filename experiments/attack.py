@@ -4,10 +4,11 @@
         --config.steps=20 --config.num_examples=1000 --workdir results/vit_pgd
 
 The results JSON holds the settings, one record per example (label, clean and adversarial
-prediction, success, ℓ∞ and ℓ2 norms, model calls) and the summary of
-:func:`diffjax.attacks.summarize`. It is rewritten atomically after every batch; an interrupted
-run continues with ``--resume`` and gives the same records as an uninterrupted one, because every
-example's randomness comes from (seed, dataset index) only.
+prediction, success, ℓ∞ and ℓ2 norms, model calls), the summary of
+:func:`diffjax.attacks.summarize` and the sha256 of all that, so that ``--resume`` refuses an
+edited file. It is rewritten atomically after every batch; an interrupted run continues with
+``--resume`` and gives the same records as an uninterrupted one, because every example's
+randomness comes from (seed, dataset index) only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from diffjax import attacks
 from diffjax.checkpoint import config_to_dict, load_model, write_json_atomic
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
+from diffjax.records import read_json, seal, unseal
 
 FORMAT = "diffjax.attack/1"
 OUTPUT = "attack.json"
@@ -53,9 +55,9 @@ def load_previous(path: pathlib.Path, settings: dict, resume: bool) -> dict:
     if not resume:
         raise SystemExit(f"{path} exists: pass --resume to continue it or --overwrite")
     try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"cannot resume: {path} is not valid JSON ({e})") from e
+        previous = unseal(read_json(path), path)
+    except ValueError as e:
+        raise SystemExit(f"cannot resume: {e}; delete it or pass --overwrite") from e
     if previous.get("format") != FORMAT or previous.get("settings") != settings:
         raise SystemExit(f"cannot resume: {path} was written with other settings")
     return previous
@@ -142,6 +144,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
                 targets,
                 r["valid"],
             ).as_dict()
+        result = seal(result)  # a resumed run checks it: an edited record is refused
         write_json_atomic(output, result)
         return result
 

@@ -169,16 +169,21 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]):
     _setup_jax(args)
     ctx = common.Context(workdir=args.workdir, data_dir=args.data_dir, offline=args.offline,
                          quiet=args.quiet)  # fmt: skip
-    if args.command == "attack":
-        return _module("attack").run(config, ctx, resume=args.resume, overwrite=args.overwrite)
-    result = _module(want).run(config, ctx)
-    if args.command == "run":
-        from diffjax.experiments import figures
+    from diffjax.locking import exclusive
 
-        for path in figures.make_figures(ctx.workdir / "results", ctx.figures, experiment=want,
-                                         preset=config.preset):  # fmt: skip
-            print(f"figure: {path}")
-    return result
+    # one process writes a workdir: a second one stops here, naming the first
+    with exclusive(ctx.workdir, f"workdir of diffjax {args.command}"):
+        if args.command == "attack":
+            return _module("attack").run(config, ctx, resume=args.resume,
+                                          overwrite=args.overwrite)  # fmt: skip
+        result = _module(want).run(config, ctx)
+        if args.command == "run":
+            from diffjax.experiments import figures
+
+            for path in figures.make_figures(ctx.workdir / "results", ctx.figures,
+                                             experiment=want, preset=config.preset):  # fmt: skip
+                print(f"figure: {path}")
+        return result
 
 
 def run(argv: list[str]):
@@ -189,6 +194,7 @@ def run(argv: list[str]):
     """
     from diffjax.checkpoint import CheckpointError
     from diffjax.experiments.zoo import DataError
+    from diffjax.locking import LockedError
 
     argv = list(argv)
     overrides = [a for a in argv if a.startswith("--config.")]
@@ -198,15 +204,47 @@ def run(argv: list[str]):
         parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
     try:
         return _dispatch(args, overrides)
-    except (ValueError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, DataError, CheckpointError, LockedError, FileExistsError,
+            FileNotFoundError) as e:  # fmt: skip
         print(f"diffjax {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def main() -> int:
-    """The console script: ``diffjax SUBCOMMAND …`` (exit status 0, or 2 on a bad input)."""
-    run(sys.argv[1:])
+    """The console script: ``diffjax SUBCOMMAND …``.
+
+    Exit status 0; 2 on a bad input or a failed save; 130 / 143 on SIGINT / SIGTERM, once the
+    checkpoint being saved is sealed or abandoned. A failure ends with one line on stderr.
+    """
+    from diffjax import stopping
+
+    stopping.install()
+    try:
+        run(sys.argv[1:])
+    except stopping.Stopped as e:
+        message = (f"diffjax: {e}; what was sealed is kept: run the same command again to "
+                   "resume")  # fmt: skip
+        _exit_quietly(e.exit_code, message)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            raise
+        code, message = (e.code, None) if isinstance(e.code, int) else (1, str(e.code))
+        _exit_quietly(code, message)
     return 0
+
+
+def _exit_quietly(code: int, message: str | None) -> None:
+    """Exit with ``code`` after printing ``message``, with nothing after it: the background
+    threads of orbax and tensorstore report a failed or interrupted save again, in hundreds of
+    lines of tracebacks, while the interpreter shuts down."""
+    if message:
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+    sys.stderr = open(os.devnull, "w")  # open until the process ends
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 recomputed from the records, resume after an interruption, clear errors."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ from flax import nnx
 import diffjax as dj
 from diffjax import attacks
 from diffjax.checkpoint import save_model
+from diffjax.records import seal, unseal
 from tests.commandline import diffjax, diffjax_error
 
 
@@ -46,10 +48,19 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys)
     # Interrupt after the first batch: a partial file with 4 records; --resume completes it to
     # exactly the records of the uninterrupted run (per-example keys come from the index).
     (tmp_path / "resumed").mkdir()
-    partial = dict(saved, status="partial", batches_done=1, records=records[:4])
-    (tmp_path / "resumed" / "attack.json").write_text(json.dumps(partial))
+    partial = dict(unseal(saved, "full"), status="partial", batches_done=1, records=records[:4])
+    resumed_file = tmp_path / "resumed" / "attack.json"
+    resumed_file.write_text(json.dumps(seal(partial)))
     with pytest.raises(SystemExit, match="--resume"):
         diffjax(*args(checkpoint, tmp_path / "resumed"))
+    # One digit of one record changed (what one flipped bit also does): refused, not resumed.
+    text = resumed_file.read_text()
+    edited = re.sub(r'"label": (\d)', lambda m: f'"label": {(int(m[1]) + 1) % 10}', text, count=1)
+    assert edited != text
+    resumed_file.write_text(edited)
+    with pytest.raises(SystemExit, match="cannot resume.*attack.json.*sha256"):
+        diffjax(*args(checkpoint, tmp_path / "resumed", "--resume"))
+    resumed_file.write_text(text)
     resumed = diffjax(*args(checkpoint, tmp_path / "resumed", "--resume"))
     assert resumed["status"] == "complete" and resumed["records"] == records
     with pytest.raises(SystemExit, match="other settings"):

@@ -3,15 +3,14 @@
 Each test injects one kind of fault and checks that it is either recovered exactly (a rerun
 gives what an uninterrupted run gives, bit for bit) or stopped by a clear error that names the
 file or field, never a silent wrong result or lost data. The tries per kind are recorded in
-``OUTCOMES``; with ``DIFFJAX_FAULT_TABLE=<path>`` the module writes them there as JSON (the
-table in docs/reliability.md). The points of the kills and of the flipped bits come from fixed
-seeds. Training and attacks are killed in a subprocess (``python -c``) that kills itself at the
-chosen point with SIGKILL, exactly what ``kill -9`` does, and are resumed in this process.
+``outcome`` for the table of docs/reliability.md (``tests/fault_table.py``). The points of the
+kills and of the flipped bits come from fixed seeds. Training and attacks are killed in a
+subprocess (``python -c``) that kills itself at the chosen point with SIGKILL, exactly what
+``kill -9`` does, and are resumed in this process.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
 import json
@@ -52,6 +51,7 @@ from diffjax.data import DatasetFormatError, cifar, synthetic
 from diffjax.data.download import extract
 from diffjax.train import TrainConfig, evaluate, init_state, train
 from diffjax.vit import ViT
+from tests.fault_table import Outcomes, table_fixture
 from tests.test_data import cifar_files, write_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,24 +89,8 @@ def one_device():
     return jax.devices()[:1]
 
 
-# kind -> [tries, recovered exactly, clear error, silent wrong, data lost]; a silent wrong
-# result or lost data fails the test that would record it, so those columns stay 0.
-OUTCOMES: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0, 0])
-
-
-def outcome(kind: str, recovered: bool) -> None:
-    OUTCOMES[kind][0] += 1
-    OUTCOMES[kind][1 if recovered else 2] += 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fault_table():
-    yield
-    path = os.environ.get("DIFFJAX_FAULT_TABLE")
-    if path:
-        columns = ("tries", "recovered_exactly", "clear_error", "silent_wrong", "data_lost")
-        table = {kind: dict(zip(columns, row, strict=True)) for kind, row in OUTCOMES.items()}
-        pathlib.Path(path).write_text(json.dumps(table, indent=2))
+outcome = Outcomes()
+fault_table = table_fixture(outcome, "test_faults")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +423,8 @@ def test_full_disk_stops_training_at_once_keeps_checkpoints_and_resumes_exactly(
     reference, tiny_disk, tmp_path
 ):
     step_bytes = blocks(reference[0] / "checkpoints" / "8")
-    fill(tiny_disk, leave=3 * step_bytes // 2)  # room for the first checkpoint, not the second
+    # room for the run directory's lock file and the first checkpoint, not the second
+    fill(tiny_disk, leave=3 * step_bytes // 2 + 4096)
     run_dir = tiny_disk / "run"
     seen = []
     train_data, test_data = data()

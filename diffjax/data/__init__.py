@@ -17,6 +17,7 @@ from diffjax.data.dataset import Dataset
 from diffjax.data.download import (
     ChecksumError,
     DatasetUnavailableError,
+    UnverifiedDatasetWarning,
     default_data_dir,
     resolve_data_dir,
 )
@@ -75,4 +76,5 @@ __all__ = [
     "load_dataset",
     "resolve_data_dir",
     "synthetic",
+    "UnverifiedDatasetWarning",
 ]

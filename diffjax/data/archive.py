@@ -21,14 +21,19 @@ from PIL import Image
 
 from diffjax.data.download import DatasetFormatError, DatasetUnavailableError
 
+# The largest file of a supported dataset is CIFAR-100's train pickle (~155 MB); a member
+# declaring more than this is refused before it is read.
+MAX_MEMBER_BYTES = 512 << 20
+
 
 class FileTree:
     """Files below a top-level folder, addressed by paths relative to that folder."""
 
-    def __init__(self, source: str, files: dict[str, object], reader):
+    def __init__(self, source: str, files: dict[str, object], reader, size):
         self.source = source
         self._files = files
         self._reader = reader
+        self._size = size
 
     def names(self) -> list[str]:
         """All file paths, sorted."""
@@ -38,8 +43,21 @@ class FileTree:
         return name in self._files
 
     def read(self, name: str) -> bytes:
+        """The bytes of ``name``, after checking its declared size against
+        :data:`MAX_MEMBER_BYTES`.
+
+        Raises:
+          DatasetUnavailableError: no such file.
+          DatasetFormatError: the file declares more than :data:`MAX_MEMBER_BYTES`.
+        """
         if name not in self._files:
             raise DatasetUnavailableError(f"{self.source} has no file {name!r}")
+        size = self._size(self._files[name])
+        if size > MAX_MEMBER_BYTES:
+            raise DatasetFormatError(
+                f"{self.source}:{name} is {size} bytes, over the {MAX_MEMBER_BYTES}-byte limit "
+                "of a dataset file (not the official archive)"
+            )
         return self._reader(self._files[name])
 
 
@@ -54,7 +72,7 @@ def open_tree(path: str | os.PathLike, folder: str) -> Iterator[FileTree]:
     path = pathlib.Path(path)
     if path.is_dir():
         files = {p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file()}
-        yield FileTree(str(path), files, lambda p: p.read_bytes())
+        yield FileTree(str(path), files, lambda p: p.read_bytes(), lambda p: p.stat().st_size)
         return
     if not path.is_file():
         raise DatasetUnavailableError(f"{path} does not exist")
@@ -67,7 +85,7 @@ def open_tree(path: str | os.PathLike, folder: str) -> Iterator[FileTree]:
                     for i in z.infolist()
                     if i.filename.startswith(prefix) and not i.is_dir()
                 }
-                yield FileTree(str(path), files, z.read)
+                yield FileTree(str(path), files, z.read, lambda i: i.file_size)
         else:
             with tarfile.open(path) as t:
                 files = {
@@ -75,7 +93,9 @@ def open_tree(path: str | os.PathLike, folder: str) -> Iterator[FileTree]:
                     for m in t.getmembers()
                     if m.name.startswith(prefix) and m.isfile()
                 }
-                yield FileTree(str(path), files, lambda m: t.extractfile(m).read())
+                yield FileTree(
+                    str(path), files, lambda m: t.extractfile(m).read(), lambda m: m.size
+                )
     except (DatasetUnavailableError, DatasetFormatError):
         raise
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:

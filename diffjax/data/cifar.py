@@ -91,6 +91,18 @@ def _field(d: dict, key: bytes, source: str):
     return d[key]
 
 
+def _labels(y: np.ndarray, k: int, source: str) -> np.ndarray:
+    """``y`` as int32 if every label is an integer in [0, k); a cast would turn 3.7 into 3 and
+    2**32 + 3 into 3."""
+    if y.dtype.kind not in "iu" or (y.size and not (y.min() >= 0 and y.max() < k)):
+        bad = y if y.dtype.kind not in "iu" else y[(y < 0) | (y >= k)]
+        raise DatasetFormatError(
+            f"{source}: labels must be integers in [0, {k}), got {y.dtype} values such as "
+            f"{bad.ravel()[:3].tolist()}"
+        )
+    return y.astype(np.int32)
+
+
 def read_cifar(path: str | os.PathLike, name: str, split: str) -> Dataset:
     """Read split ``split`` ("train" or "test") of ``name`` ("cifar10" or "cifar100").
 
@@ -126,7 +138,7 @@ def read_cifar(path: str | os.PathLike, name: str, split: str) -> Dataset:
                     f"{source}: {y.shape[0] if y.ndim else 0} labels for {data.shape[0]} images"
                 )
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.append(y.astype(np.int32))
+            labels.append(_labels(y, len(class_names), source))
     return Dataset(
         np.ascontiguousarray(np.concatenate(images)),
         np.concatenate(labels),

@@ -8,6 +8,13 @@ archive's published digest and only then renamed into place; extraction goes to 
 folder that is renamed as a whole. An interrupted run therefore leaves no half-written file or
 folder under the final names. When a dataset is neither on disk nor downloadable, the error says
 which file to put in which folder.
+
+What is already on disk is checked too, with or without downloading: an archive against the
+published digest (once; ``<archive>.verified`` records the digest with the file's size and
+modification time, so later runs skip the hashing while the file is unchanged), and a folder
+extracted by diffjax against the digests of its files recorded at extraction
+(``<folder>.verified``). A folder extracted by hand cannot be checked: it is used with an
+:class:`UnverifiedDatasetWarning`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -22,6 +30,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -41,6 +50,10 @@ class DatasetFormatError(ValueError):
 
 class ChecksumError(ValueError):
     """A file whose digest differs from the published one."""
+
+
+class UnverifiedDatasetWarning(UserWarning):
+    """A dataset folder that diffjax did not extract, so nothing vouches for its content."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,18 +224,111 @@ def unavailable_message(remote: Remote, root: pathlib.Path, reason: str) -> str:
     )
 
 
+def _record(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp(path: pathlib.Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _write_record(path: pathlib.Path, record: dict) -> None:
+    from diffjax.checkpoint import write_text_atomic  # checkpoint imports this module
+
+    write_text_atomic(_record(path), json.dumps(record, indent=1, sort_keys=True))
+
+
+def _read_record(path: pathlib.Path) -> dict | None:
+    try:
+        record = json.loads(_record(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def verify_archive(path: pathlib.Path, remote: Remote) -> None:
+    """Check an archive on disk against ``remote.checksum``, hashing it only when it changed
+    since it was last verified (``<archive>.verified``).
+
+    Raises:
+      ChecksumError: the archive is not the published one; the message says what to do.
+    """
+    record = _read_record(path)
+    if record == {"checksum": remote.checksum, "stamp": _stamp(path)}:
+        return
+    try:
+        verify_checksum(path, remote.checksum)
+    except ChecksumError as e:
+        raise ChecksumError(
+            f"{e}: not the published {remote.name} archive ({remote.url}); delete or replace it"
+        ) from None
+    _write_record(path, {"checksum": remote.checksum, "stamp": _stamp(path)})
+
+
+def _folder_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def record_folder(folder: pathlib.Path, remote: Remote) -> None:
+    """Record the digests of the files of ``folder``, just extracted from the verified archive."""
+    files = {
+        name: {"sha256": file_digest(p, "sha256"), "stamp": _stamp(p)}
+        for name, p in _folder_files(folder).items()
+    }
+    _write_record(folder, {"checksum": remote.checksum, "files": files})
+
+
+def verify_folder(folder: pathlib.Path, remote: Remote) -> None:
+    """Check an extracted folder against the digests recorded when diffjax extracted it (a file
+    is rehashed only when its size or modification time changed); warn when there is no record.
+
+    Raises:
+      ChecksumError: a file is missing, added or changed; the message names it.
+    """
+    record = _read_record(folder)
+    if record is None or record.get("checksum") != remote.checksum:
+        warnings.warn(
+            f"{folder} was not extracted by diffjax, so it cannot be checked against the "
+            f"published {remote.name} archive ({remote.checksum}); its content is used unchecked. "
+            f"To have it checked, delete it and put {remote.filename} into {folder.parent}.",
+            UnverifiedDatasetWarning,
+            stacklevel=3,
+        )
+        return
+    files, want = _folder_files(folder), record.get("files", {})
+    for name in sorted(set(files) | set(want)):
+        if name not in files or name not in want:
+            problem = "is missing" if name not in files else "was added"
+        elif _stamp(files[name]) == want[name]["stamp"]:
+            continue
+        elif file_digest(files[name], "sha256") == want[name]["sha256"]:
+            continue
+        else:
+            problem = "was changed"
+        raise ChecksumError(
+            f"{folder / name} {problem} since diffjax extracted {remote.filename}: delete "
+            f"{folder} to extract or download it again"
+        )
+
+
 def locate(root: pathlib.Path, remote: Remote, download: bool = True) -> pathlib.Path:
     """The extracted folder or archive of ``remote`` under ``root``, downloading it if allowed.
 
-    Looks for ``root/<folder>/`` first, then ``root/<filename>``. A download is verified,
-    extracted atomically, and the archive deleted.
+    Looks for ``root/<folder>/`` first, then ``root/<filename>``, and verifies what it finds
+    (:func:`verify_folder`, :func:`verify_archive`) whether or not ``download`` is on. A
+    download is verified, extracted atomically, its files' digests recorded, and the archive
+    deleted.
 
     Raises:
       DatasetUnavailableError: not on disk, and downloading is off or failed.
+      ChecksumError: what is on disk is not the published dataset.
     """
     if (root / remote.folder).is_dir():
+        verify_folder(root / remote.folder, remote)
         return root / remote.folder
     if (root / remote.filename).is_file():
+        verify_archive(root / remote.filename, remote)
         return root / remote.filename
     if not download:
         raise DatasetUnavailableError(unavailable_message(remote, root, "downloading is off"))
@@ -234,5 +340,6 @@ def locate(root: pathlib.Path, remote: Remote, download: bool = True) -> pathlib
             unavailable_message(remote, root, f"download failed: {e}")
         ) from e
     folder = extract(archive, root, remote.folder)
+    record_folder(folder, remote)
     archive.unlink()
     return folder
