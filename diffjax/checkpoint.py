@@ -36,7 +36,7 @@ from flax import nnx
 
 from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
-from diffjax.vit import ViT, relayout
+from diffjax.vit import WEIGHTS, ViT, relayout
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -80,7 +80,12 @@ class CheckpointError(RuntimeError):
 
 
 def config_to_dict(config: ViTConfig) -> dict:
-    return dataclasses.asdict(config)
+    """The config's fields as a dict, leaving out its ``OPTIONAL_FIELDS`` (if it has any) while
+    they hold their defaults: configs that do not use a later field serialise as before it."""
+    optional = getattr(config, "OPTIONAL_FIELDS", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in optional or v != defaults[k]}  # fmt: skip
 
 
 def config_from_dict(d: dict, cls: type = ViTConfig):
@@ -195,7 +200,7 @@ def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
     try:
         write_json_atomic(tmp / CONFIG_FILE, config_to_dict(model.config))
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / PARAMS_DIR, nnx.state(model, nnx.Param))
+            ckptr.save(tmp / PARAMS_DIR, nnx.state(model, WEIGHTS))
         write_manifest(tmp)
         if directory.exists():
             shutil.rmtree(directory)
@@ -271,7 +276,7 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
         raise CheckpointError(f"parameter checkpoint {params_dir} does not exist")
     # the parameters and the config they were saved with (a model's or its run's config.json)
     verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
-    abstract = _abstract(nnx.state(model, nnx.Param))
+    abstract = _abstract(nnx.state(model, WEIGHTS))
     try:
         _check_fits(params_dir, abstract)
     except CheckpointError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from diffjax.attention import IMPLS, lambda_init_schedule
 
@@ -19,8 +19,9 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The Inception / Hugging Face ViT statistics: [0, 1] pixels mapped to [-1, 1].
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "relu")
 POOLS = ("cls", "mean")
+NORMS = ("layernorm", "batchnorm")
 
 
 def check_number(
@@ -112,7 +113,8 @@ class ViTConfig:
       remat: recompute each block's activations in the backward pass instead of storing them
         (``nnx.remat``): less memory, about one more forward pass of compute.
       activation: MLP activation: ``"gelu"`` (exact, x·Φ(x)), ``"gelu_tanh"`` (the tanh
-        approximation) or ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP).
+        approximation), ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP) or ``"relu"``
+        (max(x, 0), the certified-training literature's).
       ln_pre: a LayerNorm on the embedded tokens before the first block (CLIP's ``ln_pre``,
         timm's ``norm_pre``); h_0 is its output.
       patch_bias: a bias on the patch embedding (OpenAI CLIP's ``conv1`` has none).
@@ -120,7 +122,18 @@ class ViTConfig:
         patch tokens, timm's ``global_pool="avg"`` with ``fc_norm``).
       distillation: DeiT's distillation token after CLS (tokens [CLS, DIST, patches]) and a second
         head on it; the logits are the mean of the two heads (timm's inference output).
+      norm: the token normalisation of the blocks, ``ln_pre`` and the final norm:
+        ``"layernorm"`` (per token) or ``"batchnorm"`` (per feature over the batch and the
+        tokens, ``nnx.BatchNorm``: batch statistics in training, running statistics, i.e. a
+        fixed affine map, in evaluation; the verification-friendly ViT of certified training).
+        BatchNorm's epsilon is ``layer_norm_eps``.
+
+    Fields in :attr:`OPTIONAL_FIELDS` were added after runs were recorded: they are serialised
+    (:func:`diffjax.checkpoint.config_to_dict`) only when they differ from their defaults, so
+    the config files and run hashes of models that do not use them are unchanged.
     """
+
+    OPTIONAL_FIELDS: ClassVar[tuple[str, ...]] = ("norm",)
 
     image_size: int = 32
     patch_size: int = 4
@@ -142,11 +155,12 @@ class ViTConfig:
     attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
     scan_layers: bool = False
     remat: bool = False
-    activation: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "quick_gelu", "relu"] = "gelu"
     ln_pre: bool = False
     patch_bias: bool = True
     pool: Literal["cls", "mean"] = "cls"
     distillation: bool = False
+    norm: Literal["layernorm", "batchnorm"] = "layernorm"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "num_classes", "width", "depth"):
@@ -203,6 +217,8 @@ class ViTConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.distillation and self.pool != "cls":
             raise ValueError("distillation=True reads the CLS and DIST tokens: it needs pool='cls'")
         if self.scan_layers and self.attention == "diff":

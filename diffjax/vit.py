@@ -4,6 +4,10 @@
 
 The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, ``patch_bias``)
 cover imported timm / Hugging Face ViTs and the CLIP image towers; their defaults are the above.
+``norm="batchnorm"`` puts eval-mode BatchNorm (an affine map) wherever LN stands and
+``activation="relu"`` ReLU MLPs: the verification-friendly ViT of certified training. A model is
+built in evaluation mode (BatchNorm reads its running statistics); the training step switches its
+copy to batch statistics (``model.train()``) and carries the updated statistics in its state.
 
 Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
 attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every
@@ -52,10 +56,21 @@ class Intermediates:
     maps: tuple[AttentionMaps, ...]
 
 
-def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        config.width, epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs
-    )
+# What a model's weights are: its parameters and, with ``norm="batchnorm"``, the running
+# statistics (what checkpoints save and training carries; the optimizer sees nnx.Param only).
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+# nnx.BatchNorm's running statistics decay, PyTorch's default (its momentum 0.1 is 1 − 0.9).
+BATCHNORM_MOMENTUM = 0.9
+
+
+def _norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm | nnx.BatchNorm:
+    """The token normalisation of ``config.norm`` over the last axis, in evaluation mode."""
+    kwargs = dict(epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs)
+    if config.norm == "batchnorm":
+        return nnx.BatchNorm(
+            config.width, use_running_average=True, momentum=BATCHNORM_MOMENTUM, **kwargs
+        )
+    return nnx.LayerNorm(config.width, **kwargs)
 
 
 @jax.custom_jvp
@@ -94,6 +109,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": gelu,
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "quick_gelu": quick_gelu,
+    "relu": jax.nn.relu,
 }
 
 
@@ -146,13 +162,13 @@ class Block(nnx.Module):
         c = config
         self.dtype = jnp.dtype(c.dtype)
         self.accum_dtype = jnp.dtype(c.accum_dtype)
-        self.norm1 = _layer_norm(c, rngs)
+        self.norm1 = _norm(c, rngs)
         attn = dict(use_bias=c.qkv_bias, impl=c.attention_impl, rngs=rngs)
         if c.is_diff_layer(layer):
             self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
         else:
             self.attn = SoftmaxAttention(c.width, c.num_heads, **attn)
-        self.norm2 = _layer_norm(c, rngs)
+        self.norm2 = _norm(c, rngs)
         hidden = int(round(c.width * c.mlp_ratio))
         dense = dict(
             kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
@@ -240,10 +256,10 @@ class ViT(nnx.Module):
         self.pos_embed = nnx.Param(
             DENSE_INIT(rngs.params(), (1, c.num_tokens, c.width), jnp.float32)
         )
-        self.ln_pre = _layer_norm(c, rngs) if c.ln_pre else None
+        self.ln_pre = _norm(c, rngs) if c.ln_pre else None
         blocks = [Block(c, i, rngs=rngs) for i in range(c.depth)]
         self.blocks = ScannedBlocks(blocks) if c.scan_layers else nnx.List(blocks)
-        self.norm = _layer_norm(c, rngs)
+        self.norm = _norm(c, rngs)
         self.head = nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
         self.head_dist = (
             nnx.Linear(c.width, c.num_classes, dtype=self.accum_dtype, rngs=rngs, **dense)
@@ -362,7 +378,7 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
         return model
     config = model.config.replace(scan_layers=scan_layers)
     target = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
     if scan_layers:
         layers = [params["blocks"][i] for i in range(config.depth)]
         params["blocks"] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
@@ -372,7 +388,7 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
             i: jax.tree.map(functools.partial(lambda i, x: x[i], i), stacked)
             for i in range(config.depth)
         }
-    state = nnx.state(target, nnx.Param)
+    state = nnx.state(target, WEIGHTS)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(target, state)
     return target

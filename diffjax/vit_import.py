@@ -9,7 +9,10 @@ Two key layouts are read (:func:`detect_layout`):
 * ``"timm"``: ``VisionTransformer`` (``vit_*_patch*_*``, DeiT, DeiT distilled): ``cls_token``,
   ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1,
   mlp.fc2}``, ``norm`` (or ``fc_norm`` with average pooling), ``head``; optionally ``norm_pre``
-  (→ ``ln_pre``), ``dist_token`` and ``head_dist`` (→ ``distillation``).
+  (→ ``ln_pre``), ``dist_token`` and ``head_dist`` (→ ``distillation``). The
+  verification-friendly variant with BatchNorm in place of every LayerNorm (``norm="batchnorm"``)
+  has ``{weight, bias, running_mean, running_var}`` under the same names (PyTorch's integer
+  ``num_batches_tracked`` counters are dropped).
 * ``"hf"``: Hugging Face ``ViTForImageClassification``: ``vit.embeddings.*``,
   ``vit.encoder.layer.{i}.{layernorm_before, attention.attention.{query, key, value},
   attention.output.dense, layernorm_after, intermediate.dense, output.dense}``,
@@ -37,8 +40,10 @@ from diffjax.torch_weights import (
     ConversionError,
     Path,
     Rule,
+    batchnorm_rules,
     check_state_dict,
     conv_to_dense,
+    drop_batch_counts,
     identity,
     linear_rules,
     load_into,
@@ -130,7 +135,8 @@ def infer_config(
     """The :class:`ViTConfig` of a timm / Hugging Face ViT state dict.
 
     Width, depth, patch size, the checkpoint's image size, classes, MLP ratio, qkv and patch
-    biases, ``ln_pre``, ``distillation`` and ``pool`` are read from the keys and shapes; eps and the
+    biases, ``ln_pre``, ``distillation``, ``pool`` and ``norm`` are read from the keys and shapes;
+    eps and the
     normalisation default to the library's (``LIBRARY_DEFAULTS``); ``overrides`` set any other
     :class:`ViTConfig` field (``activation``, ``layer_norm_eps``, ``mean``, ``std``, ``dtype``).
 
@@ -143,7 +149,7 @@ def infer_config(
       ConversionError: an unknown layout, a non-square position grid, or no classifier head.
     """
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout == "hf" else state
+    state = released_hf_names(state) if layout == "hf" else drop_batch_counts(state)
     k = _keys(layout)
     width = int(state[k["cls"]].shape[-1])
     channels, patch = int(state[k["patch"]].shape[1]), int(state[k["patch"]].shape[2])
@@ -171,6 +177,7 @@ def infer_config(
         ln_pre=layout == "timm" and "norm_pre.weight" in state,
         pool="mean" if layout == "timm" and "fc_norm.weight" in state else "cls",
         distillation=distillation,
+        norm="batchnorm" if k["block"].format(0) + "norm1.running_mean" in state else "layernorm",
         **LIBRARY_DEFAULTS[layout],
     )
     return ViTConfig(**(fields | overrides))
@@ -225,8 +232,11 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     c = config
+    if c.norm == "batchnorm" and layout != "timm":
+        raise ConversionError("a BatchNorm ViT is read in the timm layout only (norm1, norm2, norm)")
     w, p, hidden = c.width, c.patch_size, int(round(c.width * c.mlp_ratio))
     k = _keys(layout)
+    norms = batchnorm_rules if c.norm == "batchnorm" else norm_rules
     pfx = "vit." if layout == "hf" else ""
     rules: dict[str, Rule] = {
         k["cls"]: ((1, 1, w), [(("cls_token",), identity)]),
@@ -236,21 +246,21 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
     if c.patch_bias:
         rules[k["patch"][: -len("weight")] + "bias"] = ((w,), [(("patch_embed", "bias"), identity)])
     final = "fc_norm" if c.pool == "mean" else "norm"
-    rules.update(norm_rules(f"{pfx}layernorm" if layout == "hf" else final, ("norm",), w))
+    rules.update(norms(f"{pfx}layernorm" if layout == "hf" else final, ("norm",), w))
     head = "classifier" if layout == "hf" else "head"
     rules.update(linear_rules(head, ("head",), w, c.num_classes))
     if c.distillation:
         rules["dist_token"] = ((1, 1, w), [(("dist_token",), identity)])
         rules.update(linear_rules("head_dist", ("head_dist",), w, c.num_classes))
     if c.ln_pre:
-        rules.update(norm_rules("norm_pre", ("ln_pre",), w))
+        rules.update(norms("norm_pre", ("ln_pre",), w))
     for i in range(c.depth):
         src, dst = k["block"].format(i), ("blocks", i)
-        rules.update(_block_rules(src, dst, layout, w, hidden, c.qkv_bias))
+        rules.update(_block_rules(src, dst, layout, w, hidden, c.qkv_bias, norms))
     return rules
 
 
-def _block_rules(src: str, dst: Path, layout: str, w: int, hidden: int, bias: bool):
+def _block_rules(src: str, dst: Path, layout: str, w: int, hidden: int, bias: bool, norms):
     attn = dst + ("attn",)
     if layout == "hf":
         names = dict(norm1="layernorm_before", norm2="layernorm_after", fc1="intermediate.dense",
@@ -267,8 +277,8 @@ def _block_rules(src: str, dst: Path, layout: str, w: int, hidden: int, bias: bo
             rules[f"{src}attn.qkv.bias"] = ((3 * w,), [(attn + (n, "bias"), rows(i, 3))
                                                        for i, n in enumerate(qkv)])  # fmt: skip
     rules.update(linear_rules(src + names["out"], attn + ("out",), w, w, bias))
-    rules.update(norm_rules(src + names["norm1"], dst + ("norm1",), w))
-    rules.update(norm_rules(src + names["norm2"], dst + ("norm2",), w))
+    rules.update(norms(src + names["norm1"], dst + ("norm1",), w))
+    rules.update(norms(src + names["norm2"], dst + ("norm2",), w))
     rules.update(linear_rules(src + names["fc1"], dst + ("fc1",), w, hidden))
     rules.update(linear_rules(src + names["fc2"], dst + ("fc2",), hidden, w))
     return rules
@@ -286,7 +296,7 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
         LayerScale ``ls1.gamma`` or register tokens, which diffjax does not model).
     """
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout == "hf" else state
+    state = released_hf_names(state) if layout == "hf" else drop_batch_counts(state)
     if config.attention != "softmax":
         raise ConversionError(
             "timm / Hugging Face ViTs have softmax attention: attention='softmax'"
