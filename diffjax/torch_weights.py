@@ -401,7 +401,12 @@ def norm_rules(prefix: str, target: Path, width: int) -> dict[str, Rule]:
 def batchnorm_rules(prefix: str, target: Path, width: int) -> dict[str, Rule]:
     """BatchNorm ``prefix.{weight, bias, running_mean, running_var}`` → ``target`` scale, bias,
     mean, var (PyTorch's ``num_batches_tracked`` is dropped first: :func:`drop_batch_counts`)."""
-    names = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var"))
+    names = (
+        ("weight", "scale"),
+        ("bias", "bias"),
+        ("running_mean", "mean"),
+        ("running_var", "var"),
+    )
     return {f"{prefix}.{src}": ((width,), [(target + (dst,), identity)]) for src, dst in names}
 
 

@@ -248,8 +248,11 @@ class TrainConfig:
         d = json.loads(json.dumps({**dataclasses.asdict(self),
                                    "model": config_to_dict(self.model)}))  # fmt: skip
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return {k: v for k, v in d.items()
-                if k not in NOT_IDENTITY and (k not in OPTIONAL_FIELDS or v != defaults[k])}
+        return {
+            k: v
+            for k, v in d.items()
+            if k not in NOT_IDENTITY and (k not in OPTIONAL_FIELDS or v != defaults[k])
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

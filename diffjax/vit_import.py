@@ -233,7 +233,9 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     c = config
     if c.norm == "batchnorm" and layout != "timm":
-        raise ConversionError("a BatchNorm ViT is read in the timm layout only (norm1, norm2, norm)")
+        raise ConversionError(
+            "a BatchNorm ViT is read in the timm layout only (norm1, norm2, norm)"
+        )
     w, p, hidden = c.width, c.patch_size, int(round(c.width * c.mlp_ratio))
     k = _keys(layout)
     norms = batchnorm_rules if c.norm == "batchnorm" else norm_rules

@@ -46,12 +46,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from scipy import optimize, special
 
 from diffjax.analysis.lanczos import singular_values
 from diffjax.analysis.lipschitz import top_singular_values
-from flax import nnx
-
 from diffjax.attention import RMS_EPS, DiffAttention, diff_lambda
 from diffjax.config import ViTConfig
 from diffjax.vit import ViT
@@ -435,9 +434,28 @@ Program = Callable[[Ball, Array], tuple[Interval, Interval]]
 # value other than its default: nothing is bounded that the programs do not compute.
 SCOPE: dict[str, tuple | None] = {
     **dict.fromkeys(
-        ("image_size", "patch_size", "channels", "num_classes", "width", "depth", "num_heads",
-         "mlp_ratio", "attention", "diff_layers", "lambda_init", "qkv_bias", "layer_norm_eps",
-         "mean", "std", "ln_pre", "patch_bias", "pool", "distillation", "norm"),
+        (
+            "image_size",
+            "patch_size",
+            "channels",
+            "num_classes",
+            "width",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "attention",
+            "diff_layers",
+            "lambda_init",
+            "qkv_bias",
+            "layer_norm_eps",
+            "mean",
+            "std",
+            "ln_pre",
+            "patch_bias",
+            "pool",
+            "distillation",
+            "norm",
+        ),
     ),  # fmt: skip
     # Training-time switches: the evaluation-mode function is the same whatever their value.
     "dropout": None,
@@ -460,9 +478,7 @@ def _check_model(model: ViT) -> None:
     CLIP image tower is a subclass with another head), a config outside :data:`SCOPE`, a
     BatchNorm in training mode, or a contraction too long for the rounding argument."""
     if type(model) is not ViT:
-        raise TypeError(
-            f"certified bounds model a diffjax ViT exactly, got {type(model).__name__}"
-        )
+        raise TypeError(f"certified bounds model a diffjax ViT exactly, got {type(model).__name__}")
     c = model.config
     defaults = ViTConfig()
     for field in dataclasses.fields(c):
