@@ -99,9 +99,22 @@ def _layer_norm(x, p, eps):
     )
 
 
+def _batch_norm(x, p, eps):
+    """Evaluation-mode BatchNorm: the running statistics' per-feature affine map."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    return (x - p["mean"]) / np.sqrt(p["var"] + eps) * p["scale"] + p["bias"]
+
+
 def vit_logits(params, config, images):
-    """Float64 ViT/DiffViT forward from ``nnx.state(model, nnx.Param)`` converted to dicts."""
+    """Float64 ViT/DiffViT forward from ``nnx.state(model, diffjax.vit.WEIGHTS)`` converted to
+    dicts (exact GELU or ReLU; LayerNorm or evaluation-mode BatchNorm)."""
     from scipy.special import erf
+
+    norm = {"layernorm": _layer_norm, "batchnorm": _batch_norm}[config.norm]
+    act = {
+        "gelu": lambda m: 0.5 * m * (1 + erf(m / np.sqrt(2))),
+        "relu": lambda m: np.maximum(m, 0.0),
+    }[config.activation]
 
     c = config
     x = (np.asarray(images, np.float64) - np.asarray(c.mean)) / np.asarray(c.std)
@@ -114,17 +127,16 @@ def vit_logits(params, config, images):
     h = np.concatenate([cls, tokens], axis=1) + np.asarray(params["pos_embed"], np.float64)
     for layer in range(c.depth):
         blk = params["blocks"][layer]
-        a_in = _layer_norm(h, blk["norm1"], c.layer_norm_eps)
+        a_in = norm(h, blk["norm1"], c.layer_norm_eps)
         att = blk["attn"]
         if c.is_diff_layer(layer):
             a, *_ = diff_attention(att, a_in, c.num_heads, c.layer_lambda_init(layer))
         else:
             a, _ = softmax_attention(att, a_in, c.num_heads)
         h = h + a
-        m = _dense(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk["fc1"])
-        m = 0.5 * m * (1 + erf(m / np.sqrt(2)))
-        h = h + _dense(m, blk["fc2"])
-    return _dense(_layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0], params["head"])
+        m = _dense(norm(h, blk["norm2"], c.layer_norm_eps), blk["fc1"])
+        h = h + _dense(act(m), blk["fc2"])
+    return _dense(norm(h, params["norm"], c.layer_norm_eps)[:, 0], params["head"])
 
 
 def _rms_norm(x, scale, eps):

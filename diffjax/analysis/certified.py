@@ -490,7 +490,7 @@ def _check_model(model: ViT) -> None:
                 f"certified bounds do not model ViTConfig.{field.name}={value!r} (they model "
                 f"{', '.join(map(repr, allowed))})" + (f"; use {remedy}" if remedy else "")
             )
-    training = [n for n, m in model.iter_modules()
+    training = [n for n, m in nnx.iter_modules(model)
                 if isinstance(m, nnx.BatchNorm) and not m.use_running_average]  # fmt: skip
     if training:
         raise ValueError(
