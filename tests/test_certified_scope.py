@@ -36,11 +36,29 @@ BASE = dict(depth=1, dtype="float64")
 # (naming its field). Switches that share no rule share a model: one compilation each.
 CASES = [
     # Sizes, statistics, no biases and the training-only switches.
-    (dict(image_size=12, patch_size=6, channels=1, mean=(0.5,), std=(0.25,), num_classes=3,
-          width=8, num_heads=2, mlp_ratio=1.5, layer_norm_eps=1e-2, qkv_bias=False,
-          patch_bias=False, dropout=0.1, remat=True), "exact"),  # fmt: skip
-    (dict(attention="diff", depth=2, diff_layers=(1,), lambda_init="schedule", qkv_bias=False),
-     "exact"),  # fmt: skip
+    (
+        dict(
+            image_size=12,
+            patch_size=6,
+            channels=1,
+            mean=(0.5,),
+            std=(0.25,),
+            num_classes=3,
+            width=8,
+            num_heads=2,
+            mlp_ratio=1.5,
+            layer_norm_eps=1e-2,
+            qkv_bias=False,
+            patch_bias=False,
+            dropout=0.1,
+            remat=True,
+        ),
+        "exact",
+    ),
+    (
+        dict(attention="diff", depth=2, diff_layers=(1,), lambda_init="schedule", qkv_bias=False),
+        "exact",
+    ),
     (dict(norm="batchnorm", ln_pre=True, pool="mean"), "exact"),
     (dict(distillation=True, activation="relu"), "exact"),
     (dict(dtype="float32"), "refused"),

@@ -208,8 +208,15 @@ class _TokenBatchNorm(torch.nn.BatchNorm1d):
 def test_batchnorm_relu_vit_logits_match(pool):
     """A timm ViT with BatchNorm for every LayerNorm and ReLU MLPs (running statistics drawn
     away from 0 and 1) converts to norm='batchnorm', activation='relu'."""
-    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY, pre_norm=True,
-                            global_pool=pool, norm_layer=_TokenBatchNorm, act_layer="relu")  # fmt: skip
+    ref = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        **TINY,
+        pre_norm=True,
+        global_pool=pool,
+        norm_layer=_TokenBatchNorm,
+        act_layer="relu",
+    )
     _randomise(ref, seed=3)
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
@@ -222,7 +229,9 @@ def test_batchnorm_relu_vit_logits_match(pool):
     assert "blocks.0.norm1.num_batches_tracked" in state
     config = infer_config(state, num_heads=4, activation="relu", layer_norm_eps=1e-5)
     assert (config.norm, config.ln_pre, config.pool) == (
-        "batchnorm", True, "mean" if pool == "avg" else "cls"
+        "batchnorm",
+        True,
+        "mean" if pool == "avg" else "cls",
     )
     model = convert_vit(state, config)
     d32, d64 = _max_diffs(model, config, ref, _images())
