@@ -422,7 +422,8 @@ def _step(
     params, stats = state.params.filter(nnx.Param), state.params.filter(nnx.BatchStat)
 
     def loss_fn(params):
-        model = nnx.merge(graphdef, params, stats)
+        # copy: the statistics' variables are made inside this trace, where BatchNorm sets them.
+        model = nnx.merge(graphdef, params, stats, copy=True)
         model.train()  # BatchNorm: the batch's statistics, updating the running ones
         rngs = nnx.Rngs(dropout=dropout_key) if config.model.dropout > 0 else None
         logits = model(x, rngs=rngs)
