@@ -330,16 +330,19 @@ def softmax(z: Interval, t: Interval) -> tuple[Interval, Interval]:
     """Softmax over the last axis: value and tangent dp = p ⊙ (dz − ⟨p, dz⟩).
 
     Value (sound for every z in the box): p_i ≥ 1 / (1 + Σ_{j≠i} exp(u_j − l_i)) and
-    p_i ≤ 1 / (1 + Σ_{j≠i} exp(l_j − u_i)), with l, u the box ends.
+    p_i ≤ 1 / (1 + Σ_{j≠i} exp(l_j − u_i)), with l, u the box ends; the mid is the same formula
+    at the mids, so that a zero-width box gives lo = mid = hi before the rounding slack.
     """
+    off = ~jnp.eye(z.mid.shape[-1], dtype=bool)
+
+    def share(zi, zj):
+        # 1 / (1 + Σ_{j≠i} exp(zj_j − zi_i)); exp overflow to inf gives the sound bound 0.
+        e = jnp.where(off, jnp.exp(zj[..., None, :] - zi[..., :, None]), 0.0)
+        return 1 / (1 + jnp.sum(e, -1))
+
     lo, hi = z.lo, z.hi
-    n = lo.shape[-1]
-    off = ~jnp.eye(n, dtype=bool)
-    # [..., i, j] = u_j − l_i and l_j − u_i; exp overflow to inf gives the sound bound 0.
-    up = jnp.sum(jnp.where(off, jnp.exp(hi[..., None, :] - lo[..., :, None]), 0.0), -1)
-    down = jnp.sum(jnp.where(off, jnp.exp(lo[..., None, :] - hi[..., :, None]), 0.0), -1)
-    lo_p, hi_p = (1 - 4 * DELTA) / (1 + up), jnp.minimum(1.0, (1 + 4 * DELTA) / (1 + down))
-    p = around(jax.nn.softmax(z.mid, axis=-1), lo_p, hi_p)
+    lo_p, hi_p = (1 - 4 * DELTA) * share(lo, hi), jnp.minimum(1.0, (1 + 4 * DELTA) * share(hi, lo))
+    p = around(share(z.mid, z.mid), lo_p, hi_p)
     s = bilinear(lambda a, b: jnp.sum(a * b, -1, keepdims=True), p, t)
     return p, mul(p, sub(t, s))
 
