@@ -235,7 +235,10 @@ def test_batchnorm_relu_vit_logits_match(pool):
     )
     model = convert_vit(state, config)
     d32, d64 = _max_diffs(model, config, ref, _images())
-    assert d32 < 2e-5 and d64 < 1e-12, (d32, d64)
+    # ReLU and BatchNorm leave the logits larger than O(1) (here ~20) and float32 rounding
+    # amplified (the two libraries reduce in different orders): relative to their size.
+    size = np.abs(_torch_logits(ref, _images(), config.mean, config.std, torch.float64)).max()
+    assert d32 < 1e-4 * size and d64 < 1e-13 * size, (d32, d64, size)
     # The running statistics are part of the strict key check.
     del state["blocks.1.norm2.running_var"]
     with pytest.raises(ConversionError, match="blocks.1.norm2.running_var"):
