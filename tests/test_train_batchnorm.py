@@ -35,7 +35,8 @@ def test_step_uses_batch_statistics_and_updates_the_running_ones():
     data = load_dataset("embedded", "train").take(32)
     mesh = sharding.data_mesh(jax.devices()[:1])
     start = init_state(config=CONFIG, steps_per_epoch=4)
-    model = nnx.merge(nnx.graphdef(ViT(MODEL, rngs=nnx.Rngs(0))), start.params)
+    # A copy: running the training-mode model below must not move the start state's statistics.
+    model = nnx.merge(nnx.graphdef(ViT(MODEL, rngs=nnx.Rngs(0))), start.params, copy=True)
     x = to_unit_range(jnp.asarray(data.images))
     # What the step's forward pass must be: the training-mode model, on this batch's statistics.
     h0 = np.asarray(model.embed(x), np.float64)  # the first BatchNorm's input [B, N, D]
