@@ -40,7 +40,7 @@ from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
 from diffjax.locking import exclusive
 from diffjax.stopping import critical
-from diffjax.vit import ViT, relayout
+from diffjax.vit import WEIGHTS, ViT, relayout
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -205,7 +205,7 @@ def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
     try:
         write_json_atomic(tmp / CONFIG_FILE, config_to_dict(model.config))
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / PARAMS_DIR, nnx.state(model, nnx.Param))
+            ckptr.save(tmp / PARAMS_DIR, nnx.state(model, WEIGHTS))
         write_manifest(tmp)
         if directory.exists():
             shutil.rmtree(directory)
@@ -291,7 +291,7 @@ def restore_params(params_dir: str | os.PathLike, model: ViT) -> ViT:
 
 
 def _restore_verified(params_dir: pathlib.Path, model: ViT) -> ViT:
-    abstract = _abstract(nnx.state(model, nnx.Param))
+    abstract = _abstract(nnx.state(model, WEIGHTS))
     try:
         _check_fits(params_dir, abstract)
     except CheckpointError as e:

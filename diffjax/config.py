@@ -19,8 +19,9 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The Inception / Hugging Face ViT statistics: [0, 1] pixels mapped to [-1, 1].
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu")
 POOLS = ("cls", "mean", "map")
+NORMS = ("layernorm", "batchnorm")
 
 
 def check_number(
@@ -115,8 +116,9 @@ class ViTConfig:
       remat: recompute each block's activations in the backward pass instead of storing them
         (``nnx.remat``): less memory, about one more forward pass of compute.
       activation: MLP activation: ``"gelu"`` (exact, x·Φ(x)), ``"gelu_tanh"`` (the tanh
-        approximation), ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP) or ``"silu"``
-        (x·sigmoid(x); with ``mlp_gate`` the SwiGLU MLP).
+        approximation), ``"quick_gelu"`` (x·sigmoid(1.702x), OpenAI CLIP), ``"silu"``
+        (x·sigmoid(x); with ``mlp_gate`` the SwiGLU MLP) or ``"relu"`` (max(x, 0), the
+        certified-training literature's).
       ln_pre: a LayerNorm on the embedded tokens before the first block (CLIP's ``ln_pre``,
         timm's ``norm_pre``); h_0 is its output.
       patch_bias: a bias on the patch embedding (OpenAI CLIP's ``conv1`` has none).
@@ -139,6 +141,15 @@ class ViTConfig:
       mlp_gate: a gated MLP (GLU): fc1 gives [gate | value], each ``width·mlp_ratio`` wide, and
         fc2 reads act(gate)·value; with ``activation="silu"`` the SwiGLU of DINOv2-g (timm
         ``SwiGLUPacked``, Hugging Face ``use_swiglu_ffn``).
+      norm: the token normalisation of the blocks, ``ln_pre`` and the final norm:
+        ``"layernorm"`` (per token) or ``"batchnorm"`` (per feature over the batch and the
+        tokens, ``nnx.BatchNorm``: batch statistics in training, running statistics, i.e. a
+        fixed affine map, in evaluation; the verification-friendly ViT of certified training).
+        BatchNorm's epsilon is ``layer_norm_eps``.
+
+    Fields added after runs were recorded (:data:`OPTIONAL_VIT_FIELDS`) are serialised
+    (:meth:`to_dict`) only when they differ from their defaults, so the config files and run
+    hashes of models that do not use them are unchanged.
     """
 
     image_size: int = 32
@@ -161,7 +172,7 @@ class ViTConfig:
     attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
     scan_layers: bool = False
     remat: bool = False
-    activation: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "quick_gelu", "relu"] = "gelu"
     ln_pre: bool = False
     patch_bias: bool = True
     pool: Literal["cls", "mean"] = "cls"
@@ -173,6 +184,7 @@ class ViTConfig:
     qk_norm: bool = False
     proj_bias: bool | None = None
     mlp_gate: bool = False
+    norm: Literal["layernorm", "batchnorm"] = "layernorm"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "width", "depth"):
@@ -244,6 +256,8 @@ class ViTConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.distillation and (self.pool != "cls" or self.num_registers or not self.num_classes):
             raise ValueError(
                 "distillation=True reads the CLS and DIST tokens into two heads (DeiT): it needs "
@@ -334,7 +348,7 @@ OPTIONAL_VIT_FIELDS: dict[str, Any] = {
     f.name: f.default
     for f in dataclasses.fields(ViTConfig)
     if f.name in ("class_token", "num_registers", "pos_embed_prefix", "layer_scale", "qk_norm",
-                  "proj_bias", "mlp_gate")
+                  "proj_bias", "mlp_gate", "norm")
 }  # fmt: skip
 
 

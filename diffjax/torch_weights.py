@@ -44,6 +44,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from diffjax.checkpoint import CheckpointError
+from diffjax.vit import WEIGHTS
 
 # Top-level entries of a training checkpoint that can hold the model's state dict.
 STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict")
@@ -480,6 +481,25 @@ def norm_rules(prefix: str, target: Path, width: int) -> dict[str, Rule]:
     }
 
 
+def batchnorm_rules(prefix: str, target: Path, width: int) -> dict[str, Rule]:
+    """BatchNorm ``prefix.{weight, bias, running_mean, running_var}`` → ``target`` scale, bias,
+    mean, var (PyTorch's ``num_batches_tracked`` is dropped first: :func:`drop_batch_counts`)."""
+    names = (
+        ("weight", "scale"),
+        ("bias", "bias"),
+        ("running_mean", "mean"),
+        ("running_var", "var"),
+    )
+    return {f"{prefix}.{src}": ((width,), [(target + (dst,), identity)]) for src, dst in names}
+
+
+def drop_batch_counts(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``state`` without PyTorch BatchNorm's integer ``*.num_batches_tracked`` counters: they
+    only set the averaging when ``momentum=None``, and the running statistics are what an
+    evaluation-mode BatchNorm reads."""
+    return {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+
+
 def summarise(keys, limit: int = 12) -> str:
     """At most ``limit`` of ``keys``, sorted and comma-separated, with a count of the rest."""
     keys = sorted(keys)
@@ -524,14 +544,15 @@ def check_state_dict(
 
 
 def load_into(model: nnx.Module, state: Mapping[str, np.ndarray], rules: Mapping[str, Rule]):
-    """Write ``state`` into ``model``'s parameters in place as ``rules`` say (keys and shapes
-    already checked by :func:`check_state_dict`); parameters keep their float32 dtype.
+    """Write ``state`` into ``model``'s parameters (and BatchNorm running statistics) in place as
+    ``rules`` say (keys and shapes already checked by :func:`check_state_dict`); they keep their
+    float32 dtype.
 
     Raises:
       ConversionError: a rule targets a parameter the model lacks or with another shape, two
         keys write one parameter, or a parameter is left unwritten.
     """
-    targets = {path: v for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    targets = {path: v for path, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))}
     written: dict[Path, str] = {}
     for key, (_, assignments) in rules.items():
         w = np.asarray(state[key], np.float32)

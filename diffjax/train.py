@@ -70,7 +70,7 @@ from diffjax.data.pipeline import (
     to_unit_range,
     train_batches,
 )
-from diffjax.vit import ViT
+from diffjax.vit import WEIGHTS, ViT
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
@@ -222,6 +222,14 @@ class TrainConfig:
                     "iteration differentiates attention forward-mode, which the fused kernel "
                     f"does not support (got {self.model.attention_impl!r})"
                 )
+            if self.model.norm != "layernorm":
+                # Each penalised layer is run again on a few images: in training mode that
+                # would update BatchNorm's running statistics from those images a second time.
+                raise ValueError(
+                    "lipschitz_penalty needs model.norm='layernorm' (got "
+                    f"{self.model.norm!r}): BatchNorm's batch statistics couple the penalised "
+                    "images and its running statistics would be updated twice per step"
+                )
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -281,7 +289,9 @@ def fit_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
 
 @flax.struct.dataclass
 class TrainState:
-    """What a train step updates: the step counter, parameters and optimizer state."""
+    """What a train step updates: the step counter, the model's weights (``nnx.Param`` and,
+    with BatchNorm, its running statistics ``nnx.BatchStat``: :data:`diffjax.vit.WEIGHTS`) and
+    the optimizer state (of the ``nnx.Param`` part)."""
 
     step: jax.Array
     params: Any
@@ -320,7 +330,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
 @functools.cache
 def _graphdef(model_config: ViTConfig) -> nnx.GraphDef:
     abstract = nnx.eval_shape(lambda: ViT(model_config, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract, nnx.Param)[0]
+    return nnx.split(abstract, WEIGHTS)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "steps_per_epoch"))
@@ -331,8 +341,8 @@ def init_state(config: TrainConfig, steps_per_epoch: int) -> TrainState:
     ``ViT(config.model, rngs=nnx.Rngs(config.seed))``.
     """
     model = ViT(config.model, rngs=nnx.Rngs(config.seed))
-    params = nnx.split(model, nnx.Param)[1]
-    opt_state = make_optimizer(config, steps_per_epoch).init(params)
+    params = nnx.state(model, WEIGHTS)
+    opt_state = make_optimizer(config, steps_per_epoch).init(params.filter(nnx.Param))
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
 
 
@@ -405,12 +415,18 @@ def _step(
         noise_key = jax.random.fold_in(key, NOISE_STREAM)
         x = x + config.noise_sigma * jax.random.normal(noise_key, x.shape, x.dtype)
 
+    # Gradients and the optimizer act on the parameters; BatchNorm's running statistics (empty
+    # without BatchNorm) are what the training-mode forward pass leaves in the model.
+    params, stats = state.params.filter(nnx.Param), state.params.filter(nnx.BatchStat)
+
     def loss_fn(params):
-        model = nnx.merge(graphdef, params)
+        # copy: the statistics' variables are made inside this trace, where BatchNorm sets them.
+        model = nnx.merge(graphdef, params, stats, copy=True)
+        model.train()  # BatchNorm: the batch's statistics, updating the running ones
         rngs = nnx.Rngs(dropout=dropout_key) if config.model.dropout > 0 else None
         logits = model(x, rngs=rngs)
         loss = smoothed_cross_entropy(logits, labels, config.label_smoothing).mean()
-        aux = {"logits": logits}
+        aux = {"logits": logits, "stats": nnx.state(model, nnx.BatchStat)}
         objective = loss
         if config.lipschitz_penalty > 0:
             sigma = attention_sigmas(
@@ -421,11 +437,11 @@ def _step(
             aux["attention_sigma"] = sigma
         return objective, (loss, aux)
 
-    (_, (loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    logits = aux.pop("logits")
+    (_, (loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    logits, stats = aux.pop("logits"), aux.pop("stats")
     tx = make_optimizer(config, steps_per_epoch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, params)
+    params = nnx.merge_state(optax.apply_updates(params, updates), stats)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -505,7 +521,7 @@ def eval_step(
     """Masked sums over one evaluation batch.
 
     Args:
-      params: model parameters (``nnx.State``).
+      params: the model's weights (``nnx.State`` of :data:`diffjax.vit.WEIGHTS`).
       images: [B, H, W, C] uint8; labels: [B] int32; mask: [B] bool (False on padding).
 
     Returns:
@@ -569,7 +585,7 @@ def evaluate(model: ViT, dataset: Dataset, batch_size: int = 500, mesh=None) -> 
       ``test_accuracy`` (fraction), ``test_loss`` (mean nats), ``test_count``.
     """
     mesh = sharding.data_mesh() if mesh is None else mesh
-    params = sharding.replicate(nnx.state(model, nnx.Param), mesh)
+    params = sharding.replicate(nnx.state(model, WEIGHTS), mesh)
     return evaluate_params(params, model.config, dataset, batch_size, mesh)
 
 

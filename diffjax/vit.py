@@ -6,6 +6,10 @@ The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, `
 ``class_token``, ``num_registers``, ``pos_embed_prefix``, ``layer_scale``, ``qk_norm``,
 ``proj_bias``, ``mlp_gate``, ``num_classes=0``) cover imported timm / Hugging Face ViTs, DINOv2,
 SigLIP-style towers and the CLIP image towers; their defaults are the above.
+``norm="batchnorm"`` puts eval-mode BatchNorm (an affine map) wherever LN stands and
+``activation="relu"`` ReLU MLPs: the verification-friendly ViT of certified training. A model is
+built in evaluation mode (BatchNorm reads its running statistics); the training step switches its
+copy to batch statistics (``model.train()``) and carries the updated statistics in its state.
 
 Input images are NHWC float in [0, 1]; mean/std normalisation happens inside the model so that
 attacks and Jacobians live in pixel space. With ``capture=True`` the model also returns, for every
@@ -55,10 +59,21 @@ class Intermediates:
     maps: tuple[AttentionMaps, ...]
 
 
-def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        config.width, epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs
-    )
+# What a model's weights are: its parameters and, with ``norm="batchnorm"``, the running
+# statistics (what checkpoints save and training carries; the optimizer sees nnx.Param only).
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+# nnx.BatchNorm's running statistics decay, PyTorch's default (its momentum 0.1 is 1 − 0.9).
+BATCHNORM_MOMENTUM = 0.9
+
+
+def _norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm | nnx.BatchNorm:
+    """The token normalisation of ``config.norm`` over the last axis, in evaluation mode."""
+    kwargs = dict(epsilon=config.layer_norm_eps, dtype=config.accum_dtype, rngs=rngs)
+    if config.norm == "batchnorm":
+        return nnx.BatchNorm(
+            config.width, use_running_average=True, momentum=BATCHNORM_MOMENTUM, **kwargs
+        )
+    return nnx.LayerNorm(config.width, **kwargs)
 
 
 @jax.custom_jvp
@@ -98,6 +113,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Array], Array]] = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "quick_gelu": quick_gelu,
     "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
 }
 
 
@@ -163,7 +179,7 @@ class Block(nnx.Module):
         c = config
         self.dtype = jnp.dtype(c.dtype)
         self.accum_dtype = jnp.dtype(c.accum_dtype)
-        self.norm1 = _layer_norm(c, rngs)
+        self.norm1 = _norm(c, rngs)
         attn = dict(use_bias=c.qkv_bias, impl=c.attention_impl, rngs=rngs)
         if c.is_diff_layer(layer):
             self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
@@ -172,7 +188,7 @@ class Block(nnx.Module):
             self.attn = SoftmaxAttention(
                 c.width, c.num_heads, out_bias=c.proj_bias, qk_norm_eps=qk_eps, **attn
             )
-        self.norm2 = _layer_norm(c, rngs)
+        self.norm2 = _norm(c, rngs)
         dense = dict(
             kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
         )
@@ -256,7 +272,7 @@ class AttentionPool(nnx.Module):
         self.num_heads, self.activation = c.num_heads, c.activation
         self.latent = nnx.Param(DENSE_INIT(rngs.params(), (1, 1, c.width), jnp.float32))
         self.attn = SoftmaxAttention(c.width, c.num_heads, rngs=rngs)  # holds q/k/v/out
-        self.norm = _layer_norm(c, rngs)
+        self.norm = _norm(c, rngs)
         dense = dict(kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init())
         self.fc1 = nnx.Linear(c.width, c.mlp_hidden, dtype=c.accum_dtype, rngs=rngs, **dense)
         self.fc2 = nnx.Linear(c.mlp_hidden, c.width, dtype=c.accum_dtype, rngs=rngs, **dense)
@@ -293,10 +309,10 @@ class ViT(nnx.Module):
         self.dist_token = tokens(1, c.distillation)
         self.reg_token = tokens(c.num_registers, c.num_registers > 0)
         self.pos_embed = tokens(c.num_positions)
-        self.ln_pre = _layer_norm(c, rngs) if c.ln_pre else None
+        self.ln_pre = _norm(c, rngs) if c.ln_pre else None
         blocks = [Block(c, i, rngs=rngs) for i in range(c.depth)]
         self.blocks = ScannedBlocks(blocks) if c.scan_layers else nnx.List(blocks)
-        self.norm = _layer_norm(c, rngs)
+        self.norm = _norm(c, rngs)
         self.attn_pool = AttentionPool(c, rngs=rngs) if c.pool == "map" else None
 
         def head() -> nnx.Linear | None:
@@ -424,7 +440,7 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
         return model
     config = model.config.replace(scan_layers=scan_layers)
     target = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
     if scan_layers:
         layers = [params["blocks"][i] for i in range(config.depth)]
         params["blocks"] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
@@ -434,7 +450,7 @@ def relayout(model: ViT, scan_layers: bool) -> ViT:
             i: jax.tree.map(functools.partial(lambda i, x: x[i], i), stacked)
             for i in range(config.depth)
         }
-    state = nnx.state(target, nnx.Param)
+    state = nnx.state(target, WEIGHTS)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(target, state)
     return target

@@ -13,6 +13,9 @@ Three key layouts are read (:func:`detect_layout`):
   attn.q_norm, attn.k_norm, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``, ``norm`` (or
   ``fc_norm`` with average pooling, ``attn_pool`` with MAP pooling), ``head`` (absent: a
   headless backbone); optionally ``norm_pre`` (→ ``ln_pre``), ``dist_token`` and ``head_dist``.
+  The verification-friendly variant with BatchNorm in place of every LayerNorm
+  (``norm="batchnorm"``) has ``{weight, bias, running_mean, running_var}`` under the same names
+  (PyTorch's integer ``num_batches_tracked`` counters are dropped).
 * ``"hf"``: Hugging Face ``ViTForImageClassification``: ``vit.embeddings.*``,
   ``vit.encoder.layer.{i}.{layernorm_before, attention.attention.{query, key, value},
   attention.output.dense, layernorm_after, intermediate.dense, output.dense}``,
@@ -45,8 +48,10 @@ from diffjax.torch_weights import (
     ConversionError,
     Path,
     Rule,
+    batchnorm_rules,
     check_state_dict,
     conv_to_dense,
+    drop_batch_counts,
     identity,
     linear_rules,
     load_into,
@@ -229,7 +234,7 @@ def infer_config(
             "preprocessing config says them; LIBRARY_STATS has each library's usual ones)"
         )
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout != "timm" else state
+    state = released_hf_names(state) if layout != "timm" else drop_batch_counts(state)
     k = _keys(layout)
     width = int(state[k["patch"]].shape[0])
     channels, patch = int(state[k["patch"]].shape[1]), int(state[k["patch"]].shape[2])
@@ -278,6 +283,7 @@ def infer_config(
         layer_scale=k.get("layer_scale") in state,
         qk_norm=k.get("qk_norm") in state,
         mlp_gate=bool(gate),
+        norm="batchnorm" if k["block"].format(0) + "norm1.running_mean" in state else "layernorm",
         **LIBRARY_DEFAULTS[layout],
         **(dict(activation="silu") if gate else {}),
     )
@@ -334,8 +340,13 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     c = config
+    if c.norm == "batchnorm" and layout != "timm":
+        raise ConversionError(
+            "a BatchNorm ViT is read in the timm layout only (norm1, norm2, norm)"
+        )
     w, p = c.width, c.patch_size
     k = _keys(layout)
+    norms = batchnorm_rules if c.norm == "batchnorm" else norm_rules
     rules: dict[str, Rule] = {
         k["pos"]: ((1, c.num_positions, w), [(("pos_embed",), identity)]),
         k["patch"]: ((w, c.channels, p, p), [(("patch_embed", "kernel"), conv_to_dense)]),
@@ -348,7 +359,7 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
         rules[k["patch"][: -len("weight")] + "bias"] = ((w,), [(("patch_embed", "bias"), identity)])
     final = {"hf": "vit.layernorm", "hf_dinov2": "layernorm"}.get(layout)
     final = final or ("fc_norm" if c.pool == "mean" else "norm")
-    rules.update(norm_rules(final, ("norm",), w))
+    rules.update(norms(final, ("norm",), w))
     if c.num_classes:
         head = {"hf": "classifier", "hf_dinov2": "classifier"}.get(layout, "head")
         rules.update(linear_rules(head, ("head",), w, c.num_classes))
@@ -358,7 +369,7 @@ def vit_rules(config: ViTConfig, layout: str) -> dict[str, Rule]:
         rules["dist_token"] = ((1, 1, w), [(("dist_token",), identity)])
         rules.update(linear_rules("head_dist", ("head_dist",), w, c.num_classes))
     if c.ln_pre:
-        rules.update(norm_rules("norm_pre", ("ln_pre",), w))
+        rules.update(norms("norm_pre", ("ln_pre",), w))
     for i in range(c.depth):
         rules.update(_block_rules(k["block"].format(i), ("blocks", i), layout, c))
     return rules
@@ -420,8 +431,9 @@ def _block_rules(src: str, dst: Path, layout: str, c: ViTConfig) -> dict[str, Ru
         for n in ("query", "key", "value"):
             rules.update(linear_rules(f"{src}attention.attention.{n}", attn + (n[0],), w, w, bias))
     rules.update(linear_rules(src + names["out"], attn + ("out",), w, w, c.out_bias))
-    rules.update(norm_rules(src + names["norm1"], dst + ("norm1",), w))
-    rules.update(norm_rules(src + names["norm2"], dst + ("norm2",), w))
+    norms = batchnorm_rules if c.norm == "batchnorm" else norm_rules
+    rules.update(norms(src + names["norm1"], dst + ("norm1",), w))
+    rules.update(norms(src + names["norm2"], dst + ("norm2",), w))
     rules.update(linear_rules(src + names["fc1"], dst + ("fc1",), w, hidden * (1 + c.mlp_gate)))
     rules.update(linear_rules(src + names["fc2"], dst + ("fc2",), hidden, w))
     if c.layer_scale:
@@ -446,7 +458,7 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
         SwiGLU ``mlp.fc1_g`` or rotary position embeddings, which diffjax does not model).
     """
     layout = detect_layout(state)
-    state = released_hf_names(state) if layout != "timm" else dict(state)
+    state = released_hf_names(state) if layout != "timm" else drop_batch_counts(state)
     if config.attention != "softmax":
         raise ConversionError(
             "timm / Hugging Face ViTs have softmax attention: attention='softmax'"

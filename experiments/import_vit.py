@@ -33,7 +33,7 @@ from diffjax.vit_import import convert_vit, detect_layout, infer_config
 
 # Hugging Face ``hidden_act`` → ViTConfig.activation.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                  "quick_gelu": "quick_gelu"}  # fmt: skip
+                  "quick_gelu": "quick_gelu", "relu": "relu"}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 from flax import nnx
 
 import diffjax as dj
@@ -25,6 +26,21 @@ def tiny(attention: str, seed: int = 0, **overrides) -> dj.ViT:
             lin = getattr(blk.attn, name)
             lin.kernel[...] = lin.kernel[...] * SCALE
     return with_dtype(model, "float64")
+
+
+def randomise_batch_norms(model: dj.ViT, seed: int = 0) -> dj.ViT:
+    """Give every BatchNorm of ``model`` (in place) running statistics and an affine part far
+    from the identity's: means N(0, 0.3²), variances U(0.5, 2), scales U(0.5, 1.5), biases
+    N(0, 0.1²). Returns ``model``."""
+    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    for i, m in enumerate(norms):
+        k = jax.random.split(jax.random.fold_in(jax.random.key(seed), i), 4)
+        shape, dtype = m.mean[...].shape, m.mean[...].dtype
+        m.mean[...] = 0.3 * jax.random.normal(k[0], shape, dtype)
+        m.var[...] = jax.random.uniform(k[1], shape, dtype, 0.5, 2.0)
+        m.scale[...] = jax.random.uniform(k[2], shape, dtype, 0.5, 1.5)
+        m.bias[...] = 0.1 * jax.random.normal(k[3], shape, dtype)
+    return model
 
 
 @functools.cache

@@ -115,6 +115,8 @@ def _activation(m, name):
         return 0.5 * m * (1 + erf(m / np.sqrt(2)))
     if name == "silu":
         return m / (1 + np.exp(-m))
+    if name == "relu":
+        return np.maximum(m, 0.0)
     if name == "gelu_tanh":
         return 0.5 * m * (1 + np.tanh(np.sqrt(2 / np.pi) * (m + 0.044715 * m**3)))
     raise ValueError(name)
@@ -129,10 +131,18 @@ def _mlp(x, blk, activation, gate):
     return _dense(_activation(m, activation), blk["fc2"])
 
 
+def _batch_norm(x, p, eps):
+    """Evaluation-mode BatchNorm: the running statistics' per-feature affine map."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    return (x - p["mean"]) / np.sqrt(p["var"] + eps) * p["scale"] + p["bias"]
+
+
 def vit_logits(params, config, images):
-    """Float64 ViT/DiffViT forward from ``nnx.state(model, nnx.Param)`` converted to dicts:
-    the class, distillation and register tokens, positions with or without the prefix,
-    LayerScale, qk-norm, gated MLPs and the cls / mean / attention-pool heads (or none)."""
+    """Float64 ViT/DiffViT forward from ``nnx.state(model, diffjax.vit.WEIGHTS)`` converted to
+    dicts: the class, distillation and register tokens, positions with or without the prefix,
+    LayerScale, qk-norm, gated MLPs, LayerNorm or evaluation-mode BatchNorm, and the cls / mean /
+    attention-pool heads (or none)."""
+    norm = {"layernorm": _layer_norm, "batchnorm": _batch_norm}[config.norm]
     c = config
     x = (np.asarray(images, np.float64) - np.asarray(c.mean)) / np.asarray(c.std)
     b, p, g = x.shape[0], c.patch_size, c.image_size // c.patch_size
@@ -150,10 +160,10 @@ def vit_logits(params, config, images):
     else:
         h = np.concatenate([*prefix, tokens + pos], axis=1)
     if c.ln_pre:
-        h = _layer_norm(h, params["ln_pre"], c.layer_norm_eps)
+        h = norm(h, params["ln_pre"], c.layer_norm_eps)
     for layer in range(c.depth):
         blk = params["blocks"][layer]
-        a_in = _layer_norm(h, blk["norm1"], c.layer_norm_eps)
+        a_in = norm(h, blk["norm1"], c.layer_norm_eps)
         att = blk["attn"]
         if c.is_diff_layer(layer):
             a, *_ = diff_attention(att, a_in, c.num_heads, c.layer_lambda_init(layer))
@@ -163,20 +173,20 @@ def vit_logits(params, config, images):
         gamma1, gamma2 = (np.asarray(blk[n], np.float64) if c.layer_scale else 1.0
                           for n in ("ls1", "ls2"))  # fmt: skip
         h = h + gamma1 * a
-        m = _mlp(_layer_norm(h, blk["norm2"], c.layer_norm_eps), blk, c.activation, c.mlp_gate)
+        m = _mlp(norm(h, blk["norm2"], c.layer_norm_eps), blk, c.activation, c.mlp_gate)
         h = h + gamma2 * m
     n_prefix = int(c.class_token) + int(c.distillation) + c.num_registers
     if c.pool == "mean":
-        pooled = _layer_norm(h[:, n_prefix:].mean(1), params["norm"], c.layer_norm_eps)
+        pooled = norm(h[:, n_prefix:].mean(1), params["norm"], c.layer_norm_eps)
     elif c.pool == "map":
         pool = params["attn_pool"]
-        x = _layer_norm(h, params["norm"], c.layer_norm_eps)[:, n_prefix:]
+        x = norm(h, params["norm"], c.layer_norm_eps)[:, n_prefix:]
         latent = np.broadcast_to(np.asarray(pool["latent"], np.float64), (b, 1, c.width))
         o, _ = softmax_attention(pool["attn"], x, c.num_heads, queries=latent)
-        o = o + _mlp(_layer_norm(o, pool["norm"], c.layer_norm_eps), pool, c.activation, False)
+        o = o + _mlp(norm(o, pool["norm"], c.layer_norm_eps), pool, c.activation, False)
         pooled = o[:, 0]
     else:
-        pooled = _layer_norm(h, params["norm"], c.layer_norm_eps)[:, 0]
+        pooled = norm(h, params["norm"], c.layer_norm_eps)[:, 0]
     return _dense(pooled, params["head"]) if c.num_classes else pooled
 
 

@@ -228,6 +228,6 @@ def test_bad_inputs_are_named():
         C.attention_program(model, 2)
     with pytest.raises(ValueError, match="radii"):
         C.certified_radius(model, _image(), 0, radii=[0.0, 1.0])
-    scanned = dj.ViT(dj.preset("tiny", scan_layers=True), rngs=nnx.Rngs(0))
+    scanned = dj.ViT(dj.preset("tiny", scan_layers=True, dtype="float64"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="per-layer"):
         C.logits_program(scanned)

@@ -79,10 +79,10 @@ def test_import_errors(timm_model, tmp_path, capsys):
     err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "a"))
     assert "--num-heads is required" in err
     hf = tmp_path / "config.json"
-    hf.write_text(json.dumps({"num_attention_heads": 2, "hidden_act": "relu"}))
+    hf.write_text(json.dumps({"num_attention_heads": 2, "hidden_act": "silu"}))
     err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "b"),
                         "--model-config", str(hf))  # fmt: skip
-    assert "hidden_act 'relu'" in err
+    assert "hidden_act 'silu'" in err
     err = diffjax_error(capsys, "import-vit", str(weights), str(tmp_path / "c"), "--num-heads", "3",
                         "--assume-imagenet-stats")  # fmt: skip
     assert "not divisible by num_heads 3" in err

@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import diffjax as dj
 from tests import reference
+from tests.analysis_models import randomise_batch_norms
 
 
 def _images(n=4, size=8, seed=0, dtype=jnp.float32):
@@ -16,11 +17,12 @@ def _images(n=4, size=8, seed=0, dtype=jnp.float32):
 
 
 def _model(attention="diff", seed=0, **kw):
-    return dj.ViT(dj.preset("tiny", attention=attention, **kw), rngs=nnx.Rngs(seed))
+    model = dj.ViT(dj.preset("tiny", attention=attention, **kw), rngs=nnx.Rngs(seed))
+    return randomise_batch_norms(model, seed)
 
 
 def _param_dict(model):
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return nnx.to_pure_dict(nnx.state(model, dj.vit.WEIGHTS))
 
 
 @pytest.mark.parametrize(
@@ -29,6 +31,8 @@ def _param_dict(model):
         ("softmax", {}),
         ("diff", {}),
         ("diff", {"lambda_init": "schedule", "diff_layers": (1,), "qkv_bias": False}),
+        ("softmax", {"norm": "batchnorm", "activation": "relu"}),
+        ("diff", {"norm": "batchnorm"}),
     ],
 )
 def test_forward_matches_float64_reference(attention, overrides):

@@ -198,3 +198,54 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{x")
     with pytest.raises(ConversionError, match="not JSON"):
         read_safetensors(tmp_path / "bad.safetensors")
+
+
+class _TokenBatchNorm(torch.nn.BatchNorm1d):
+    """BatchNorm over the features of [B, N, D] tokens (or of [B, D] pooled features): the
+    verification-friendly ViT's norm layer, as a timm ``norm_layer``."""
+
+    def forward(self, x):
+        if x.ndim == 2:
+            return super().forward(x)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_batchnorm_relu_vit_logits_match(pool):
+    """A timm ViT with BatchNorm for every LayerNorm and ReLU MLPs (running statistics drawn
+    away from 0 and 1) converts to norm='batchnorm', activation='relu'."""
+    ref = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        **TINY,
+        pre_norm=True,
+        global_pool=pool,
+        norm_layer=_TokenBatchNorm,
+        act_layer="relu",
+    )
+    _randomise(ref, seed=3)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, buf in ref.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(0.3 * torch.randn(buf.shape, generator=g))
+            elif name.endswith("running_var"):
+                buf.copy_(0.5 + 1.5 * torch.rand(buf.shape, generator=g))
+    state = _state(ref)
+    assert "blocks.0.norm1.num_batches_tracked" in state
+    config = infer_config(state, num_heads=4, activation="relu", layer_norm_eps=1e-5)
+    assert (config.norm, config.ln_pre, config.pool) == (
+        "batchnorm",
+        True,
+        "mean" if pool == "avg" else "cls",
+    )
+    model = convert_vit(state, config)
+    d32, d64 = _max_diffs(model, config, ref, _images())
+    # ReLU and BatchNorm leave the logits larger than O(1) (here ~20) and float32 rounding
+    # amplified (the two libraries reduce in different orders): relative to their size.
+    size = np.abs(_torch_logits(ref, _images(), config.mean, config.std, torch.float64)).max()
+    assert d32 < 1e-4 * size and d64 < 1e-13 * size, (d32, d64, size)
+    # The running statistics are part of the strict key check.
+    del state["blocks.1.norm2.running_var"]
+    with pytest.raises(ConversionError, match="blocks.1.norm2.running_var"):
+        convert_vit(state, config)

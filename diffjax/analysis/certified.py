@@ -17,9 +17,16 @@ image to the logits or to the logit margins z_c − z_j. The method (proved in d
 3. the Jacobian of f is then an interval matrix [M ± R] that contains J_f(x) for every x in the
    ball, and sup ‖J‖₂ ≤ ‖M‖₂ + ‖R‖₂ (R ≥ 0 entrywise, so ‖Δ‖₂ ≤ ‖|Δ|‖₂ ≤ ‖R‖₂ for |Δ| ≤ R).
 
-At r = 0 every radius is zero up to rounding and L̂ is σmax(J_f(x0)) itself. Everything runs in
+Every enclosure is centred on the op's float64 value at the mids (the nonlinear ops too, whose
+box ends are not symmetric about it), so the value mid is f(x0) and the Jacobian mid is J_f(x0)
+for every radius, and L̂ = σmax(J_f(x0)) + ‖R‖₂ up to the SVD's slack. Everything runs in
 float64; rounding is absorbed by widening each radius by ``DELTA`` times the magnitude it was
-computed from (docs/certified.md, "Rounding").
+computed from (docs/certified.md, "Rounding"): without that widening every radius is exactly 0
+at r = 0; with it, R at r = 0 is the rounding slack as interval arithmetic propagates it.
+
+Scope: the programs model the evaluation-mode float64 ViT / DiffViT of :data:`SCOPE`; any other
+configuration (another activation, a later config field at a non-default value, a CLIP tower)
+is refused by name rather than bounded as a different function.
 
 A *program* is a function ``program(ball, tangent) -> (value, tangent_out)`` of intervals that
 implements f; :func:`jacobian_bounds` runs it over the input's basis vectors in chunks (vmapped,
@@ -29,6 +36,8 @@ of the issue; :func:`certified_radius` turns margin bounds into certified radii.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -37,11 +46,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from scipy import optimize, special
 
 from diffjax.analysis.lanczos import singular_values
 from diffjax.analysis.lipschitz import top_singular_values
 from diffjax.attention import RMS_EPS, DiffAttention, diff_lambda
+from diffjax.config import ViTConfig
 from diffjax.vit import ViT
 
 Array = jax.Array
@@ -103,10 +114,22 @@ def point(x: Array) -> Interval:
     return Interval(x, jnp.zeros_like(x))
 
 
-def from_bounds(lo: Array, hi: Array) -> Interval:
-    """The interval [lo, hi], widened for the rounding of mid and rad."""
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    return Interval(mid, rad + DELTA * (jnp.abs(lo) + jnp.abs(hi)))
+def around(mid: Array, lo: Array, hi: Array) -> Interval:
+    """An interval centred on ``mid`` (the op's value at the input's mid) that contains [lo, hi]:
+    radius max(hi − mid, mid − lo), widened for its rounding.
+
+    Centring on the value rather than on (lo + hi)/2 keeps every mid the plain float64 evaluation
+    of f and its Jacobian at x0, whatever the radii: at r = 0 the enclosure is the exact point
+    plus its rounding slack, never a box whose mid has drifted inside that slack.
+    """
+    rad = jnp.maximum(jnp.maximum(hi - mid, mid - lo), 0.0)
+    return Interval(mid, rad + DELTA * (jnp.abs(lo) + jnp.abs(hi) + jnp.abs(mid)))
+
+
+def mean(a: Interval, axis: int, keepdims: bool = False) -> Interval:
+    """The mean over ``axis``: mean of mids, mean of radii plus the sum's rounding."""
+    m = functools.partial(jnp.mean, axis=axis, keepdims=keepdims)
+    return Interval(m(a.mid), m(a.rad) + DELTA * m(a.mag))
 
 
 def _sum(mid: Array, rad: Array) -> Interval:
@@ -189,13 +212,14 @@ def _square(a: Interval) -> Interval:
     lo, hi = a.lo, a.hi
     top = jnp.maximum(lo * lo, hi * hi)
     bottom = jnp.where((lo <= 0) & (hi >= 0), 0.0, jnp.minimum(lo * lo, hi * hi))
-    return from_bounds(bottom * (1 - DELTA), top * (1 + DELTA))
+    return around(a.mid * a.mid, bottom * (1 - DELTA), top * (1 + DELTA))
 
 
 def _rsqrt(a: Interval, eps: float) -> Interval:
     """1/√(a + eps) (a ≥ 0 is known: a mean of squares), decreasing."""
     lo, hi = jnp.maximum(a.lo, 0.0) + eps, a.hi + eps
-    return from_bounds(jax.lax.rsqrt(hi) * (1 - DELTA), jax.lax.rsqrt(lo) * (1 + DELTA))
+    mid = jax.lax.rsqrt(jnp.maximum(a.mid, 0.0) + eps)
+    return around(mid, jax.lax.rsqrt(hi) * (1 - DELTA), jax.lax.rsqrt(lo) * (1 + DELTA))
 
 
 def _normalise(x: Interval, t: Interval, gain: Array, bias: Array | None, eps: float, center: bool):
@@ -214,10 +238,8 @@ def _normalise(x: Interval, t: Interval, gain: Array, bias: Array | None, eps: f
         return Interval(mid, a.rad + jnp.mean(a.rad, -1, keepdims=True) + DELTA * a.mag)
 
     c, dc = centre(x), centre(t)
-    sq = _square(c)
-    var = Interval(jnp.mean(sq.mid, -1), jnp.mean(sq.rad, -1) + DELTA * jnp.mean(sq.mag, -1))
-    iota = _rsqrt(var, eps)[..., None]
-    iota3 = from_bounds(iota.lo**3 * (1 - DELTA), iota.hi**3 * (1 + DELTA))
+    iota = _rsqrt(mean(_square(c), -1), eps)[..., None]
+    iota3 = around(iota.mid**3, iota.lo**3 * (1 - DELTA), iota.hi**3 * (1 + DELTA))
     y = scale(mul(c, iota), gain)
     y = y if bias is None else shift(y, bias)
     inner = scale(bilinear(lambda a, b: jnp.sum(a * b, -1, keepdims=True), c, dc), 1.0 / d)
@@ -230,6 +252,25 @@ def layer_norm(x: Interval, t: Interval, norm) -> tuple[Interval, Interval]:
     gain = jnp.asarray(norm.scale[...], jnp.float64)
     bias = jnp.asarray(norm.bias[...], jnp.float64)
     return _normalise(x, t, gain, bias, float(norm.epsilon), center=True)
+
+
+def batch_norm(x: Interval, t: Interval, norm) -> tuple[Interval, Interval]:
+    """An evaluation-mode ``nnx.BatchNorm`` on the last axis: the affine map
+    y = (x − μ)·g/√(σ² + ε) + b of its running statistics, dy = dx·g/√(σ² + ε)."""
+    p = _f64({n: getattr(norm, n)[...] for n in ("mean", "var", "scale", "bias")})
+    coef = jax.lax.rsqrt(p["var"] + norm.epsilon) * p["scale"]
+    # coef is a few roundings off the exact factor: a point with that much slack.
+    coef = Interval(coef, DELTA * jnp.abs(coef))
+    return shift(mul(shift(x, -p["mean"]), coef), p["bias"]), mul(t, coef)
+
+
+# The normalisation module → its interval rule (the modules ViTConfig.norm builds).
+NORM_RULES = {nnx.LayerNorm: layer_norm, nnx.BatchNorm: batch_norm}
+
+
+def normalise(x: Interval, t: Interval, norm) -> tuple[Interval, Interval]:
+    """The block's normalisation module ``norm`` (LayerNorm or evaluation-mode BatchNorm)."""
+    return NORM_RULES[type(norm)](x, t, norm)
 
 
 def _gelu(x):
@@ -260,27 +301,48 @@ def gelu(x: Interval, t: Interval) -> tuple[Interval, Interval]:
     bottom = jnp.where(inside, _GELU_MIN, jnp.minimum(glo, ghi))
     top = jnp.maximum(glo, ghi)
     slack = DELTA * (jnp.abs(bottom) + jnp.abs(top) + 1e-300)
-    y = from_bounds(bottom - slack, top + slack)
+    y = around(_gelu(x.mid), bottom - slack, top + slack)
     plo, phi = _gelu_prime(lo), _gelu_prime(hi)
     dmax = jnp.where((lo <= _SQRT2) & (hi >= _SQRT2), _gelu_prime(_SQRT2), jnp.maximum(plo, phi))
     dmin = jnp.where((lo <= -_SQRT2) & (hi >= -_SQRT2), _gelu_prime(-_SQRT2), jnp.minimum(plo, phi))
     dslack = DELTA * (jnp.abs(dmin) + jnp.abs(dmax))
-    return y, mul(from_bounds(dmin - dslack, dmax + dslack), t)
+    return y, mul(around(_gelu_prime(x.mid), dmin - dslack, dmax + dslack), t)
+
+
+def relu(x: Interval, t: Interval) -> tuple[Interval, Interval]:
+    """ReLU max(x, 0) elementwise, value and tangent ReLU'(x)·dx.
+
+    ReLU' is 0 where the box lies below 0, 1 where it lies above, and [0, 1] where it reaches 0
+    (both one-sided derivatives: the enclosure holds the Clarke Jacobian at a kink, so the
+    mean-value bound of docs/certified.md stays valid across it). The mid is JAX's
+    convention at the centre, ReLU'(0) = 0.
+    """
+    y = around(jnp.maximum(x.mid, 0.0), jnp.maximum(x.lo, 0.0), jnp.maximum(x.hi, 0.0))
+    step = lambda v: (v > 0).astype(v.dtype)  # noqa: E731
+    return y, mul(around(step(x.mid), step(x.lo), (x.hi >= 0).astype(x.mid.dtype)), t)
+
+
+# ViTConfig.activation → its interval rule; the activations without one are refused (SCOPE).
+ACTIVATION_RULES = {"gelu": gelu, "relu": relu}
 
 
 def softmax(z: Interval, t: Interval) -> tuple[Interval, Interval]:
     """Softmax over the last axis: value and tangent dp = p ⊙ (dz − ⟨p, dz⟩).
 
     Value (sound for every z in the box): p_i ≥ 1 / (1 + Σ_{j≠i} exp(u_j − l_i)) and
-    p_i ≤ 1 / (1 + Σ_{j≠i} exp(l_j − u_i)), with l, u the box ends.
+    p_i ≤ 1 / (1 + Σ_{j≠i} exp(l_j − u_i)), with l, u the box ends; the mid is the same formula
+    at the mids, so that a zero-width box gives lo = mid = hi before the rounding slack.
     """
+    off = ~jnp.eye(z.mid.shape[-1], dtype=bool)
+
+    def share(zi, zj):
+        # 1 / (1 + Σ_{j≠i} exp(zj_j − zi_i)); exp overflow to inf gives the sound bound 0.
+        e = jnp.where(off, jnp.exp(zj[..., None, :] - zi[..., :, None]), 0.0)
+        return 1 / (1 + jnp.sum(e, -1))
+
     lo, hi = z.lo, z.hi
-    n = lo.shape[-1]
-    off = ~jnp.eye(n, dtype=bool)
-    # [..., i, j] = u_j − l_i and l_j − u_i; exp overflow to inf gives the sound bound 0.
-    up = jnp.sum(jnp.where(off, jnp.exp(hi[..., None, :] - lo[..., :, None]), 0.0), -1)
-    down = jnp.sum(jnp.where(off, jnp.exp(lo[..., None, :] - hi[..., :, None]), 0.0), -1)
-    p = from_bounds((1 - 4 * DELTA) / (1 + up), jnp.minimum(1.0, (1 + 4 * DELTA) / (1 + down)))
+    lo_p, hi_p = (1 - 4 * DELTA) * share(lo, hi), jnp.minimum(1.0, (1 + 4 * DELTA) * share(hi, lo))
+    p = around(share(z.mid, z.mid), lo_p, hi_p)
     s = bilinear(lambda a, b: jnp.sum(a * b, -1, keepdims=True), p, t)
     return p, mul(p, sub(t, s))
 
@@ -357,12 +419,12 @@ def _dense_module(layer, x: Interval, t: Interval):
 
 def block(blk, h: Interval, dh: Interval) -> tuple[Interval, Interval]:
     """One pre-norm block (eval mode): value and tangent of h ↦ h_next, [N, D]."""
-    u, du = layer_norm(h, dh, blk.norm1)
+    u, du = normalise(h, dh, blk.norm1)
     a, da = attention(blk.attn, u, du)
     h, dh = add(h, a), add(dh, da)
-    m, dm = layer_norm(h, dh, blk.norm2)
+    m, dm = normalise(h, dh, blk.norm2)
     m, dm = _dense_module(blk.fc1, m, dm)
-    m, dm = gelu(m, dm)
+    m, dm = ACTIVATION_RULES[blk.activation](m, dm)
     m, dm = _dense_module(blk.fc2, m, dm)
     return add(h, m), add(dh, dm)
 
@@ -370,14 +432,74 @@ def block(blk, h: Interval, dh: Interval) -> tuple[Interval, Interval]:
 Program = Callable[[Ball, Array], tuple[Interval, Interval]]
 
 
+# The ViTConfig fields the programs propagate exactly, each with the values they model (None:
+# every valid value). A field missing here (one added to ViTConfig later, say) is refused at any
+# value other than its default: nothing is bounded that the programs do not compute.
+SCOPE: dict[str, tuple | None] = {
+    **dict.fromkeys(
+        (
+            "image_size",
+            "patch_size",
+            "channels",
+            "num_classes",
+            "width",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "attention",
+            "diff_layers",
+            "lambda_init",
+            "qkv_bias",
+            "layer_norm_eps",
+            "mean",
+            "std",
+            "ln_pre",
+            "patch_bias",
+            "pool",
+            "distillation",
+            "norm",
+        ),
+    ),  # fmt: skip
+    # Training-time switches: the evaluation-mode function is the same whatever their value.
+    "dropout": None,
+    "remat": None,
+    "activation": tuple(ACTIVATION_RULES),
+    "dtype": ("float64",),
+    "attention_impl": ("reference",),
+    "scan_layers": (False,),
+}
+# What to do about a refused value, where there is something to do.
+_REMEDY = {
+    "dtype": "analysis.with_dtype(model, 'float64')",
+    "attention_impl": "analysis.with_dtype(model, 'float64')",
+    "scan_layers": "the per-layer model: diffjax.vit.relayout(model, False)",
+}
+
+
 def _check_model(model: ViT) -> None:
-    if not isinstance(model, ViT):
-        raise TypeError(f"expected a diffjax ViT, got {type(model).__name__}")
-    if model.config.scan_layers:
-        raise ValueError(
-            "certified bounds need the per-layer model: diffjax.vit.relayout(model, False)"
-        )
+    """Refuse what the programs do not compute exactly: anything but a :class:`ViT` itself (a
+    CLIP image tower is a subclass with another head), a config outside :data:`SCOPE`, a
+    BatchNorm in training mode, or a contraction too long for the rounding argument."""
+    if type(model) is not ViT:
+        raise TypeError(f"certified bounds model a diffjax ViT exactly, got {type(model).__name__}")
     c = model.config
+    defaults = ViTConfig()
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        allowed = SCOPE.get(field.name, (getattr(defaults, field.name),))
+        if allowed is not None and value not in allowed:
+            remedy = _REMEDY.get(field.name)
+            raise ValueError(
+                f"certified bounds do not model ViTConfig.{field.name}={value!r} (they model "
+                f"{', '.join(map(repr, allowed))})" + (f"; use {remedy}" if remedy else "")
+            )
+    training = [n for n, m in nnx.iter_modules(model)
+                if isinstance(m, nnx.BatchNorm) and not m.use_running_average]  # fmt: skip
+    if training:
+        raise ValueError(
+            f"BatchNorm in training mode (batch statistics) at {training[0]}: certified bounds "
+            "model the evaluation-mode map; call model.eval()"
+        )
     longest = max(c.patch_size**2 * c.channels, c.width, int(round(c.width * c.mlp_ratio)),
                   c.num_tokens)  # fmt: skip
     if longest > MAX_CONTRACTION:
@@ -420,24 +542,41 @@ def logits_program(model: ViT, label: Array | int | None = None) -> Program:
     def program(ball: Ball, t: Array):
         # Normalisation and the patch embedding are one affine map of the raw pixels:
         # ((x − μ)/σ) W + b = x (W/σ) + (b − (μ/σ) W), σ and μ tiled over the (ph, pw, c) rows.
-        kernel = jnp.asarray(model.patch_embed.kernel[...], jnp.float64)
-        bias = jnp.asarray(model.patch_embed.bias[...], jnp.float64)
-        mean = jnp.tile(jnp.asarray(c.mean, jnp.float64), ps * ps)
+        embed = model.patch_embed
+        kernel = jnp.asarray(embed.kernel[...], jnp.float64)
+        bias = 0.0 if embed.bias is None else jnp.asarray(embed.bias[...], jnp.float64)
+        mu = jnp.tile(jnp.asarray(c.mean, jnp.float64), ps * ps)
         std = jnp.tile(jnp.asarray(c.std, jnp.float64), ps * ps)
         w = kernel / std[:, None]
-        b = bias - (mean / std) @ kernel
+        b = bias - (mu / std) @ kernel
         tok, dtok = ball_affine(ball, patches(ball.center), patches(t), w, b)
-        cls = jnp.asarray(model.cls_token[...], jnp.float64)[0]
+        # The prefix tokens (CLS, and DIST with distillation) do not depend on the image.
+        prefix = [model.cls_token] + ([model.dist_token] if c.distillation else [])
+        prefix = jnp.concatenate([jnp.asarray(p[...], jnp.float64)[0] for p in prefix])
+        pad = ((c.num_prefix_tokens, 0), (0, 0))
         pos = jnp.asarray(model.pos_embed[...], jnp.float64)[0]
-        h = shift(
-            Interval(jnp.concatenate([cls, tok.mid]), jnp.pad(tok.rad, ((1, 0), (0, 0)))), pos
-        )
-        dh = Interval(jnp.pad(dtok.mid, ((1, 0), (0, 0))), jnp.pad(dtok.rad, ((1, 0), (0, 0))))
+        h = shift(Interval(jnp.concatenate([prefix, tok.mid]), jnp.pad(tok.rad, pad)), pos)
+        dh = Interval(jnp.pad(dtok.mid, pad), jnp.pad(dtok.rad, pad))
+        if c.ln_pre:
+            h, dh = normalise(h, dh, model.ln_pre)
         for blk in model.blocks:
             h, dh = block(blk, h, dh)
-        h, dh = layer_norm(h, dh, model.norm)
-        h, dh = h[0], dh[0]  # the CLS token
         head = _f64({"kernel": model.head.kernel[...], "bias": model.head.bias[...]})
+        if c.pool == "mean":  # the norm of the patch tokens' mean
+            h, dh = normalise(mean(h[c.num_prefix_tokens :], 0), mean(dh[c.num_prefix_tokens :], 0),
+                              model.norm)  # fmt: skip
+        else:
+            # The CLS token, [D] (CLS and DIST side by side with distillation, [2D]).
+            h, dh = normalise(h, dh, model.norm)
+            n = c.num_prefix_tokens
+            h, dh = h[:n].reshape(-1), dh[:n].reshape(-1)
+        if c.distillation:
+            # (head(CLS) + head_dist(DIST))/2 = [CLS, DIST] @ [W; W_dist]/2 + (b + b_dist)/2.
+            dist = _f64({"kernel": model.head_dist.kernel[...], "bias": model.head_dist.bias[...]})
+            head = {
+                "kernel": 0.5 * jnp.concatenate([head["kernel"], dist["kernel"]]),
+                "bias": 0.5 * (head["bias"] + dist["bias"]),
+            }
         if label is not None:
             # z_c − z_j = h·(w_c − w_j) + (b_c − b_j): one affine map, no interval subtraction.
             head = {
