@@ -67,6 +67,12 @@ CASES = [
     (dict(scan_layers=True), "refused"),
     (dict(activation="quick_gelu"), "refused"),
     (dict(activation="gelu_tanh"), "refused"),
+    (dict(activation="silu", mlp_gate=True), "refused"),
+    (dict(pool="map", class_token=False), "refused"),
+    (dict(num_registers=1, pos_embed_prefix=False), "refused"),
+    (dict(layer_scale=True), "refused"),
+    (dict(qk_norm=True, proj_bias=False), "refused"),
+    (dict(num_classes=0), "refused"),
 ]
 PARAMS = [pytest.param(changes, outcome, id="-".join(changes)) for changes, outcome in CASES]
 

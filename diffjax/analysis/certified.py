@@ -455,11 +455,11 @@ SCOPE: dict[str, tuple | None] = {
             "std",
             "ln_pre",
             "patch_bias",
-            "pool",
             "distillation",
             "norm",
         ),
     ),  # fmt: skip
+    "pool": ("cls", "mean"),
     # Training-time switches: the evaluation-mode function is the same whatever their value.
     "dropout": None,
     "remat": None,
@@ -493,6 +493,11 @@ def _check_model(model: ViT) -> None:
                 f"certified bounds do not model ViTConfig.{field.name}={value!r} (they model "
                 f"{', '.join(map(repr, allowed))})" + (f"; use {remedy}" if remedy else "")
             )
+    if c.num_classes < 1:
+        raise ValueError(
+            "certified bounds need a classifier head: ViTConfig.num_classes=0 (a headless "
+            "backbone) has no logits to certify"
+        )
     training = [n for n, m in nnx.iter_modules(model)
                 if isinstance(m, nnx.BatchNorm) and not m.use_running_average]  # fmt: skip
     if training:
