@@ -26,6 +26,7 @@ from diffjax import attacks
 from diffjax.checkpoint import load_model, write_json_atomic
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
+from diffjax.records import EventLog
 
 FORMAT = "diffjax.attack/1"
 OUTPUT = "attack.json"
@@ -203,6 +204,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
     progress.close()
     out = write("complete")
     s = out.get("summary", {})
+    EventLog(ctx.workdir).write(s, tag=f"attack/{c.attack}")  # for TensorBoard
     print(
         f"{s.get('examples')} examples: clean accuracy {s.get('clean_accuracy')}, "
         f"robust accuracy {s.get('robust_accuracy')}, ASR {s.get('asr')}, "

@@ -109,7 +109,10 @@ def get_model(
                          f"{train.images.shape[1]}px")  # fmt: skip
     model = CLIP(config, rngs=nnx.Rngs(seed))
     training = ContrastiveConfig(**preset.training.to_dict(), seed=seed)
-    losses = train_contrastive(model, train, CIFAR_TEMPLATES, training, progress=not ctx.quiet)
+    # Event files beside the model directory, which save_model replaces whole.
+    logdir = run_dir.parent / "tensorboard" / run_dir.name
+    losses = train_contrastive(model, train, CIFAR_TEMPLATES, training, progress=not ctx.quiet,
+                               logdir=logdir)  # fmt: skip
     save_model(run_dir, model)
     k = max(1, len(losses) // 10)
     loss_record = {
