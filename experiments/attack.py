@@ -1,7 +1,7 @@
 """Attack a saved model on a dataset split and write per-example results and a summary.
 
-    diffjax attack --config=attack:pgd --config.checkpoint=runs/vit --config.eps=0.0039 \\
-        --config.steps=20 --config.num_examples=1000 --workdir results/vit_pgd
+    diffjax attack --config=attack:pgd --config.checkpoint=runs/vit --config.params.eps=0.0039 \\
+        --config.params.steps=20 --config.num_examples=1000 --workdir results/vit_pgd
 
 The results JSON holds the settings, one record per example (label, clean and adversarial
 prediction, success, ℓ∞ and ℓ2 norms, model calls) and the summary of
