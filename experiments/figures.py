@@ -305,7 +305,7 @@ def alignment(result: dict, path: pathlib.Path) -> list[str]:
                 title="negative alignment (CLS row)")  # fmt: skip
     _integer_axis(axes[0])
     _note(axes[0], n, _spread(len(c["seeds"])))
-    spare = axes[depth + 1:]
+    spare = axes[depth + 1 :]
     for ax in spare:
         ax.axis("off")
     if spare:  # the grid's spare cell holds the legend
@@ -479,6 +479,7 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
     axes[5].axis("off")  # the grid's spare cell holds the legend
     axes[5].legend(*axes[0].get_legend_handles_labels(), loc="center")
     return _save(fig, path)
+
 
 def certified(result: dict, path: pathlib.Path) -> list[str]:
     """Certified accuracy vs radius (interval/gradient ℓ2 and ℓ∞; randomized smoothing per σ)

@@ -47,7 +47,8 @@ def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path, capsy
     events.Reload()
     tag = "analysis/layers/negative_alignment_frequency"
     assert [(e.step, e.value) for e in events.Scalars(tag)] == [
-        (s["layer"], np.float32(s["negative_alignment_frequency"])) for s in summary["layers"]]
+        (s["layer"], np.float32(s["negative_alignment_frequency"])) for s in summary["layers"]
+    ]
 
     # The summary is what the example files say.
     for layer, s in enumerate(summary["layers"]):

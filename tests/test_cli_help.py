@@ -21,8 +21,8 @@ try:
     cli.run(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print(json.dumps({"code": code, "cpu_s": time.process_time(),
-                  "heavy": [m for m in ("jax", "flax", "optax", "matplotlib") if m in sys.modules]}))
+heavy = [m for m in ("jax", "flax", "optax", "matplotlib") if m in sys.modules]
+print(json.dumps({"code": code, "cpu_s": time.process_time(), "heavy": heavy}))
 """
 
 

@@ -9,9 +9,9 @@ restricted unpickler, only the model's storages are read).
 
 Key conventions are those of the DiffCLIP release (arXiv 2503.06626; DiffCLIP: timm
 ``DifferentialVisionTransformer`` + the ``DiffCLIP`` text tower; baseline CLIP: timm ViT with fused
-``qkv`` + OpenAI text tower with ``nn.MultiheadAttention`` ``in_proj``), as docs/clip.md lists. Conversion is strict: every expected key must be
-present with its exact shape, no unexpected key may remain, and every diffjax parameter must be
-written exactly once.
+``qkv`` + OpenAI text tower with ``nn.MultiheadAttention`` ``in_proj``), as docs/clip.md lists.
+Conversion is strict: every expected key must be present with its exact shape, no unexpected key may
+remain, and every diffjax parameter must be written exactly once.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _END_OF_WORD = "</w>"
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
+
 def default_vocab_path() -> str:
     """The vocabulary shipped with diffjax (``diffjax/assets/bpe_simple_vocab_16e6.txt.gz``)."""
     return str(importlib.resources.files("diffjax") / "assets" / VOCAB_FILE)

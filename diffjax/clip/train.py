@@ -30,12 +30,12 @@ from flax import nnx
 from tqdm import tqdm
 
 from diffjax import sharding as shard
-from diffjax.records import EventLog
 from diffjax.clip.config import MAX_LOG_LOGIT_SCALE
 from diffjax.clip.model import CLIP
 from diffjax.clip.tokenizer import Tokenizer, default_tokenizer
 from diffjax.clip.zeroshot import check_templates
 from diffjax.data import Dataset
+from diffjax.records import EventLog
 
 Array = jax.Array
 
