@@ -1,6 +1,6 @@
 """CLIP vs DiffCLIP: zero-shot accuracy and the paper's cosine-similarity PGD attack.
 
-    diffjax run clip_compare --config=clip_compare:smoke     # seconds, synthetic data (tests)
+    diffjax run clip_compare --config=clip_compare:smoke     # test size, synthetic data
     diffjax run clip_compare --config=clip_compare:cpu --data-dir ~/cifar
     diffjax run clip_compare --config=clip_compare:paper \
         --config.clip_checkpoint=models/clip_cc3m \
