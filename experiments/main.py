@@ -76,7 +76,8 @@ def summary_table(result: dict) -> str:
     """The main job's summary table (what ``diffjax run main`` prints) from its results dict
     (``results.json``): clean accuracy, PGD ASR per ε, and per layer the negative-alignment
     frequency and σmax, one column per model."""
-    c, models = result["config"], result["models"]
+    c = result["config"]
+    models = {n: result["models"][n] for n in MODELS}  # ViT first (results.json sorts keys)
     steps, depth = c["pgd_steps"], c["train"]["model"]["depth"]
     lines = [f"{'':<22}" + "".join(f"{NAMES[n]:>12}" for n in models),
              f"{'clean accuracy':<22}" + "".join(f"{fmt(r['clean_accuracy']):>12}"
