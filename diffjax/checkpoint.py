@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 
@@ -110,7 +111,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     half; a failed write (e.g. a full disk) removes the temporary file and names ``path``."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp (mode 0600): the file gets the usual permissions, 0666 less the umask.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

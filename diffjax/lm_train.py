@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from diffjax import records
 from diffjax.checkpoint import CONFIG_FILE, CheckpointError, TrainCheckpoints, write_json_atomic
 from diffjax.config import check_int, check_number
 from diffjax.data import text
@@ -284,11 +285,13 @@ def train_lm(
     workdir.mkdir(parents=True, exist_ok=True)
     _prepare_run_dir(config, workdir)
     metrics_path = workdir / METRICS_FILE
+    events = records.EventLog(workdir)  # TensorBoard's copy of metrics.jsonl
     emit = progress or (lambda record: None)
 
     def record(entry: dict) -> None:
         with open(metrics_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        events.write(entry)
         emit(entry)
 
     state = init_state(config=config)

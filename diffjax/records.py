@@ -18,6 +18,7 @@ import os
 import pathlib
 import platform
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -177,3 +178,57 @@ def mean_std_ci(values: Iterable[float], confidence: float = 0.95) -> dict[str, 
     std = float(x.std(ddof=1))
     half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
     return {"mean": mean, "std": std, "ci": half, "n": n}
+
+
+def scalars(record: Mapping[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """Every number of ``record`` (nested dicts and lists included) as ``(name, value)``;
+    nested names are joined by ``/`` (``{"lambda": [0.8, 0.7]}`` → ``lambda/0``, ``lambda/1``).
+    Booleans, strings and ``None`` are not numbers here."""
+    out = []
+    items = record.items() if isinstance(record, Mapping) else enumerate(record)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping | list | tuple):
+            out += scalars(value, f"{name}/")
+        elif isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_):
+            out.append((name, float(value)))
+    return out
+
+
+class EventLog:
+    """TensorBoard event files in ``logdir``, beside the run's JSON records.
+
+        events = EventLog(workdir)
+        events.write({"kind": "train", "step": 20, "loss": 1.93, "lambda": [0.8, 0.7]})
+        # scalars train/loss, train/lambda/0, train/lambda/1 at step 20
+
+    Watch a run, or every run below a folder, with ``tensorboard --logdir WORKDIR``. Written
+    through tensorboardX (no TensorFlow), flushed after every record, so the files are
+    complete while the run goes on; closed when the log is garbage-collected.
+    """
+
+    def __init__(self, logdir: str | os.PathLike):
+        self.logdir = pathlib.Path(logdir)
+        self._writer = None
+
+    def write(self, record: Mapping[str, Any], *, tag: str | None = None,
+              step: int | None = None) -> None:  # fmt: skip
+        """Every number of ``record`` as the scalar ``TAG/NAME`` at ``step``.
+
+        Args:
+          record: a metrics record; its ``kind`` and ``step`` fields are the defaults of
+            ``tag`` and ``step`` and are not written themselves.
+          tag: the scalars' prefix (default: ``record["kind"]``).
+          step: the x value (default: ``record["step"]``, else 0).
+        """
+        if self._writer is None:
+            from tensorboardX import SummaryWriter  # imported with the first record only
+
+            self._writer = SummaryWriter(str(self.logdir))
+            weakref.finalize(self, self._writer.close)
+        tag = tag or record.get("kind", "summary")
+        step = record.get("step", 0) if step is None else step
+        fields = {k: v for k, v in record.items() if k not in ("kind", "step")}
+        for name, value in scalars(fields):
+            self._writer.add_scalar(f"{tag}/{name}", value, int(step))
+        self._writer.flush()

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffjax import sharding
+from diffjax import records, sharding
 from diffjax.analysis.lipschitz import top_singular_values
 from diffjax.checkpoint import (
     CONFIG_FILE,
@@ -721,6 +721,7 @@ def train(
     eval_every = config.eval_every_epochs * spe
     writer = jax.process_index() == 0
     metrics_path = workdir / METRICS_FILE
+    events = records.EventLog(workdir)  # TensorBoard's copy of metrics.jsonl
     emit = progress or (lambda record: None)
 
     def record(entry: dict) -> None:
@@ -730,6 +731,7 @@ def train(
                     f.write(json.dumps(entry) + "\n")
             except OSError as e:  # a full disk: write errors name no file
                 raise OSError(e.errno, f"cannot append to {metrics_path}: {e.strerror}") from e
+            events.write(entry)
         emit(entry)
 
     state = sharding.replicate(init_state(config=config, steps_per_epoch=spe), mesh)

@@ -35,6 +35,7 @@ from diffjax.clip import CLIP, load_clip, read_clip_config
 from diffjax.clip.attack import prompt_classifier
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
+from diffjax.records import EventLog
 
 PARTS = ("alignment", "lipschitz", "empirical", "depth")
 QUANTILES = {
@@ -538,6 +539,10 @@ def run(config, ctx: Context) -> dict:
     fields |= {"base_checkpoint": config.base_checkpoint or None, "data_dir": ctx.data_dir,
                "out": str(ctx.workdir)}  # fmt: skip
     summary = _run(argparse.Namespace(**fields))
+    events = EventLog(ctx.workdir)  # per layer, the layer index as TensorBoard's step
+    for kind in ("layers", "attention_lipschitz"):
+        for s in summary.get(kind, []):
+            events.write(s, tag=f"analysis/{kind}", step=s["layer"])
     for s in summary.get("layers", []):
         print(
             f"layer {s['layer']} ({s['attention']}): negative-alignment frequency "

@@ -1,7 +1,7 @@
 """Attack a saved model on a dataset split and write per-example results and a summary.
 
-    diffjax attack --config=attack:pgd --config.checkpoint=runs/vit --config.eps=0.0039 \\
-        --config.steps=20 --config.num_examples=1000 --workdir results/vit_pgd
+    diffjax attack --config=attack:pgd --config.checkpoint=runs/vit --config.params.eps=0.0039 \\
+        --config.params.steps=20 --config.num_examples=1000 --workdir results/vit_pgd
 
 The results JSON holds the settings, one record per example (label, clean and adversarial
 prediction, success, ℓ∞ and ℓ2 norms, model calls), the summary of
@@ -27,7 +27,7 @@ from diffjax import attacks
 from diffjax.checkpoint import config_to_dict, load_model, write_json_atomic
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
-from diffjax.records import read_json, seal, unseal
+from diffjax.records import EventLog, read_json, seal, unseal
 
 FORMAT = "diffjax.attack/1"
 OUTPUT = "attack.json"
@@ -206,6 +206,7 @@ def run(c, ctx: Context, *, resume: bool = False, overwrite: bool = False) -> di
     progress.close()
     out = write("complete")
     s = out.get("summary", {})
+    EventLog(ctx.workdir).write(s, tag=f"attack/{c.attack}")  # for TensorBoard
     print(
         f"{s.get('examples')} examples: clean accuracy {s.get('clean_accuracy')}, "
         f"robust accuracy {s.get('robust_accuracy')}, ASR {s.get('asr')}, "

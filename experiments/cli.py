@@ -12,12 +12,17 @@
 ``--config`` takes a file of ``experiments/configs`` by name (``asr_table:cpu``) or any config
 file path (``path/to/file.py:ARG``); ``--config.FIELD=VALUE`` overrides one field. ``diffjax
 SUBCOMMAND --help`` lists every option and every config field with its default.
+
+Arguments are parsed before anything imports JAX: ``diffjax --help`` and a mistyped subcommand
+answer at once; a subcommand's own help and config are loaded only for that subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import pathlib
 import sys
@@ -61,21 +66,39 @@ def _config_epilog(default_spec: str) -> str:
     return "\n".join(lines)
 
 
-def _with_config(p: argparse.ArgumentParser, default_spec: str) -> None:
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose config-field listing (``config_spec``) is built only when its
+    help is printed: listing the fields loads the config, which may import JAX."""
+
+    config_spec: str | None = None
+
+    def format_help(self) -> str:
+        if self.config_spec is not None:
+            self.epilog = _config_epilog(self.config_spec)
+        return super().format_help()
+
+
+def _with_config(p: Parser, default_spec: str) -> None:
     p.add_argument("--config", default=default_spec,
                    help="config: a name in experiments/configs or a .py path, ':ARG' for its "
                    "preset")
-    p.epilog = _config_epilog(default_spec)
+    p.config_spec = default_spec
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose arguments their own module adds (imported only when the subcommand runs).
+MODULES = {"convert-clip": "convert_clip", "import-vit": "import_vit",
+           "make-sample": "make_embedded_sample"}  # fmt: skip
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The whole command line; only ``command``'s module-defined arguments are added (the
+    other subcommands of :data:`MODULES` get their description alone)."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     class Formatter(fmt, argparse.RawDescriptionHelpFormatter):
         pass
 
-    parser = argparse.ArgumentParser(prog="diffjax", description=__doc__,
-                                     formatter_class=Formatter)  # fmt: skip
+    parser = Parser(prog="diffjax", description=__doc__, formatter_class=Formatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     run = sub.add_parser("run", help="run one experiment (the main job or a paper result)",
@@ -109,15 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--experiment", choices=EXPERIMENTS, help="only this experiment")
     f.add_argument("--preset", help="only this preset")
 
-    c = sub.add_parser("convert-clip", help="convert a released CLIP/DiffCLIP checkpoint",
-                       description=_doc("convert_clip"), formatter_class=Formatter)  # fmt: skip
-    _module("convert_clip").add_arguments(c)
-    v = sub.add_parser("import-vit", help="import a timm / Hugging Face ViT checkpoint",
-                       description=_doc("import_vit"), formatter_class=Formatter)  # fmt: skip
-    _module("import_vit").add_arguments(v)
-    m = sub.add_parser("make-sample", help="build the embedded CIFAR-10 sample (developers)",
-                       description=_doc("make_embedded_sample"), formatter_class=Formatter)
-    _module("make_embedded_sample").add_arguments(m)
+    helps = {"convert-clip": "convert a released CLIP/DiffCLIP checkpoint",
+             "import-vit": "import a timm / Hugging Face ViT checkpoint",
+             "make-sample": "build the embedded CIFAR-10 sample (developers)"}  # fmt: skip
+    for name, module in MODULES.items():
+        s = sub.add_parser(name, help=helps[name], description=_doc(module),
+                           formatter_class=Formatter)  # fmt: skip
+        if name == command:
+            _module(module).add_arguments(s)
     return parser
 
 
@@ -126,7 +148,9 @@ def _module(name: str):
 
 
 def _doc(name: str) -> str:
-    return _module(name).__doc__ or ""
+    """The docstring of ``experiments/<name>.py``, read from its source (not imported)."""
+    path = importlib.util.find_spec(f"diffjax.experiments.{name}").origin
+    return ast.get_docstring(ast.parse(pathlib.Path(path).read_text())) or ""
 
 
 def _first_line(name: str) -> str:
@@ -146,8 +170,8 @@ def _setup_jax(args: argparse.Namespace) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _dispatch(args: argparse.Namespace, overrides: list[str]):
-    from diffjax.experiments import common, configs
+def _dispatch(args: argparse.Namespace, config):
+    from diffjax.experiments import common
 
     if args.command == "figures":
         from diffjax.experiments import figures
@@ -156,16 +180,9 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]):
                                        experiment=args.experiment, preset=args.preset)  # fmt: skip
         print("\n".join(written) if written else f"no results under {args.workdir / 'results'}")
         return written
-    if args.command in ("convert-clip", "import-vit", "make-sample"):
-        name = {"convert-clip": "convert_clip", "import-vit": "import_vit",
-                "make-sample": "make_embedded_sample"}  # fmt: skip
-        return _module(name[args.command]).run(args)
-
-    config = configs.load(args.config, overrides)
+    if args.command in MODULES:
+        return _module(MODULES[args.command]).run(args)
     want = args.experiment if args.command == "run" else args.command
-    if config.get("experiment") != want:
-        raise configs.ConfigError(
-            f"{args.config} is a config of {config.get('experiment')!r}, not of {want!r}")
     _setup_jax(args)
     ctx = common.Context(workdir=args.workdir, data_dir=args.data_dir, offline=args.offline,
                          quiet=args.quiet)  # fmt: skip
@@ -186,28 +203,61 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]):
         return result
 
 
+def parse(argv: list[str]):
+    """``(args, config)`` of ``argv``: the arguments parsed and the config (``None`` for the
+    subcommands without one) loaded with its overrides and checked against the subcommand.
+    Everything that needs no data, model or computation is checked here; the subcommand's
+    own work (and JAX) comes after.
+
+    Raises:
+      SystemExit: status 2 with argparse's message on bad arguments (0 after ``--help``).
+      configs.ConfigError: naming the bad config, field or value.
+    """
+    argv = list(argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    plain = [a for a in argv if not a.startswith("--config.")]
+    parser = build_parser(plain[0] if plain else None)
+    args = parser.parse_args(plain)
+    from diffjax.experiments import configs  # ml_collections: not needed for --help
+
+    if not hasattr(args, "config"):
+        if overrides:
+            parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
+        return args, None
+    config = configs.load(args.config, overrides)
+    want = args.experiment if args.command == "run" else args.command
+    if config.get("experiment") != want:
+        raise configs.ConfigError(
+            f"{args.config} is a config of {config.get('experiment')!r}, not of {want!r}")
+    return args, config
+
+
 def run(argv: list[str]):
     """Parse ``argv``, run the subcommand, return its result (results dict, summary, paths).
 
     Bad configs, data, checkpoints and settings exit with status 2 and one line naming the
     cause, not a traceback.
     """
-    from diffjax.checkpoint import CheckpointError
-    from diffjax.experiments.zoo import DataError
-    from diffjax.locking import LockedError
-
     argv = list(argv)
-    overrides = [a for a in argv if a.startswith("--config.")]
-    parser = build_parser()
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    if overrides and not hasattr(args, "config"):
-        parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
     try:
-        return _dispatch(args, overrides)
-    except (ValueError, DataError, CheckpointError, LockedError, FileExistsError,
-            FileNotFoundError) as e:  # fmt: skip
-        print(f"diffjax {args.command}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        args, config = parse(argv)
+        return _dispatch(args, config)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        _fail(argv, e)
+    except Exception as e:
+        # The library's own errors; imported here, after the work began (they import JAX).
+        from diffjax.checkpoint import CheckpointError
+        from diffjax.experiments.zoo import DataError
+        from diffjax.locking import LockedError
+
+        if not isinstance(e, DataError | CheckpointError | LockedError):
+            raise
+        _fail(argv, e)
+
+
+def _fail(argv: list[str], error: Exception):
+    print(f"diffjax {argv[0]}: error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """CLIP vs DiffCLIP: zero-shot accuracy and the paper's cosine-similarity PGD attack.
 
-    diffjax run clip_compare --config=clip_compare:smoke     # seconds, synthetic data (tests)
+    diffjax run clip_compare --config=clip_compare:smoke     # test size, synthetic data
     diffjax run clip_compare --config=clip_compare:cpu --data-dir ~/cifar
     diffjax run clip_compare --config=clip_compare:paper \
         --config.clip_checkpoint=models/clip_cc3m \
@@ -109,7 +109,10 @@ def get_model(
                          f"{train.images.shape[1]}px")  # fmt: skip
     model = CLIP(config, rngs=nnx.Rngs(seed))
     training = ContrastiveConfig(**preset.training.to_dict(), seed=seed)
-    losses = train_contrastive(model, train, CIFAR_TEMPLATES, training, progress=not ctx.quiet)
+    # Event files beside the model directory, which save_model replaces whole.
+    logdir = run_dir.parent / "tensorboard" / run_dir.name
+    losses = train_contrastive(model, train, CIFAR_TEMPLATES, training, progress=not ctx.quiet,
+                               logdir=logdir)  # fmt: skip
     save_model(run_dir, model)
     k = max(1, len(losses) // 10)
     loss_record = {

@@ -6,8 +6,10 @@
 Each experiment with saved results gets figures/<experiment>_<preset>.png (300 dpi) and .pdf
 (vector). Style: a two-column paper's full text width (7 in), 8-pt fonts, ViT as blue circles
 on solid lines and DiffViT as red squares on dashed lines (series at the same x are nudged
-apart so none hides another), integer ticks on layer and depth axes, and every panel states
-its n (images × seeds). What the error bars are is written in experiments/README.md.
+apart so none hides another), integer ticks on layer and depth axes, legends beside or below
+the data, never over it. Every panel states its n (for an attack success rate: the initially
+correct images it is computed over) and what its error bars are. The PDFs carry no creation
+date, so redrawing unchanged results rewrites identical files.
 """
 
 from __future__ import annotations
@@ -71,9 +73,35 @@ def _n(images: int, seeds: int) -> str:
     return f"n = {images} images × {seeds} seed{'s' if seeds != 1 else ''}"
 
 
-def _note(ax, text: str) -> None:
-    """The panel's n, as a second title line (never over the data)."""
-    ax.set_title(f"{ax.get_title()}\n{text}")
+def _n_correct(attacked: int, correct: dict[str, int], what: str = "images") -> str:
+    """The n of an ASR panel: the initially correct inputs of each model, of those attacked."""
+    counts = " / ".join(str(c) for c in correct.values())
+    names = " / ".join(SERIES[m]["label"] for m in correct)
+    return f"ASR over {counts} correct\nof {attacked} {what}\n({names})"
+
+
+# What the error bars of a panel are, stated in the panel.
+WILSON = "bars: 95 % Wilson interval"
+NO_BARS = "no bars: image means"
+
+
+def _spread(seeds: int) -> str:
+    return "bars: ±1 s.d. over seeds" if seeds > 1 else "no bars (one seed)"
+
+
+def _note(ax, *lines: str) -> None:
+    """The panel's n and error bars, as extra title lines (never over the data)."""
+    ax.set_title("\n".join([ax.get_title(), *lines]))
+
+
+def _legend_below(fig, axes, ncol: int | None = None) -> None:
+    """One legend for ``axes`` (labels gathered, each once) below the panels."""
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center",
+               ncol=ncol or len(handles), bbox_to_anchor=(0.5, 0.0))  # fmt: skip
 
 
 def _integer_axis(ax, values=None, log: bool = False) -> None:
@@ -93,11 +121,16 @@ def _nan(values) -> np.ndarray:
 
 
 def _save(fig, path: pathlib.Path) -> list[str]:
-    """Write ``path`` as PNG (300 dpi) and PDF; free ``fig``; the two paths."""
-    fig.tight_layout()
+    """Write ``path`` as PNG (300 dpi) and PDF; free ``fig``; the two paths.
+
+    No creation date in the PDF: the same results give the same bytes.
+    """
+    # Room for a legend below the panels (_legend_below), sized in inches.
+    bottom = 0.32 / fig.get_figheight() if fig.legends else 0.0
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     paths = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in paths:
-        fig.savefig(p)
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return [str(p) for p in paths]
 
@@ -122,10 +155,11 @@ def clip_compare(result: dict, path: pathlib.Path) -> list[str]:
     """ASR vs ε (95 % Wilson intervals), zero-shot accuracy and per-layer negative alignment."""
     c = result["config"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(WIDTH, 2.4))
-    accs = {}
+    accs, correct = {}, {}
     for run, res in result["models"].items():
         name = run.split("_seed")[0]
         s = [a["summary"] for a in res["attacks"]]
+        correct[name] = correct.get(name, 0) + s[0]["clean_correct"]
         ci = [x["asr_ci"] or (None, None) for x in s]
         _asr_errorbar(ax1, [a["eps"] * 255 for a in res["attacks"]], [x["asr"] for x in s],
                       [q[0] for q in ci], [q[1] for q in ci], name)  # fmt: skip
@@ -136,18 +170,17 @@ def clip_compare(result: dict, path: pathlib.Path) -> list[str]:
     seeds = len(c["seeds"])
     ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
             title="cosine-similarity PGD")  # fmt: skip
-    _note(ax1, _n(c["attack_examples"], seeds))
+    _note(ax1, _n_correct(c["attack_examples"] * seeds, correct), WILSON)
     names = list(accs)
     ax2.bar([SERIES[n]["label"] for n in names], [np.mean(accs[n]) for n in names],
             color=[SERIES[n]["color"] for n in names], hatch=None)  # fmt: skip
     ax2.set(ylabel="zero-shot accuracy", ylim=(0, 1), title=f"zero-shot, {result['dataset']}")
-    _note(ax2, _n(c["eval_examples"], seeds))
+    _note(ax2, _n(c["eval_examples"], seeds), "mean over seeds, no bars")
     ax3.set(xlabel="image-tower layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
             title="negative gradient alignment")  # fmt: skip
     _integer_axis(ax3)
-    _note(ax3, _n(c["analysis_examples"], seeds))
-    ax1.legend()
-    ax3.legend()
+    _note(ax3, _n(c["analysis_examples"], seeds), NO_BARS)
+    _legend_below(fig, [ax1])
     return _save(fig, path)
 
 
@@ -155,8 +188,10 @@ def vit_compare(result: dict, path: pathlib.Path) -> list[str]:
     """ViT vs DiffViT: PGD ASR vs ε (95 % Wilson), negative alignment and σmax per layer."""
     c = result.get("config") or result.get("settings")
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(WIDTH, 2.4))
+    correct = {}
     for name, res in result["models"].items():
         s = [a["summary"] for a in res["pgd"]]
+        correct[name] = s[0]["clean_correct"]
         ci = [x["asr_ci"] or (None, None) for x in s]
         _asr_errorbar(ax1, [a["eps"] * 255 for a in res["pgd"]], [x["asr"] for x in s],
                       [q[0] for q in ci], [q[1] for q in ci], name)  # fmt: skip
@@ -165,14 +200,14 @@ def vit_compare(result: dict, path: pathlib.Path) -> list[str]:
         ax3.plot(x, [r["sigma_max_mean"] for r in res["layers"]], **_style(name))
     ax1.set(xlabel="PGD ℓ∞ budget ε (×1/255)", ylabel="attack success rate", ylim=(0, 1.02),
             title="PGD attack success")  # fmt: skip
-    _note(ax1, _n(c["attack_examples"], 1))
+    _note(ax1, _n_correct(c["attack_examples"], correct), WILSON)
     ax2.set(xlabel="layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
             title="negative gradient alignment")  # fmt: skip
     ax3.set(xlabel="layer", ylabel="σmax(∂attn/∂u), mean", title="exact local Lipschitz")
     for ax in (ax2, ax3):
         _integer_axis(ax)
-        _note(ax, _n(c["analysis_examples"], 1))
-    ax1.legend()
+        _note(ax, _n(c["analysis_examples"], 1), NO_BARS)
+    _legend_below(fig, [ax1])
     return _save(fig, path)
 
 
@@ -196,8 +231,10 @@ def asr_table(result: dict, path: pathlib.Path) -> list[str]:
                         and r["budget"] is not None]  # fmt: skip
                 m, sd = _mean_std(rows)
                 x = [r["budget"] for r in rows]
+                # AutoAttack runs at a few separate budgets: points, no line between them.
+                extra = {"ls": "none"} if attack == "AutoAttack" else {}
                 ax.errorbar(_dodge(x, name, 0.03 if log else 0.08, log), m, yerr=sd,
-                            **_style(name))  # fmt: skip
+                            **_style(name, **extra))  # fmt: skip
         for ax, (_, xlabel, title, n_key, log) in zip(row_axes, panels, strict=True):
             ax.set(xlabel=xlabel, ylabel="attack success rate", ylim=(0, 1.02),
                    title=f"{title}, {dataset}")  # fmt: skip
@@ -206,8 +243,8 @@ def asr_table(result: dict, path: pathlib.Path) -> list[str]:
                 ax.xaxis.set_major_locator(FixedLocator(list(c["l2_budgets"])))
                 ax.xaxis.set_minor_locator(NullLocator())
                 ax.set_xticklabels([f"{b:g}" for b in c["l2_budgets"]])
-            _note(ax, _n(c[n_key], seeds))
-        row_axes[0].legend()
+            _note(ax, _n(c[n_key], seeds), "ASR over the correct", _spread(seeds))
+    _legend_below(fig, [axes[0][0]])
     return _save(fig, path)
 
 
@@ -231,11 +268,11 @@ def lambda_sweep(result: dict, path: pathlib.Path) -> list[str]:
             ax.plot([p[0] for p in paper], [p[paper_col] for p in paper], color="0.4",
                     marker="^", ls=":", label="paper T1")  # fmt: skip
     ax1.set(xlabel="λ_init", ylabel="clean accuracy", ylim=(0, 1), title="clean accuracy")
-    _note(ax1, f"n = test set × {seeds} seeds")
+    _note(ax1, f"n = test set × {seeds} seeds", _spread(seeds))
     ax2.set(xlabel="λ_init", ylabel="attack success rate", ylim=(0, 1.02),
             title=f"PGD ASR, ε = {eps:g}/255")  # fmt: skip
-    _note(ax2, _n(c["attack_examples"], seeds))
-    ax2.legend()
+    _note(ax2, _n(c["attack_examples"], seeds), "ASR over the correct", _spread(seeds))
+    _legend_below(fig, [ax2])
     return _save(fig, path)
 
 
@@ -263,14 +300,18 @@ def alignment(result: dict, path: pathlib.Path) -> list[str]:
     for ax, r in zip(axes[1:], next(iter(models.values()))["layers"], strict=False):
         ax.set(xlabel="cos θ", ylabel="fraction of (image, head)", title=f"layer {r['layer']}")
         ax.axvline(0, color="k", lw=0.5)
-        _note(ax, n)
-    for ax in axes[depth + 1:]:
-        ax.set_visible(False)
+        _note(ax, n, "pooled over seeds, no bars")
     axes[0].set(xlabel="layer", ylabel="fraction with cos θ < 0", ylim=(0, 1.02),
                 title="negative alignment (CLS row)")  # fmt: skip
     _integer_axis(axes[0])
-    _note(axes[0], n)
-    axes[1].legend(loc="upper right")
+    _note(axes[0], n, _spread(len(c["seeds"])))
+    spare = axes[depth + 1 :]
+    for ax in spare:
+        ax.axis("off")
+    if spare:  # the grid's spare cell holds the legend
+        spare[0].legend(*axes[0].get_legend_handles_labels(), loc="center")
+    else:
+        _legend_below(fig, [axes[0]])
     return _save(fig, path)
 
 
@@ -306,12 +347,12 @@ def lipschitz(result: dict, path: pathlib.Path) -> list[str]:
     rho = f" (Spearman {corr['ratio']['spearman']:.2f})" if corr.get("ratio") else ""
     ax2.set(xlabel="λ of the DA layer", ylabel="DiffViT / ViT exact σmax", yscale="log",
             title=f"ratio vs λ per (seed, layer){rho}")  # fmt: skip
-    _note(ax2, n)
+    _note(ax2, n, "one point per (seed, layer)")
     ax1.set(xlabel="layer", ylabel="local Lipschitz constant at u", yscale="log",
             title="exact (Lanczos σmax) and empirical lower bounds")  # fmt: skip
     _integer_axis(ax1)
-    _note(ax1, n)
-    ax1.legend(ncol=2, fontsize=6)
+    _note(ax1, n, _spread(len(c["seeds"])))
+    _legend_below(fig, [ax1], ncol=6)
     return _save(fig, path)
 
 
@@ -326,6 +367,7 @@ def depth(result: dict, path: pathlib.Path) -> list[str]:
     eps = [e * 255 for e in c["eps"]]
     fig, axes = plt.subplots(1, len(eps) + 2, figsize=(WIDTH, 2.4))
     depths = sorted({r["depth"] for r in rows})
+    missing = []
     for name in ("vit", "diffvit"):
         rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["depth"])
         d = [r["depth"] for r in rs]
@@ -336,8 +378,11 @@ def depth(result: dict, path: pathlib.Path) -> list[str]:
                           step=0.02, log=True)  # fmt: skip
             ax.set(xlabel="depth D", ylabel="attack success rate", ylim=(0, 1.02),
                    title=f"PGD ε = {e:g}/255")  # fmt: skip
-        axes[len(eps)].plot(_dodge(d, name, 0.02, True),
-                            _nan([r["cw_l2_for_full_asr_mean"] for r in rs]), **_style(name))
+        cw = _nan([r["cw_l2_for_full_asr_mean"] for r in rs])
+        axes[len(eps)].plot(_dodge(d, name, 0.02, True), cw, **_style(name))
+        # CW left an image unfooled there: no point, and the panel says so.
+        missing += [f"{SERIES[name]['label']} D = {x}" for x, v in zip(d, cw, strict=True)
+                    if np.isnan(v)]  # fmt: skip
         bound = axes[len(eps) + 1]
         bound.plot(d, [r["paper_bound"] for r in rs], **_style(name, ls=":", mfc="none",
                    label=f"{SERIES[name]['label']} bound (ᾱL̄)^D"))  # fmt: skip
@@ -347,13 +392,15 @@ def depth(result: dict, path: pathlib.Path) -> list[str]:
                        title="CW ℓ2 for 100 % ASR")  # fmt: skip
     axes[len(eps) + 1].set(xlabel="depth D", ylabel="‖Δ^(D)‖ / ‖ξ‖", yscale="log",
                            title="bound vs measured")  # fmt: skip
-    notes = [_n(c["attack_examples"], seeds)] * len(eps) + [
-        _n(c["cw_examples"], seeds), _n(c["profile_examples"], seeds)]
+    notes = [(_n(c["attack_examples"], seeds), "ASR over the correct",
+               "bars: 95 % Wilson, seed 0")] * len(eps) + [
+        (_n(c["cw_examples"], seeds), _spread(seeds),
+         *([f"not reached: {', '.join(missing)}"] if missing else [])),
+        (_n(c["profile_examples"], seeds), NO_BARS)]  # fmt: skip
     for ax, note in zip(axes, notes, strict=True):
         _integer_axis(ax, depths, log=True)
-        _note(ax, note)
-    axes[0].legend()
-    axes[len(eps) + 1].legend(fontsize=5.5)
+        _note(ax, *note)
+    _legend_below(fig, [axes[0], axes[len(eps) + 1]])
     return _save(fig, path)
 
 
@@ -377,27 +424,25 @@ def lambda_training(result: dict, path: pathlib.Path) -> list[str]:
         shift = 0.01 * (steps.max() if steps.size else 1) * DODGE.get(name, 0)
         ax2.errorbar(steps + shift, sig.mean(2).mean(0), yerr=sig.mean(2).std(0), **_style(name))
         ax3.errorbar(steps + shift, np.nanmean(asr, 0), yerr=np.nanstd(asr, 0), **_style(name))
-    ax1.set(xlabel="training step", ylabel="λ", title=f"λ per DA layer ({seeds} seeds)")
+    ax1.set(xlabel="training step", ylabel="λ", title="λ per DA layer")
+    _note(ax1, f"every seed ({seeds}), no bars")
     ax2.set(xlabel="training step", ylabel="mean σmax(∂attn/∂u)",
             title="exact local Lipschitz at checkpoints")  # fmt: skip
-    _note(ax2, _n(c["analysis_examples"], seeds))
+    _note(ax2, _n(c["analysis_examples"], seeds), _spread(seeds))
     ax3.set(xlabel="training step", ylabel="attack success rate", ylim=(0, 1.02),
             title=f"PGD ASR, ε = {result['eps'] * 255:g}/255")  # fmt: skip
-    _note(ax3, _n(c["attack_examples"], seeds))
-    ax1.legend(fontsize=6)
-    ax2.legend()
+    _note(ax3, _n(c["attack_examples"], seeds), "ASR over the correct", _spread(seeds))
+    _legend_below(fig, [ax1, ax2], ncol=6)
     return _save(fig, path)
-
 
 
 def language(result: dict, path: pathlib.Path) -> list[str]:
     """DA LM vs standard LM: ASR under embedding PGD (ℓ2 per token, ℓ∞) and token substitution
     (HotFlip, by budget) with Wilson intervals; negative alignment and σmax per layer."""
-    fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.3))
+    fig, axes = plt.subplots(2, 3, figsize=(WIDTH, 4.8))
+    axes = axes.ravel()
     n = result["examples"]
-    models = result["models"]
-    correct = f"{models['diff_transformer']['attacks'][0]['clean_correct']} / " \
-              f"{models['transformer']['attacks'][0]['clean_correct']}"  # fmt: skip
+    correct = {name: m["attacks"][0]["clean_correct"] for name, m in result["models"].items()}
     panels = (("pgd_l2_token", "ℓ2 per token (× row RMS)", True),
               ("pgd_linf", "ℓ∞ (× coordinate RMS)", True),
               ("hotflip", "bytes substituted (HotFlip)", False))  # fmt: skip
@@ -418,24 +463,23 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
             _integer_axis(ax, [int(v) for v in x])
         ax.set_xlabel(xlabel)
         ax.set_ylim(-0.03, 1.03)
-        _note(ax, f"n = {n} prompts\n{correct} correct (DIFF / Tr.)")
+        _note(ax, _n_correct(n, correct, "prompts"), WILSON)
     axes[0].set_ylabel("attack success rate")
-    ax = axes[3]
-    for name, m in result["models"].items():
-        layers = np.array([r["layer"] for r in m["layers"]])
-        neg = _nan([r["negative_alignment"] for r in m["layers"]])
-        ax.plot(_dodge(layers, name, 0.05), neg, **_style(name))
-    _integer_axis(ax, [int(v) for v in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("negative alignment")
-    ax.set_ylim(-0.03, 1.03)
-    ax2 = ax.twinx()
-    for name, m in result["models"].items():
-        sig = _nan([r["sigma_max_mean"] for r in m["layers"]])
-        ax2.plot(_dodge(layers, name, 0.05), sig, **_style(name, ls=":", label=None, alpha=0.6))
-    ax2.set_ylabel("σmax (dotted)")
-    axes[2].legend(loc="upper left")
+    for ax, key, ylabel in ((axes[3], "negative_alignment", "negative alignment"),
+                            (axes[4], "sigma_max_mean", "σmax(∂attn/∂u), mean")):  # fmt: skip
+        for name, m in result["models"].items():
+            layers = np.array([r["layer"] for r in m["layers"]])
+            ax.plot(_dodge(layers, name, 0.05), _nan([r[key] for r in m["layers"]]),
+                    **_style(name))  # fmt: skip
+        _integer_axis(ax, [int(v) for v in layers])
+        ax.set(xlabel="layer", ylabel=ylabel)
+        _note(ax, f"n = {result['config']['analysis_examples']} prompts",
+              "no bars: prompt means")  # fmt: skip
+    axes[3].set_ylim(-0.03, 1.03)
+    axes[5].axis("off")  # the grid's spare cell holds the legend
+    axes[5].legend(*axes[0].get_legend_handles_labels(), loc="center")
     return _save(fig, path)
+
 
 def certified(result: dict, path: pathlib.Path) -> list[str]:
     """Certified accuracy vs radius (interval/gradient ℓ2 and ℓ∞; randomized smoothing per σ)
@@ -452,22 +496,21 @@ def certified(result: dict, path: pathlib.Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_ylim(-0.02, None)
         ax.set_xlabel(f"{'ℓ2' if norm == 'l2' else 'ℓ∞'} radius (pixels)")
-        _note(ax, f"interval/gradient {'ℓ2' if norm == 'l2' else 'ℓ∞'}\n"
-                  f"n = {c['certify_examples']} images")  # fmt: skip
+        _note(ax, f"interval/gradient {'ℓ2' if norm == 'l2' else 'ℓ∞'}",
+              f"n = {c['certify_examples']} images, no bars")  # fmt: skip
     axes[0].set_ylabel("certified accuracy")
-    axes[0].legend(loc="best", fontsize=5)
     ax = axes[2]
     radii = np.linspace(0, max(c["smoothing_radii"]) * 1.6, 40)
     shades = np.linspace(1.0, 0.4, len(c["sigmas"]))
     for name, m in result["models"].items():
         for shade, s in zip(shades, m["smoothing"], strict=True):
-            label = f"σ = {s['sigma']:g}" if name == "vit" else None
             ax.plot(radii, certified_accuracy(s["radius"], radii),
-                    **_style(name, marker=None, alpha=float(shade), label=label))  # fmt: skip
+                    **_style(name, marker=None, alpha=float(shade), label=None))  # fmt: skip
+    for shade, sigma in zip(shades, c["sigmas"], strict=True):  # the σ key, in grey
+        ax.plot([], [], color="0.2", alpha=float(shade), label=f"smoothing σ = {sigma:g}")
     ax.set_ylim(-0.02, None)
     ax.set_xlabel("ℓ2 radius (pixels)")
-    _note(ax, f"randomized smoothing\nn = {c['smoothing_examples']} images")
-    ax.legend(loc="upper right", fontsize=5)
+    _note(ax, "randomized smoothing", f"n = {c['smoothing_examples']} images, no bars")
     ax = axes[3]
     for name, r in result["radius_ratios"].items():
         rr = r["l2_first_order"]
@@ -482,7 +525,8 @@ def certified(result: dict, path: pathlib.Path) -> list[str]:
     ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls=":")
     ax.set_xlabel("predicted γ(1 + λρ)")
     ax.set_ylabel("first-order ℓ2 radius, ViT / DA")
-    _note(ax, "per image")
+    _note(ax, "one point per image")
+    _legend_below(fig, [axes[0], axes[2]], ncol=6)
     return _save(fig, path)
 
 

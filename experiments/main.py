@@ -1,7 +1,7 @@
 """The main job: the whole pipeline on the embedded CIFAR-10 sample in a few minutes on a CPU.
 
     diffjax run main                      # train ViT and DiffViT, attack, analyse, report
-    diffjax run main --config=main:smoke  # seconds (the tests)
+    diffjax run main --config=main:smoke  # the test size (minutes: mostly compilation)
 
 1. trains a ViT and a parameter-matched DiffViT (same seed, data and recipe: the ``embedded``
    recipe of ``experiments/configs/recipes.py``) on the 5,000 embedded training images;
@@ -67,19 +67,30 @@ def run(config, ctx: Context) -> dict:
     result = write_results(out_dir, config, body, rows)
 
     print(f"\nSummary ({data}; ASR over initially correct test images)")
-    print(f"{'':<22}" + "".join(f"{NAMES[n]:>12}" for n in per_model))
-    print(f"{'clean accuracy':<22}" + "".join(f"{fmt(r['clean_accuracy']):>12}"
-                                              for r in per_model.values()))  # fmt: skip
-    for i, eps in enumerate(config.eps):
-        print(f"{f'PGD-{config.pgd_steps} ASR ε={eps * 255:g}/255':<22}" + "".join(
-            f"{fmt(r['pgd'][i]['summary']['asr']):>12}" for r in per_model.values()))  # fmt: skip
-    for layer in range(config.train.model.depth):
-        print(f"{f'neg. alignment L{layer}':<22}" + "".join(
-            f"{fmt(100 * r['layers'][layer]['negative_alignment'], '.1f') + '%':>12}"
-            for r in per_model.values()))  # fmt: skip
-    for layer in range(config.train.model.depth):
-        print(f"{f'σmax attention L{layer}':<22}" + "".join(
-            f"{fmt(r['layers'][layer]['sigma_max_mean'], '.4f'):>12}"
-            for r in per_model.values()))  # fmt: skip
+    print(summary_table(result))
     print(f"\nresults: {out_dir / 'results.json'}")
     return result
+
+
+def summary_table(result: dict) -> str:
+    """The main job's summary table (what ``diffjax run main`` prints) from its results dict
+    (``results.json``): clean accuracy, PGD ASR per ε, and per layer the negative-alignment
+    frequency and σmax, one column per model."""
+    c = result["config"]
+    models = {n: result["models"][n] for n in MODELS}  # ViT first (results.json sorts keys)
+    steps, depth = c["pgd_steps"], c["train"]["model"]["depth"]
+    lines = [f"{'':<22}" + "".join(f"{NAMES[n]:>12}" for n in models),
+             f"{'clean accuracy':<22}" + "".join(f"{fmt(r['clean_accuracy']):>12}"
+                                                 for r in models.values())]  # fmt: skip
+    for i, eps in enumerate(c["eps"]):
+        lines.append(f"{f'PGD-{steps} ASR ε={eps * 255:g}/255':<22}" + "".join(
+            f"{fmt(r['pgd'][i]['summary']['asr']):>12}" for r in models.values()))  # fmt: skip
+    for layer in range(depth):
+        lines.append(f"{f'neg. alignment L{layer}':<22}" + "".join(
+            f"{fmt(100 * r['layers'][layer]['negative_alignment'], '.1f') + '%':>12}"
+            for r in models.values()))  # fmt: skip
+    for layer in range(depth):
+        lines.append(f"{f'σmax attention L{layer}':<22}" + "".join(
+            f"{fmt(r['layers'][layer]['sigma_max_mean'], '.4f'):>12}"
+            for r in models.values()))  # fmt: skip
+    return "\n".join(lines)

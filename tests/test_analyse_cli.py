@@ -42,6 +42,13 @@ def test_analyse_writes_checked_results_and_resumes(checkpoints, tmp_path, capsy
     assert [f.name for f in files] == ["000000.json", "000001.json", "000002.json"]
     records = [json.loads(f.read_text()) for f in files]
     assert json.loads((out / "summary.json").read_text()) == summary
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = ea.EventAccumulator(str(out))  # the summary for TensorBoard, layer as the step
+    events.Reload()
+    tag = "analysis/layers/negative_alignment_frequency"
+    assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+        (s["layer"], np.float32(s["negative_alignment_frequency"])) for s in summary["layers"]
+    ]
 
     # The summary is what the example files say.
     for layer, s in enumerate(summary["layers"]):

@@ -44,6 +44,10 @@ def test_attack_command_writes_records_and_resumes(checkpoint, tmp_path, capsys)
         r["label"], r["clean_pred"], r["adv_pred"], r["linf"], r["l2"], r["model_calls"]
     )
     assert saved["summary"] == json.loads(json.dumps(want.as_dict()))
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = ea.EventAccumulator(str(tmp_path / "full"))  # the summary for TensorBoard
+    events.Reload()
+    assert [e.value for e in events.Scalars("attack/pgd/asr")] == [np.float32(want.asr)]
 
     # Interrupt after the first batch: a partial file with 4 records; --resume completes it to
     # exactly the records of the uninterrupted run (per-example keys come from the index).

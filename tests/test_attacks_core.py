@@ -304,6 +304,27 @@ def test_bad_configs_raise(make):
         make()
 
 
+@pytest.mark.parametrize("make", [attacks.PGDConfig, attacks.APGDConfig, attacks.SquareConfig,
+                                  attacks.FABConfig, attacks.AutoAttackConfig])  # fmt: skip
+def test_linf_radius_on_the_255_scale_is_refused(make):
+    with pytest.raises(ValueError, match=r"eps = 8 \(linf\) is above 1.*did you mean 8/255"):
+        make(eps=8)
+    make(eps=1.0)  # the whole range: allowed (a sanity bound, not a refusal)
+    make(eps=8, norm="l2")  # ℓ2: bounded by the image's diagonal, known at the call
+
+
+def test_l2_radius_beyond_the_image_diagonal_is_refused():
+    # A 2×2×3 image: the [0, 1] cube's diagonal is √12 = 3.464.
+    x, y = np.full((2, 2, 2, 3), 0.5, np.float32), np.array([0, 1])
+    cfg = attacks.PGDConfig(eps=3.5, norm="l2", steps=1)
+    with pytest.raises(ValueError, match=r"√12 = 3\.464.*did you mean 3\.5/255"):
+        attacks.pgd(_linear(), x, y, jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match="did you mean 4/255"):
+        attacks.attack_epsilons(attacks.pgd, _linear(), x, y, jax.random.key(0),
+                                attacks.PGDConfig(0.0, steps=1), epsilons=[1 / 255, 4])  # fmt: skip
+    attacks.pgd(_linear(), x, y, jax.random.key(0), attacks.PGDConfig(eps=3.4, norm="l2", steps=1))
+
+
 def _linear(k=4):
     w = jnp.asarray(np.random.default_rng(7).normal(size=(k, 12)), jnp.float32)
     return lambda x: x.reshape(x.shape[0], -1) @ w.T

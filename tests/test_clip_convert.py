@@ -1,9 +1,9 @@
 """Checkpoint conversion: a PyTorch reference of both releases, saved in their format, converted
 without torch, must give the same image and text embeddings; malformed checkpoints must fail loudly.
 
-The reference below is written from da-spec §2–§3 in plain PyTorch (timm-style ViT with fused qkv
-or DiffCLIP's DiffAttention; an OpenAI-style text transformer with ``nn.MultiheadAttention`` or
-DiffAttention), evaluated in float64.
+The reference below is written from the DiffCLIP paper (arXiv 2503.06626) and docs/clip.md in
+plain PyTorch (timm-style ViT with fused qkv or DiffCLIP's DiffAttention; an OpenAI-style text
+transformer with ``nn.MultiheadAttention`` or DiffAttention), evaluated in float64.
 """
 
 import argparse
@@ -42,7 +42,7 @@ class RMSNorm(nn.Module):
 
 
 class DiffAttention(nn.Module):
-    """DiffCLIP's DiffAttention (da-spec §1.3 with §2.1's differences), batch-first."""
+    """DiffCLIP's DiffAttention (docs/definitions.md, with DiffCLIP's λ_init = 0.8), batch-first."""
 
     def __init__(self, dim, num_heads, lambda_init=0.8):
         super().__init__()

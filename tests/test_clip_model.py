@@ -54,7 +54,8 @@ def _unit(x):
 
 
 def test_release_shapes_match_the_spec():
-    # da-spec §3.2: 517 tensors, 149,629,185 parameters, 9,216 more than the baseline CLIP.
+    # The DiffCLIP release (arXiv 2503.06626): 517 tensors, 149,629,185 parameters, 9,216 more
+    # than the baseline CLIP.
     counts = {}
     for name in ("diffclip_b16", "clip_b16"):
         config = clip_preset(name)

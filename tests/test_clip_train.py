@@ -61,17 +61,24 @@ def test_training_lowers_the_loss_and_learns_zero_shot():
     assert zeroshot_accuracy(classifier, test.images, test.labels) > 0.4  # chance: 0.25
 
 
-def test_training_is_reproducible_and_clamps_the_scale():
+def test_training_is_reproducible_and_clamps_the_scale(tmp_path):
     config = ContrastiveConfig(steps=3, batch_size=8, warmup_steps=1, steps_per_call=3, seed=5)
     runs = []
-    for _ in range(2):
+    for logdir in (None, tmp_path):
         config_m = clip_preset("tiny_diff", context_length=16, vision_layers=1, text_layers=1)
         model = CLIP(config_m, rngs=nnx.Rngs(0))
         model.logit_scale[...] = 9.0
-        runs.append(train_contrastive(model, _data(16, 0), ["a {} photo"], config, progress=False))
+        runs.append(train_contrastive(model, _data(16, 0), ["a {} photo"], config, progress=False,
+                                      logdir=logdir))  # fmt: skip
         # Clamped from 9 to ln 100 after every update, then moved by at most a few small steps.
         assert 4.5 < float(model.logit_scale[...]) <= np.float32(math.log(100))
     np.testing.assert_array_equal(runs[0], runs[1])
+    # The second run's TensorBoard events, read by TensorBoard's own reader: every step's loss.
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = ea.EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(i + 1, v) for i, v in enumerate(runs[1].tolist())]
 
 
 def test_bad_training_input():

@@ -108,3 +108,25 @@ def test_zoo_runs_are_named_by_the_sha256_of_the_resolved_config(tmp_path):
     # Where the data lives changes no number: not part of the name (existing runs stay valid).
     for resident in (True, False):
         assert zoo.config_hash(config.replace(resident_data=resident)) == digest
+
+
+def test_unknown_fields_are_matched_by_their_nested_names():
+    with pytest.raises(configs.ConfigError, match=r"did you mean 'params\.eps'\?"):
+        configs.load("attack:pgd", ["--config.eps=0.01"])
+    with pytest.raises(configs.ConfigError, match=r"did you mean 'train\.model\.depth'"):
+        configs.load("train:smoke", ["--config.train.depht=2"])
+
+
+@pytest.mark.parametrize("spec,override,field", [
+    ("attack:pgd", "--config.params.eps=8", "params.eps"),
+    ("main:smoke", "--config.eps=(8,)", "eps"),
+    ("asr_table:smoke", "--config.autoattack_eps=(0.03,4)", "autoattack_eps"),
+])  # fmt: skip
+def test_linf_budgets_on_the_255_scale_are_refused(spec, override, field):
+    budget = override.rpartition("=")[2].strip("(,)").split(",")[-1]
+    with pytest.raises(configs.ConfigError,
+                       match=rf"--config\.{field}: .* did you mean {budget}/255"):  # fmt: skip
+        configs.load(spec, [override])
+    # An ℓ2 radius is not on the ℓ∞ scale: 8 is a valid ℓ2 budget for a 32×32×3 image.
+    assert configs.load("attack:pgd", ["--config.params.norm=l2",
+                                       "--config.params.eps=8"]).params.eps == 8  # fmt: skip

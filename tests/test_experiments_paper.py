@@ -4,6 +4,8 @@ resume, overrides in the resolved config, figures, bad input."""
 
 import csv
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -192,6 +194,7 @@ def test_figures_are_drawn_from_saved_results_alone(smoke, tmp_path):
     # `diffjax run` drew them already; `diffjax figures` redraws them from the results alone.
     assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(
         f"{name}_smoke.{ext}" for name in SCRIPTS for ext in ("png", "pdf"))
+    drawn = {p: p.read_bytes() for p in (root / "figures").iterdir()}
     (root / "runs").rename(tmp_path / "runs_away")  # no model can be read
     try:
         written = diffjax("figures", "--workdir", str(root), "--preset", "smoke")
@@ -201,6 +204,14 @@ def test_figures_are_drawn_from_saved_results_alone(smoke, tmp_path):
     for p in written:
         with open(p, "rb") as f:
             assert f.read(8) == (b"\x89PNG\r\n\x1a\n" if p.endswith(".png") else b"%PDF-1.4")
+    # Redrawing unchanged results rewrites the same bytes (no creation date in the PDFs).
+    assert {p: p.read_bytes() for p in drawn} == drawn
+    # Results are written with the usual permissions (0666 less the umask), not owner-only.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "summary.csv"):
+        for path in (root / "results").rglob(name):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))

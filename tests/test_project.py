@@ -50,3 +50,10 @@ def test_no_project_file_points_outside_the_repository():
             if "../" + "shared" in text:  # the folder beside the checkout, not in a clone
                 bad.append(str(path.relative_to(ROOT)))
     assert bad == []
+
+
+def test_ci_builds_the_documentation_strictly():
+    # A warning (a dead link or anchor) fails the build: mkdocs_hooks.py keeps the links of the
+    # pages symlinked in from outside docs/ pointing at their site pages.
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert any("mkdocs build --strict" in line and '".[docs]"' in line for line in lines)

@@ -1,20 +1,17 @@
 """The CLIP tokenizer's text clean-up on awkward strings: ids identical to the reference
-(open_clip's ``SimpleTokenizer``, which runs ``ftfy.fix_text``) with ftfy and without it (then
-diffjax.clip.textfix stands in), and the stand-in against ftfy itself on seeded random text.
+(open_clip's ``SimpleTokenizer``, which, like diffjax, runs ``ftfy.fix_text``), on stored
+strings and on seeded random text.
 
 The expected ids were produced by ``open_clip.tokenizer.SimpleTokenizer().encode`` (open_clip_torch
 3.3.0, ftfy 6.3.1); with open_clip installed they are also recomputed here.
 """
 
-import importlib.util
 import random
-import sys
 import unicodedata
-import warnings
 
 import pytest
 
-from diffjax.clip import textfix, tokenizer
+from diffjax.clip import tokenizer
 from diffjax.clip.tokenizer import default_tokenizer, split_words
 
 # (text, reference ids)
@@ -263,20 +260,8 @@ AWKWARD = [
 ]
 
 
-@pytest.fixture(params=["ftfy", "textfix"])
-def cleanup(request, monkeypatch):
-    """The tokenizer with ftfy (skipped where it is not installed) and with ftfy taken away."""
-    if request.param == "ftfy":
-        if tokenizer.ftfy is None:
-            pytest.skip("ftfy is not installed")
-    else:
-        monkeypatch.setattr(tokenizer, "ftfy", None)
-        monkeypatch.setattr(warnings, "warn", lambda *a, **k: None)
-    return request.param
-
-
 @pytest.mark.parametrize("text,ids", AWKWARD)
-def test_ids_match_the_reference(cleanup, text, ids):
+def test_ids_match_the_reference(text, ids):
     assert default_tokenizer().encode(text) == ids
 
 
@@ -286,20 +271,6 @@ def test_reference_recomputed():
     assert [ref.encode(t) for t, _ in AWKWARD] == [ids for _, ids in AWKWARD]
 
 
-def test_without_ftfy_the_module_imports_and_warns(monkeypatch):
-    # A fresh copy of the module imported while `import ftfy` fails, as on an install without it.
-    monkeypatch.setitem(sys.modules, "ftfy", None)
-    spec = importlib.util.spec_from_file_location("tokenizer_without_ftfy", tokenizer.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.ftfy is None
-    text, ids = AWKWARD[1]
-    with pytest.warns(UserWarning, match="ftfy is not installed"):
-        assert module.Tokenizer().encode(text) == ids
-
-
-# Seeded random text. Each pool draws characters from one awkward region; the Latin-1 byte soup
-# where ftfy's mojibake heuristic decides (docs/clip.md) is measured by benchmarks, not here.
 _POOLS = {
     "ascii+controls": [chr(i) for i in range(0x00, 0x80)],
     "combining": [chr(i) for i in range(0x300, 0x370)] + list("aeiouAEIOU "),
@@ -340,41 +311,9 @@ def _fuzz(pool, count, seed):
             yield "".join(rng.choice(pool) for _ in range(n))
 
 
-@pytest.mark.parametrize("name", sorted(_POOLS))
-def test_textfix_equals_ftfy_on_random_text(name):
-    ftfy = pytest.importorskip("ftfy")
-    texts = list(_fuzz(_POOLS[name], 1500, seed=sorted(_POOLS).index(name)))
-    assert [textfix.fix_text(t) for t in texts] == [ftfy.fix_text(t) for t in texts]
-
-
-_CONTINUATIONS = sorted(textfix._CONTINUATION)  # characters standing for bytes 0x80–0xBF
-# Where textfix and ftfy differ (docs/clip.md): Â/Ã pairs that re-decode as UTF-8 but that
-# ftfy's heuristic judges legitimate text (textfix decodes them), and Ã\x82 / Ã\x83, which decode
-# to Â / Ã, after which ftfy reads the following space as a lost no-break space (textfix does not).
-_DIFFER = {"Â": set("¥ŒŽ’…"), "Ã": set("\x82\x83¥ŒŽƒ’‚…")}
-
-
-@pytest.mark.parametrize("lead", ["Â", "Ã", "â€", "ðŸ"])
-def test_mojibake_sequences_as_ftfy(lead):
-    ftfy = pytest.importorskip("ftfy")
-    if lead == "ðŸ":
-        tails = [a + b for a in _CONTINUATIONS[::5] for b in _CONTINUATIONS]
-    else:
-        tails = _CONTINUATIONS
-    differ = set()
-    for tail in tails:
-        for context in ("{}", "caf{} ok", "The {} word.", "A{}B"):
-            text = context.format(lead + tail)
-            if textfix.fix_text(text) != ftfy.fix_text(text):
-                differ.add(tail)
-    assert differ == _DIFFER.get(lead, set())
-
-
-def test_textfix_ids_equal_open_clip_on_random_text(monkeypatch):
+def test_ids_equal_open_clip_on_random_text():
     simple = pytest.importorskip("open_clip.tokenizer")
     ref = simple.SimpleTokenizer()
-    monkeypatch.setattr(tokenizer, "ftfy", None)
-    monkeypatch.setattr(warnings, "warn", lambda *a, **k: None)
     tok = default_tokenizer()
     texts = [t for pool in _POOLS.values() for t in _fuzz(pool, 60, seed=99)]
     # Code points this Python's Unicode database leaves unassigned are classified by `regex`'s
@@ -399,18 +338,3 @@ def test_split_words_as_the_reference_pattern_on_every_character():
     for start in range(0, len(chars), 4096):
         text = " ".join(f"x{c}y.{c}.1{c}1" for c in chars[start : start + 4096])
         assert split_words(text) == regex.findall(pattern, text)
-
-
-def test_textfix_refuses_bytes():
-    with pytest.raises(TypeError, match="needs a str"):
-        textfix.fix_text(b"bytes")
-
-
-def test_long_lines_are_fixed_in_ftfy_pieces(monkeypatch):
-    ftfy = pytest.importorskip("ftfy")
-    monkeypatch.setattr(textfix, "MAX_SEGMENT", 20)  # ftfy's max_decode_length, made small
-    texts = ["&amp;" * 3 + "x" * 10 + "<b>&amp;</b>" + "&amp;" * 5 + "\ncafÃ©",
-             "y" * 19 + "Ã©" + "z" * 30, "&lt;" * 12]  # fmt: skip
-    assert [textfix.fix_text(t) for t in texts] == [
-        ftfy.fix_text(t, max_decode_length=20) for t in texts
-    ]

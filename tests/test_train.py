@@ -94,6 +94,20 @@ def test_smoke_run_lowers_the_loss(smoke_run):
     assert json.loads((run_dir / "config.json").read_text())["model"]["attention"] == "diff"
 
 
+def test_tensorboard_events_hold_the_metrics(smoke_run):
+    # Read back by TensorBoard's own event reader: each number of metrics.jsonl, at its step.
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_dir, _, _ = smoke_run
+    events = ea.EventAccumulator(str(run_dir))
+    events.Reload()
+    logged = read_metrics(run_dir)
+    for kind, name in (("train", "loss"), ("eval", "test_accuracy")):
+        expected = [(r["step"], np.float32(r[name])) for r in logged if r["kind"] == kind]
+        assert [(e.step, e.value) for e in events.Scalars(f"{kind}/{name}")] == expected
+    lam = [(r["step"], np.float32(r["lambda"][1])) for r in logged if r["kind"] == "train"]
+    assert [(e.step, e.value) for e in events.Scalars("train/lambda/1")] == lam
+
+
 def init_model(config: TrainConfig):
     from diffjax.vit import ViT
 

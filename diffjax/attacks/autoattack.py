@@ -66,8 +66,8 @@ class AutoAttackConfig:
     eot_iter: int = 20
 
     def __post_init__(self):
-        itf.check_eps(self.eps)
         itf.check_norm(self.norm)
+        itf.check_eps(self.eps, self.norm)
         if self.version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
         itf.check_int("steps", self.steps, 1)

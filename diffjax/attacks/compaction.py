@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -243,6 +244,9 @@ def run_plan(
         if len(radii) != 1:
             raise ValueError(f"the stages have different radii {sorted(radii)}; pass eps")
         eps = jnp.full(images.shape[0], radii.pop(), jnp.float32)
+    if itf._is_concrete(eps):  # the ℓ2 bound needs the image size, known only here
+        itf.check_eps(float(jnp.max(eps)), getattr(plan.stages[0].config, "norm", None),
+                      math.prod(images.shape[1:]))  # fmt: skip
     plan = dataclasses.replace(
         plan,
         stages=tuple(

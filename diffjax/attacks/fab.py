@@ -59,8 +59,8 @@ class FABConfig:
     beta: float = 0.9
 
     def __post_init__(self):
-        itf.check_eps(self.eps)
         itf.check_norm(self.norm)
+        itf.check_eps(self.eps, self.norm)
         itf.check_int("steps", self.steps, 1)
         itf.check_int("restarts", self.restarts, 1)
         itf.check_int("num_targets", self.num_targets, 1)

@@ -87,10 +87,24 @@ def check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def check_eps(eps: Any) -> None:
+def check_eps(eps: Any, norm: str | None = None, pixels: int | None = None) -> None:
+    """A radius ≥ 0 on the [0, 1] pixel scale: with ``norm="linf"`` at most 1 (the whole pixel
+    range), with ``norm="l2"`` and the image's ``pixels`` (H·W·C) at most the diagonal √pixels
+    of the image cube. Larger radii allow every image: they are budgets on the [0, 255] scale
+    given by mistake, refused with the ε they probably meant."""
     if isinstance(eps, jax.core.Tracer):
         return  # a per-example radius inside a trace (several budgets in one call)
     check_nonnegative("eps", eps)
+    if norm == "linf" and eps > 1:
+        bound = "1, the whole [0, 1] pixel range"
+    elif norm == "l2" and pixels is not None and eps > math.sqrt(pixels):
+        bound = f"√{pixels} = {math.sqrt(pixels):.4g}, the diagonal of the [0, 1] image cube"
+    else:
+        return
+    raise ValueError(
+        f"eps = {eps:g} ({norm}) is above {bound}, so every image is in the ball; eps is on "
+        f"the [0, 1] pixel scale: did you mean {eps:g}/255 (= {eps / 255:.4g})?"
+    )
 
 
 def check_bool(name: str, value: Any) -> None:

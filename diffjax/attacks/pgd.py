@@ -74,8 +74,8 @@ class PGDConfig:
     targeted: bool = False
 
     def __post_init__(self):
-        itf.check_eps(self.eps)
         itf.check_norm(self.norm)
+        itf.check_eps(self.eps, self.norm)
         itf.check_int("steps", self.steps, 1)
         itf.check_int("restarts", self.restarts, 1)
         itf.check_bool("random_start", self.random_start)

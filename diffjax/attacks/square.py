@@ -56,8 +56,8 @@ class SquareConfig:
     norm: str = "linf"
 
     def __post_init__(self):
-        itf.check_eps(self.eps)
         itf.check_norm(self.norm)
+        itf.check_eps(self.eps, self.norm)
         itf.check_int("queries", self.queries, 0)
         itf.check_fraction("p_init", self.p_init)
 

@@ -19,7 +19,8 @@ from diffjax.config import (
     check_number,
 )
 
-# The released DiffCLIP models use λ_init = 0.8 in all 24 DA layers (da-spec §2.1).
+# The released DiffCLIP models use λ_init = 0.8 in all 24 DA layers (DiffCLIP, Hammoud & Ghanem
+# 2025, arXiv 2503.06626; docs/clip.md, Decisions).
 DIFFCLIP_LAMBDA_INIT = 0.8
 # Training clamps the log logit scale to [0, ln 100] (SLIP / SynthCLIP).
 MAX_LOG_LOGIT_SCALE = math.log(100.0)

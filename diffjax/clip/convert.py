@@ -7,11 +7,11 @@
 The files are read without torch by :mod:`diffjax.torch_weights` (``read_state_dict``: a
 restricted unpickler, only the model's storages are read).
 
-Key conventions are those of da-spec §3.2 (DiffCLIP: timm ``DifferentialVisionTransformer`` + the
-``DiffCLIP`` text tower) and §3.3 (baseline CLIP: timm ViT with fused ``qkv`` + OpenAI text tower
-with ``nn.MultiheadAttention`` ``in_proj``). Conversion is strict: every expected key must be
-present with its exact shape, no unexpected key may remain, and every diffjax parameter must be
-written exactly once.
+Key conventions are those of the DiffCLIP release (arXiv 2503.06626; DiffCLIP: timm
+``DifferentialVisionTransformer`` + the ``DiffCLIP`` text tower; baseline CLIP: timm ViT with fused
+``qkv`` + OpenAI text tower with ``nn.MultiheadAttention`` ``in_proj``), as docs/clip.md lists.
+Conversion is strict: every expected key must be present with its exact shape, no unexpected key may
+remain, and every diffjax parameter must be written exactly once.
 """
 
 from __future__ import annotations

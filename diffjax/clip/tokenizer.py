@@ -3,9 +3,8 @@
     tok = Tokenizer()
     ids = tok(["a photo of a cat.", "a dog"])    # [2, 77] int32: SOT, BPE ids, EOT, zero padding
 
-Text is cleaned as the reference does (``ftfy.fix_text``; without ftfy, diffjax's own rewrite of
-its default steps, :mod:`diffjax.clip.textfix`, which gives the same ids except on rare mojibake;
-HTML entities unescaped twice; whitespace runs collapsed), lower-cased, split into
+Text is cleaned as the reference does (``ftfy.fix_text``, a required dependency; HTML entities
+unescaped twice; whitespace runs collapsed), lower-cased, split into
 words with the OpenAI rule (special tokens, English contractions, letter runs, single digits,
 runs of other symbols), and each word's UTF-8 bytes are merged with the 48,894 BPE merges of
 ``bpe_simple_vocab_16e6.txt.gz``.
@@ -22,12 +21,10 @@ import importlib.resources
 import os
 import re
 import unicodedata
-import warnings
 from collections.abc import Sequence
 
+import ftfy
 import numpy as np
-
-from diffjax.clip import textfix
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -39,11 +36,6 @@ NUM_MERGES = 49152 - 256 - 2  # the merges CLIP uses: the first 48,894 of the fi
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _END_OF_WORD = "</w>"
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
-
-try:  # a dependency of diffjax, but a --no-deps install may lack it: then textfix stands in
-    import ftfy
-except ImportError:  # pragma: no cover - depends on the environment
-    ftfy = None
 
 
 def default_vocab_path() -> str:
@@ -79,23 +71,10 @@ def _base_vocabulary() -> list[str]:
     return [symbols[b] for b in visible + hidden]
 
 
-def fix_text(text: str) -> str:
-    """``ftfy.fix_text(text)``; without ftfy, :func:`diffjax.clip.textfix.fix_text` (with a
-    warning: the two differ on some mojibake, docs/clip.md lists where)."""
-    if ftfy is not None:
-        return ftfy.fix_text(text)
-    warnings.warn(
-        "ftfy is not installed: the CLIP tokenizer cleans text with diffjax.clip.textfix, which "
-        "gives the reference ids except on some mojibake (pip install 'ftfy>=6.1' for all)",
-        stacklevel=3,
-    )
-    return textfix.fix_text(text)
-
-
 def clean_text(text: str) -> str:
-    """The reference clean-up: :func:`fix_text`, HTML-unescape twice, collapse whitespace,
+    """The reference clean-up: ``ftfy.fix_text``, HTML-unescape twice, collapse whitespace,
     strip, lower-case."""
-    text = html.unescape(html.unescape(fix_text(text))).strip()
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip().lower()
 
 

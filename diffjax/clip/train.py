@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -34,6 +35,7 @@ from diffjax.clip.model import CLIP
 from diffjax.clip.tokenizer import Tokenizer, default_tokenizer
 from diffjax.clip.zeroshot import check_templates
 from diffjax.data import Dataset
+from diffjax.records import EventLog
 
 Array = jax.Array
 
@@ -164,6 +166,7 @@ def train_contrastive(
     config: ContrastiveConfig,
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
+    logdir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Train ``model`` in place on ``data`` with template captions; return the per-step losses.
 
@@ -174,6 +177,8 @@ def train_contrastive(
       config: hyper-parameters.
       tokenizer: default: the shipped CLIP BPE tokenizer.
       progress: show a tqdm bar.
+      logdir: also write each step's loss (scalar ``train/loss``) as TensorBoard event files
+        there (:class:`diffjax.records.EventLog`); ``None``: none.
 
     Returns:
       [config.steps] float32 training losses (the loss of each step's batch before its update).
@@ -194,6 +199,7 @@ def train_contrastive(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = jax.jit(make_optimizer(c).init)(params)
     losses = []
+    events = None if logdir is None else EventLog(logdir)
     with tqdm(total=c.steps, desc="contrastive", disable=not progress) as bar:
         for start in range(0, c.steps, c.steps_per_call):
             steps = jnp.arange(start, min(start + c.steps_per_call, c.steps))
@@ -201,6 +207,9 @@ def train_contrastive(
                 graphdef, c, params, rest, opt_state, arrays, key, steps
             )
             losses.append(np.asarray(chunk))
+            if events is not None:  # one host round trip per call already: no extra sync
+                for step, loss in zip(np.asarray(steps), losses[-1], strict=True):
+                    events.write({"loss": loss}, tag="train", step=int(step) + 1)
             bar.update(len(steps))
             bar.set_postfix(loss=f"{float(chunk[-1]):.3f}")
     nnx.update(model, params)

@@ -64,8 +64,8 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
             if not arg.startswith("--config.") or "=" not in arg:
                 raise ConfigError(f"not a config override: {arg!r} (want --config.FIELD=VALUE)")
             if field not in known:
-                close = difflib.get_close_matches(field, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                close = suggest(field, known)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
                 raise ConfigError(f"unknown config field {field!r} in {spec}{hint}")
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", flag_values=fv, lock_config=True, sys_argv=argv)
@@ -83,7 +83,42 @@ def load(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
         for name in parents:
             node = node[name]
         node[leaf] = None
+    check_pixel_budgets(config)
     return config
+
+
+# ℓ∞ budgets on the [0, 1] pixel scale (a radius, or a tuple of them), by dotted field name.
+LINF_BUDGETS = ("eps", "autoattack_eps", "radii_linf", "params.eps")
+
+
+def check_pixel_budgets(config: ml_collections.ConfigDict) -> None:
+    """Refuse an ℓ∞ budget above 1 (on [0, 1] images it allows every image: a budget on the
+    [0, 255] scale given by mistake), naming the field and the ε it probably meant."""
+    params = config.get("params")
+    for field, value in flat(config):
+        if field not in LINF_BUDGETS or (field == "params.eps" and params.get("norm") == "l2"):
+            continue
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, int | float) and not isinstance(v, bool) and v > 1:
+                raise ConfigError(
+                    f"--config.{field}: an ℓ∞ budget of {v:g} is above 1, the whole [0, 1] "
+                    f"pixel range; budgets are on the [0, 1] scale: did you mean {v:g}/255 "
+                    f"(= {v / 255:.4g})?"
+                )
+
+
+def suggest(field: str, known: list[str]) -> list[str]:
+    """The known dotted fields ``field`` was probably meant to be: those whose last name is
+    ``field``'s (``eps`` → ``params.eps``), else those whose last name is close to it, else
+    those close as a whole (at most three)."""
+    leaf = field.rpartition(".")[2]
+    leaves = {k: k.rpartition(".")[2] for k in known}
+    same = [k for k, v in leaves.items() if v == leaf]
+    if same:
+        return same[:3]
+    close = difflib.get_close_matches(leaf, sorted(set(leaves.values())), n=3)
+    by_leaf = [k for c in close for k, v in leaves.items() if v == c]
+    return by_leaf[:3] or difflib.get_close_matches(field, known, n=1)
 
 
 def flat(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:

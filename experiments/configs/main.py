@@ -1,7 +1,7 @@
 """The main job: ViT and DiffViT trained on the embedded CIFAR-10 sample, attacked, analysed.
 
     diffjax run main                       # the embedded default (a few minutes on 2 CPU cores)
-    diffjax run main --config=main:smoke   # seconds: the test size
+    diffjax run main --config=main:smoke   # the test size (minutes: mostly compilation)
     diffjax run main --config=main:gpu --config.seed=1   # one H100/H200 (docs/accelerators.md)
 """
 

@@ -11,7 +11,7 @@ recipe does not set keep the dataclasses' defaults.
 
 | preset     | model              | data                          | epochs | wall (2-core CPU)  |
 |------------|--------------------|-------------------------------|--------|--------------------|
-| `smoke`    | Pico/16, depth 2   | 128 synthetic images          | 2      | seconds (tests)    |
+| `smoke`    | Pico/16, depth 2   | 128 synthetic images          | 2      | compile-bound      |
 | `embedded` | Nano/4, depth 3    | the 5,000 embedded images     | 12     | ~1 min per model   |
 | `cpu`      | Nano/4, depth 4    | 10,000 CIFAR-10 images        | 4      | ~2 min per model   |
 | `paper`    | S/4 (dropout 0.1)  | all 50,000 CIFAR-10 images    | 200    | GPU                |
