@@ -65,6 +65,12 @@ class Unary(Op):
     def planes(self, lo, hi, param):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def f(self, x):  # pragma: no cover - interface (smooth functions: the value)
+        raise NotImplementedError
+
+    def df(self, x):  # pragma: no cover - interface (smooth functions: the derivative)
+        raise NotImplementedError
+
     def init_param(self, rows, shape):
         return jnp.zeros((rows, *shape))
 

@@ -23,12 +23,6 @@ class Convex(Unary):
 
     positive_domain = False
 
-    def f(self, x):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def df(self, x):  # pragma: no cover - interface
-        raise NotImplementedError
-
     def _safe(self, lo, hi):
         ok = lo > 0 if self.positive_domain else jnp.ones_like(lo, bool)
         one = jnp.ones_like(lo)

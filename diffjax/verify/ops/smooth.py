@@ -41,12 +41,6 @@ class Smooth(Unary):
     max_slope: float
     increasing = True
 
-    def f(self, x):  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def df(self, x):  # pragma: no cover - interface
-        raise NotImplementedError
-
     def init_param(self, rows, shape):
         return jnp.zeros((rows, *shape, 2))
 
