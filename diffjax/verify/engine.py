@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from diffjax.verify.ops import DELTA, Linear
@@ -135,6 +136,39 @@ def checkpoints(prog: Program) -> set[int]:
     return {v for v, k in readers.items() if k > 1 and v != 0}
 
 
+def pairdiff_bounds(res, zshape, axis: int, s: InputSet, factor: float):
+    """Bounds of t[..., i, j] = z_j − z_i (the softmax axis moved last) from z's backward result
+    for [I; −I]: z_j − z_i ≥ (A_lo[j] − A_up[i])·x + b_lo[j] − b_up[i], concretised row by row
+    (``lax.map`` over the softmax rows: [N, N, d] at a time, never [N³, d])."""
+    a, a_abs, b, b_abs = res
+    n = b.shape[0] // 2
+    k = zshape[axis]
+
+    def rows(arr):  # [2n, ...] → lower and upper halves as [rows, N, ...]
+        lo, hi = (jnp.moveaxis(h.reshape(*zshape, *h.shape[1:]), axis, len(zshape) - 1)
+                  for h in (arr[:n], arr[n:]))  # fmt: skip
+        return lo.reshape(-1, k, *arr.shape[1:]), hi.reshape(-1, k, *arr.shape[1:])
+
+    (al, au), (aal, aau), (bl, bu), (bal, bau) = map(rows, (a, a_abs, b, b_abs))
+
+    def one(row):
+        al, au, aal, aau, bl, bu, bal, bau = row
+        # z_j ≥ al[j]·x + bl[j] and −z_i ≥ au[i]·x + bu[i] (the −I rows): their sum bounds t_ij.
+        low = (al[None] + au[:, None], aal[None] + aau[:, None], bl[None] + bu[:, None],
+               bal[None] + bau[:, None])  # fmt: skip
+        # −t_ij = z_i − z_j ≥ al[i]·x + bl[i] + au[j]·x + bu[j].
+        high = (al[:, None] + au[None], aal[:, None] + aau[None], bl[:, None] + bu[None],
+                bal[:, None] + bau[None])  # fmt: skip
+        flat = [(x.reshape(k * k, *x.shape[2:])) for x in (*low, *high)]
+        lo = concretize(tuple(flat[:4]), s, factor).reshape(k, k)
+        hi = -concretize(tuple(flat[4:]), s, factor).reshape(k, k)
+        return lo, hi
+
+    lo, hi = jax.lax.map(one, (al, au, aal, aau, bl, bu, bal, bau))
+    moved = tuple(np.delete(np.asarray(zshape), axis)) + (k, k)
+    return lo.reshape(moved), hi.reshape(moved)
+
+
 def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
     """Every variable's interval: IBP, intersected with CROWN's where a relaxation needs it
     (``method`` ``"crown"``/``"alpha-crown"``).
@@ -143,26 +177,24 @@ def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
     computed for the checkpoints (:func:`checkpoints`) instead of going back to the input: the
     linear bounds of a checkpoint hold on the whole input set, so this is sound, and it keeps the
     program linear in depth (a full backward pass per variable is quadratic). Softmax's pairwise
-    differences z_j − z_i are bounded from the logits' linear bounds, so the noise shared by a
-    row cancels.
+    differences z_j − z_i are bounded from the logits' linear bounds (:func:`pairdiff_bounds`),
+    so the noise shared by a row cancels; its denominator and output then by intervals.
     """
     bounds = {0: (s.lo, s.hi)}
     crown = method in ("crown", "alpha-crown")
-    need = relaxed_inputs(prog) if crown else set()
-    keep = checkpoints(prog) if crown else set()
+    need = relaxed_inputs(prog) - prog.interval_only if crown else set()
+    keep = checkpoints(prog) | {z for z, _ in prog.pairdiff.values()} if crown else set()
     stored: dict[int, tuple] = {}
     dtype = s.lo.dtype
     for node in prog.nodes:
         lo, hi = sanitize(*node.op.interval(*[bounds[v] for v in node.ins]))
-        if node.out in need or node.out in keep:
+        if node.out in prog.pairdiff and crown:
+            z, axis = prog.pairdiff[node.out]
+            clo, chi = sanitize(*pairdiff_bounds(stored[z], prog.shapes[z], axis, s, factor))
+            lo, hi = jnp.maximum(lo, clo), jnp.minimum(hi, chi)
+        elif node.out in need or node.out in keep:
             shape = prog.shapes[node.out]
-            stop = stored
-            if node.out in prog.pairdiff:
-                z = prog.pairdiff[node.out]
-                if z not in stored:
-                    spec_z = _identity_spec(prog.shapes[z], dtype)
-                    stop = {**stored, z: backward(prog, z, spec_z, bounds, stop=stored)}
-            res = backward(prog, node.out, _identity_spec(shape, dtype), bounds, stop=stop)
+            res = backward(prog, node.out, _identity_spec(shape, dtype), bounds, stop=stored)
             if node.out in keep:
                 stored[node.out] = res
             low = concretize(res, s, factor)

@@ -63,15 +63,18 @@ class Node:
 class Program:
     """Nodes in topological order; ``shapes[v]`` of each variable; variable 0 is the input.
 
-    ``pairdiff`` holds the variables that are softmax's pairwise differences z_j − z_i (their
-    bounds are computed from the logits' linear bounds); ``contraction`` is the longest sum of
-    products in the program (for the rounding slack).
+    ``pairdiff`` maps the variables that are softmax's pairwise differences z_j − z_i to
+    (z, softmax axis): their bounds come from the logits' linear bounds. ``interval_only`` are
+    the softmax's denominators and outputs, bounded by intervals from the differences' bounds
+    (a backward pass from them would carry a [rows, N³]-sized coefficient per head).
+    ``contraction`` is the longest sum of products in the program (for the rounding slack).
     """
 
     nodes: tuple[Node, ...]
     shapes: dict[int, tuple[int, ...]]
     output: int
-    pairdiff: dict[int, int]
+    pairdiff: dict[int, tuple[int, int]]
+    interval_only: frozenset[int]
     contraction: int
 
     def producer(self, var: int) -> int:
@@ -308,8 +311,10 @@ def trace(fn: Callable, example, dtype=jnp.float64) -> Program:
             builder.softmax(raw[i], *softmax[i])
         else:
             builder.add(raw[i])
-    nodes = _fuse_linear(builder.nodes, out[1], set(builder.pairdiff.values()))
-    return Program(tuple(nodes), dict(shapes), out[1], builder.pairdiff, builder.contraction)
+    keep = {z for z, _ in builder.pairdiff.values()} | builder.interval_only
+    nodes = _fuse_linear(builder.nodes, out[1], keep)
+    return Program(tuple(nodes), dict(shapes), out[1], builder.pairdiff,
+                   frozenset(builder.interval_only), builder.contraction)  # fmt: skip
 
 
 def _compose(outer: ops.Linear, inner: ops.Linear) -> ops.Linear:
@@ -346,7 +351,8 @@ class _Builder:
         self.tracer, self.dtype = tracer, jnp.dtype(dtype)
         self.shapes = tracer.shapes
         self.nodes: list[Node] = []
-        self.pairdiff: dict[int, int] = {}
+        self.pairdiff: dict[int, tuple[int, int]] = {}
+        self.interval_only: set[int] = set()
         self.contraction = 1
 
     def zeros(self, var):
@@ -418,7 +424,7 @@ class _Builder:
 
         t = self.fresh(moved + (n,))
         self.emit(ops.Linear(pairdiff, pairsum, [self.zeros(z)]), [z], t, r.where)
-        self.pairdiff[t] = z
+        self.pairdiff[t] = (z, axis)
         e = self.fresh(moved + (n,))
         self.emit(ops.Exp(), [t], e, r.where)
         s = self.fresh(moved)
@@ -430,3 +436,4 @@ class _Builder:
         back = ops.Linear(lambda x: jnp.moveaxis(x, -1, axis), lambda x: jnp.moveaxis(x, -1, axis),
                           [self.zeros(inv)])  # fmt: skip
         self.emit(back, [inv], r.out, r.where)
+        self.interval_only |= {s, inv, r.out}
