@@ -37,6 +37,22 @@ def parse(argv=None):
     return args
 
 
+def table(result: dict) -> str:
+    """The Markdown table of a results file (what docs/verify.md quotes)."""
+    lines = [
+        f"Device: {result['meta']['device']}; XLA_FLAGS: `{result['meta']['xla_flags']}`.",
+        "",
+        "| model | depth | norm | method | images | median radius | cold s/img | warm s/img |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        model = "ViT" if r["attention"] == "softmax" else "DiffViT"
+        lines.append(f"| {model} | {r['depth']} | {r['norm']} | {r['method']} | {r['images']} | "
+                     f"{r['median_radius']:.2e} | {r['cold_s_per_image']:.1f} | "
+                     f"{r['warm_s_per_image']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse(argv)
     import jax
@@ -86,8 +102,10 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     meta = dict(device=str(jax.devices()[0]), platform=platform.platform(),
                 xla_flags=os.environ.get("XLA_FLAGS", ""))  # fmt: skip
+    result = {"meta": meta, "rows": rows}
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        json.dump(result, f, indent=1)
+    print(table(result))
 
 
 if __name__ == "__main__":

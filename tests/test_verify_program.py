@@ -172,3 +172,17 @@ def test_bad_input_is_refused_with_a_clear_error():
             verify.margin_lower_bounds(model, x[:, :4], y, 0.1)
         with pytest.raises(ValueError, match="steps"):
             verify.certified_radius(model, x, y, steps=0)
+
+
+def test_docs_quote_the_saved_benchmark_results():
+    import json
+    import pathlib
+
+    from benchmarks.verify_speed import table
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "verify.md").read_text()
+    files = sorted((root / "results" / "verify").glob("*.json"))
+    assert files, "results/verify/*.json (benchmarks/verify_speed.py) are missing"
+    for path in files:
+        assert table(json.loads(path.read_text())) in doc, path.name
