@@ -141,3 +141,15 @@ def test_certified_radius_is_certified_and_zero_when_misclassified():
         lb = np.asarray(lb)
         lb[np.arange(2), np.asarray(labels)] = 1.0
         assert np.all(lb > 0)
+
+
+def test_float32_path_is_close_at_a_point_and_below_the_adversary():
+    model, x, labels, margins = _batch("softmax")
+    found = _found("softmax", "linf")
+    with jax.enable_x64():
+        at0 = verify.margin_lower_bounds(model, x, labels, 0.0, method="crown-ibp",
+                                         precision="float32")  # fmt: skip
+        at_eps = verify.margin_lower_bounds(model, x, labels, EPS["linf"], method="crown-ibp",
+                                            precision="float32")  # fmt: skip
+    np.testing.assert_allclose(np.asarray(at0), margins, atol=1e-4)
+    assert np.all(np.asarray(at_eps) <= found + 1e-6)
