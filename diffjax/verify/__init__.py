@@ -187,7 +187,8 @@ def certified_radius(model, images, labels, norm: str = "linf", method: str = "c
 
     Returns [B]: a radius at which :func:`margin_lower_bounds` certifies the example (within
     hi·2^-steps of the largest such radius, or ``hi`` itself), 0 if not even ε = 0 is certified
-    (a misclassified image). One jitted, vmapped call.
+    (a misclassified image) or if no bisection point above 0 is (a radius below hi·2^-steps:
+    choose ``hi`` near the expected radius). One jitted, vmapped call.
     """
     _check_model(model)
     _check_options(norm, method, precision, alpha_steps, alpha_lr)
