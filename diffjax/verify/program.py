@@ -41,8 +41,8 @@ STRUCTURAL = {
     "concatenate", "slice", "pad", "squeeze", "expand_dims", "convert_element_type", "copy",
     "copy_p", "stop_gradient",
 }  # fmt: skip
-CALLS = ("pjit", "jit", "closed_call", "core_call", "checkpoint", "remat", "custom_jvp_call",
-         "custom_vjp_call", "custom_vjp_call_jaxpr")  # fmt: skip
+CALLS = ("pjit", "jit", "closed_call", "core_call", "checkpoint", "remat", "remat2",
+         "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")  # fmt: skip
 UNARY = {"exp": ops.Exp, "rsqrt": ops.Rsqrt, "square": ops.Square, "tanh": ops.Tanh,
          "logistic": ops.Logistic, "erf": ops.Erf}  # fmt: skip
 # The longest contraction that the rounding slack DELTA covers (ops.base).
