@@ -40,6 +40,12 @@ def _check_model(model) -> None:
             "diffjax.verify needs the per-layer model, this one has scan_layers=True: "
             "use diffjax.vit.relayout(model, False)"
         )
+    if c.remat:
+        raise ValueError(
+            "diffjax.verify cannot trace a remat=True model (nnx.remat's state handling does not "
+            "run under jax.make_jaxpr); remat changes no value: verify the same parameters in a "
+            "model built with remat=False"
+        )
     if c.dtype != "float64":
         raise ValueError(
             f"diffjax.verify bounds the float64 model, this one computes in {c.dtype}: use "
