@@ -138,7 +138,7 @@ def test_certified_radius_is_certified_and_zero_when_misclassified():
         radii = np.asarray(radii)
         assert np.all(radii[2:] == 0) and np.all(radii[:2] > 0)
         lb = verify.margin_lower_bounds(model, x, labels, jnp.asarray(radii[:2]), "linf", "crown")
-        lb = np.asarray(lb)
+        lb = np.array(lb)  # a writable copy
         lb[np.arange(2), np.asarray(labels)] = 1.0
         assert np.all(lb > 0)
 
