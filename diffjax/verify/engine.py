@@ -1,0 +1,227 @@
+"""Bound propagation over a :class:`~diffjax.verify.program.Program`: IBP, CROWN (backward
+linear bounds), CROWN-IBP and alpha-CROWN, for one input set (vmap it over examples).
+
+The input set is B_p(x0, ε) ∩ [0, 1]^d. Its box (ℓ∞ ball ∩ pixel box; for ℓ2 the ℓ∞ ball of the
+same radius, which contains the ℓ2 ball) starts IBP; a linear lower bound A·x + b of anything is
+concretised as the minimum of A·x over the box (Σ A⁺·lo + A⁻·hi), and for ℓ2 as the better of that
+and the ℓ2-ball minimum A·x0 − ε‖A‖₂ (both sound).
+
+Rounding (float64 path): every backward step also propagates absolute coefficients |Λ| through
+the absolute operations, giving a bound ``mag`` on the magnitude of every term of the final
+A·x + b. Each step's rounding errs by at most DELTA times the magnitudes it sums (ops.base), and
+the errors of all steps add up, so subtracting (steps + 2)·DELTA·mag (scaled up for contractions
+longer than 2¹²) from the computed bound leaves a bound on the exact real one. The float32 path
+skips this: it is fast and close, not rounding-sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffjax.verify.ops import DELTA, Linear
+from diffjax.verify.ops.base import sanitize
+from diffjax.verify.program import MAX_CONTRACTION, Program
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSet:
+    """B_norm(center, eps) ∩ [0, 1]^d and its box [lo, hi] (one example)."""
+
+    center: jax.Array
+    eps: jax.Array
+    norm: str
+    lo: jax.Array
+    hi: jax.Array
+
+
+def input_set(center, eps, norm: str) -> InputSet:
+    slack = DELTA * (jnp.abs(center) + eps)
+    lo = jnp.clip(center - eps - slack, 0.0, 1.0)
+    hi = jnp.clip(center + eps + slack, 0.0, 1.0)
+    return InputSet(center, eps, norm, lo, hi)
+
+
+def slack_factor(prog: Program, rounding: bool, d_in: int) -> float:
+    """The multiple of ``mag`` subtracted from a concretised bound (0 without rounding)."""
+    if not rounding:
+        return 0.0
+    longest = max(prog.contraction, d_in)
+    return DELTA * max(1.0, longest / MAX_CONTRACTION) * (len(prog.nodes) + 2)
+
+
+def concretize(res, s: InputSet, factor: float):
+    """Lower bounds [S] of A·x + b over the input set from a backward result."""
+    a, a_abs, bias, bias_abs = res
+    axes = tuple(range(1, a.ndim))
+    val = jnp.sum(jnp.maximum(a, 0) * s.lo + jnp.minimum(a, 0) * s.hi, axes)
+    mag = jnp.sum(a_abs * jnp.maximum(jnp.abs(s.lo), jnp.abs(s.hi)), axes) + bias_abs
+    if s.norm == "l2":
+        ball = jnp.sum(a * s.center, axes) - s.eps * jnp.sqrt(jnp.sum(a * a, axes))
+        val = jnp.maximum(val, ball)
+        mag = mag + s.eps * jnp.sqrt(jnp.sum(a_abs * a_abs, axes))
+        mag = mag + jnp.sum(a_abs * jnp.abs(s.center), axes)
+    low = val + bias - factor * mag
+    return jnp.where(jnp.isnan(low), -jnp.inf, low)
+
+
+def _identity_spec(shape, dtype):
+    n = 1
+    for k in shape:
+        n *= k
+    eye = jnp.eye(n, dtype=dtype)
+    return jnp.concatenate([eye, -eye]).reshape(2 * n, *shape)
+
+
+def backward(prog: Program, target: int, spec, bounds, params=None, stop=None):
+    """(A, |A|, b, |b|) with spec·v_target ≥ A·x + b on the input set.
+
+    ``spec`` [S, *shape]; ``bounds`` every variable's interval; ``params`` {node index: the
+    op's alpha parameter}; ``stop`` {variable: its own backward result for the spec [I; −I]}
+    substitutes that variable's linear bounds instead of going further back.
+    """
+    lam, lam_abs = {target: spec}, {target: jnp.abs(spec)}
+    rows = spec.shape[0]
+    bias = jnp.zeros(rows, spec.dtype)
+    bias_abs = jnp.zeros(rows, spec.dtype)
+    x_shape = prog.shapes[0]
+    a_in = jnp.zeros((rows, *x_shape), spec.dtype)
+    a_in_abs = jnp.zeros((rows, *x_shape), spec.dtype)
+    for idx in reversed(range(prog.producer(target) + 1)):
+        node = prog.nodes[idx]
+        if node.out not in lam:
+            continue
+        lm, la = lam.pop(node.out), lam_abs.pop(node.out)
+        if stop is not None and node.out in stop:
+            a, aa, b, ba = stop[node.out]
+            n = b.shape[0] // 2
+            flat, flat_abs = lm.reshape(rows, n), la.reshape(rows, n)
+            pos, neg = jnp.maximum(flat, 0), -jnp.minimum(flat, 0)
+            a2 = a.reshape(2 * n, -1)
+            a_in = a_in + (pos @ a2[:n] + neg @ a2[n:]).reshape(a_in.shape)
+            aa2 = aa.reshape(2 * n, -1)
+            a_in_abs = a_in_abs + (flat_abs @ (aa2[:n] + aa2[n:])).reshape(a_in.shape)
+            bias = bias + pos @ b[:n] + neg @ b[n:]
+            bias_abs = bias_abs + flat_abs @ (ba[:n] + ba[n:])
+            continue
+        param = None if params is None else params.get(idx)
+        cts, cts_abs, b, ba = node.op.backward(lm, la, [bounds[v] for v in node.ins], param)
+        bias, bias_abs = bias + b, bias_abs + ba
+        for v, c, ca in zip(node.ins, cts, cts_abs, strict=True):
+            if v == 0:
+                a_in, a_in_abs = a_in + c, a_in_abs + ca
+            elif v in lam:
+                lam[v], lam_abs[v] = lam[v] + c, lam_abs[v] + ca
+            else:
+                lam[v], lam_abs[v] = c, ca
+    return a_in, a_in_abs, bias, bias_abs
+
+
+def relaxed_inputs(prog: Program) -> set[int]:
+    """Variables whose bounds some relaxation needs (inputs of nonlinear operations)."""
+    return {v for n in prog.nodes if not isinstance(n.op, Linear) for v in n.ins if v != 0}
+
+
+def checkpoints(prog: Program) -> set[int]:
+    """Variables read by several nodes (the residual stream, a LayerNorm's input and mean, …):
+    their linear bounds are kept, and later backward passes for intermediate bounds stop there."""
+    readers: dict[int, int] = {}
+    for n in prog.nodes:
+        for v in set(n.ins):
+            readers[v] = readers.get(v, 0) + 1
+    return {v for v, k in readers.items() if k > 1 and v != 0}
+
+
+def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
+    """Every variable's interval: IBP, intersected with CROWN's where a relaxation needs it
+    (``method`` ``"crown"``/``"alpha-crown"``).
+
+    CROWN's backward pass for an intermediate variable substitutes the linear bounds already
+    computed for the checkpoints (:func:`checkpoints`) instead of going back to the input: the
+    linear bounds of a checkpoint hold on the whole input set, so this is sound, and it keeps the
+    program linear in depth (a full backward pass per variable is quadratic). Softmax's pairwise
+    differences z_j − z_i are bounded from the logits' linear bounds, so the noise shared by a
+    row cancels.
+    """
+    bounds = {0: (s.lo, s.hi)}
+    crown = method in ("crown", "alpha-crown")
+    need = relaxed_inputs(prog) if crown else set()
+    keep = checkpoints(prog) if crown else set()
+    stored: dict[int, tuple] = {}
+    dtype = s.lo.dtype
+    for node in prog.nodes:
+        lo, hi = sanitize(*node.op.interval(*[bounds[v] for v in node.ins]))
+        if node.out in need or node.out in keep:
+            shape = prog.shapes[node.out]
+            stop = stored
+            if node.out in prog.pairdiff:
+                z = prog.pairdiff[node.out]
+                if z not in stored:
+                    spec_z = _identity_spec(prog.shapes[z], dtype)
+                    stop = {**stored, z: backward(prog, z, spec_z, bounds, stop=stored)}
+            res = backward(prog, node.out, _identity_spec(shape, dtype), bounds, stop=stop)
+            if node.out in keep:
+                stored[node.out] = res
+            low = concretize(res, s, factor)
+            n = low.shape[0] // 2
+            clo, chi = sanitize(low[:n].reshape(shape), -low[n:].reshape(shape))
+            lo, hi = jnp.maximum(lo, clo), jnp.minimum(hi, chi)
+        bounds[node.out] = (lo, hi)
+    return bounds
+
+
+def margin_spec(label, classes: int, dtype):
+    """[K, K]: row j is e_c − e_j (row c is zero)."""
+    return jax.nn.one_hot(label, classes, dtype=dtype)[None, :] - jnp.eye(classes, dtype=dtype)
+
+
+def _alpha_params(prog: Program, rows: int):
+    return {
+        i: n.op.init_param(rows, prog.shapes[n.out])
+        for i, n in enumerate(prog.nodes)
+        if n.op.has_param
+    }
+
+
+def margin_bounds(prog: Program, s: InputSet, label, method: str, factor: float,
+                  alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
+    """Lower bounds [K] of z_c − z_j over the input set (0 at j = c)."""
+    classes = prog.shapes[prog.output][0]
+    dtype = s.lo.dtype
+    bounds = intermediate_bounds(prog, s, method, factor)
+    spec = margin_spec(label, classes, dtype)
+    if method == "ibp":
+        lo, hi = bounds[prog.output]
+        low = jnp.where(jnp.isnan(lo[label] - hi), -jnp.inf, lo[label] - hi)
+    else:
+        bounds = jax.lax.stop_gradient(bounds)
+
+        def bound(params):
+            return concretize(backward(prog, prog.output, spec, bounds, params), s, factor)
+
+        low = bound(None)
+        if method == "alpha-crown":
+            low = _optimise(bound, _alpha_params(prog, classes), low, alpha_steps, alpha_lr)
+    return jnp.where(jnp.arange(classes) == label, 0.0, low)
+
+
+def _optimise(bound, params, best, steps: int, lr: float):
+    """alpha-CROWN: gradient ascent on the sum of the bounds over the relaxation parameters;
+    every iterate's bound is sound, so the elementwise best (starting from CROWN's) is."""
+    opt = optax.adam(lr)
+
+    def objective(p):
+        low = bound(p)
+        return -jnp.sum(jnp.where(jnp.isfinite(low), low, 0.0)), low
+
+    def step(carry, _):
+        p, state, best = carry
+        (_, low), grads = jax.value_and_grad(objective, has_aux=True)(p)
+        updates, state = opt.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state, jnp.maximum(best, low)), None
+
+    (p, _, best), _ = jax.lax.scan(step, (params, opt.init(params), best), length=steps)
+    return jnp.maximum(best, bound(p))

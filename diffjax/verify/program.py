@@ -1,0 +1,432 @@
+"""The model's own traced program, as a list of relaxable operations.
+
+:func:`trace` runs ``jax.make_jaxpr`` on the function to verify and interprets the jaxpr with one
+rule per primitive:
+
+* sub-programs (``pjit``, ``custom_jvp_call``, ``custom_vjp_call``, ``checkpoint``) are inlined,
+  except a ``custom_jvp_call`` whose body is exact GELU (diffjax's :func:`diffjax.vit.gelu`,
+  recognised by its primitives and checked against x·Φ(x) on a grid), which is one GELU;
+* an equation whose inputs are all constant (parameters: positional embeddings, DA's λ, …) is
+  evaluated concretely;
+* the softmax that ``jax.nn.softmax`` writes out (exp(z − s) / Σ exp(z − s) with a shift s
+  constant along the axis) is recognised from its equations and replaced by the direct form
+  softmax_i = 1 / Σ_j exp(z_j − z_i): a linear map to the pairwise differences, exp, a sum and a
+  reciprocal, so that the noise shared by the logits of a row cancels;
+* every other primitive maps to a relaxation of :mod:`diffjax.verify.ops`, or is refused with
+  a ValueError naming the primitive and the line of the model it comes from.
+
+The result is a :class:`Program`: variable 0 is the input, every :class:`Node` computes one
+variable from perturbed variables (constants are closed over).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core
+
+from diffjax.verify import ops
+
+# Primitives affine in their perturbed operands (for mul/dot_general/div: with one perturbed
+# operand, the multiplier or divisor constant).
+STRUCTURAL = {
+    "add", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "reduce_sum",
+    "concatenate", "slice", "pad", "squeeze", "expand_dims", "convert_element_type", "copy",
+    "copy_p", "stop_gradient",
+}  # fmt: skip
+CALLS = ("pjit", "jit", "closed_call", "core_call", "checkpoint", "remat", "custom_jvp_call",
+         "custom_vjp_call", "custom_vjp_call_jaxpr")  # fmt: skip
+UNARY = {"exp": ops.Exp, "rsqrt": ops.Rsqrt, "square": ops.Square, "tanh": ops.Tanh,
+         "logistic": ops.Logistic, "erf": ops.Erf}  # fmt: skip
+# The longest contraction that the rounding slack DELTA covers (ops.base).
+MAX_CONTRACTION = 2**12
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """``out`` = op(*ins): ``ins`` and ``out`` are variable ids, ``where`` the model's line."""
+
+    op: ops.Op
+    ins: tuple[int, ...]
+    out: int
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Nodes in topological order; ``shapes[v]`` of each variable; variable 0 is the input.
+
+    ``pairdiff`` holds the variables that are softmax's pairwise differences z_j − z_i (their
+    bounds are computed from the logits' linear bounds); ``contraction`` is the longest sum of
+    products in the program (for the rounding slack).
+    """
+
+    nodes: tuple[Node, ...]
+    shapes: dict[int, tuple[int, ...]]
+    output: int
+    pairdiff: dict[int, int]
+    contraction: int
+
+    def producer(self, var: int) -> int:
+        for i, node in enumerate(self.nodes):
+            if node.out == var:
+                return i
+        raise KeyError(var)
+
+
+def _where(eqn) -> str:
+    try:
+        from jax._src import source_info_util
+
+        return source_info_util.summarize(eqn.source_info)
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
+
+
+def refuse(prim: str, where: str, why: str = "") -> ValueError:
+    reason = why or "no relaxation is implemented for it"
+    return ValueError(
+        f"diffjax.verify cannot bound primitive {prim!r} (from {where}): {reason}; "
+        "the model uses an operation the verifier does not model, so it refuses to certify it"
+    )
+
+
+@dataclasses.dataclass
+class _Raw:
+    prim: str
+    ins: list  # ("v", id) or ("c", array)
+    out: int
+    params: dict
+    where: str
+    eqn: Any = None
+
+
+def _sub_jaxpr(eqn):
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        sub = eqn.params.get(key)
+        if sub is not None:
+            if isinstance(sub, core.ClosedJaxpr):
+                return sub.jaxpr, list(sub.consts)
+            return sub, []
+    raise refuse(eqn.primitive.name, _where(eqn), "its body could not be found")
+
+
+def _is_gelu(eqn) -> bool:
+    """A one-input custom_jvp_call whose body is erf arithmetic computing x·Φ(x)."""
+    body, consts = _sub_jaxpr(eqn)
+    prims = {e.primitive.name for e in body.eqns}
+    if len(body.invars) != 1 or len(body.outvars) != 1 or "erf" not in prims:
+        return False
+    if not prims <= {"mul", "erf", "add", "div", "convert_element_type"}:
+        return False
+    x = np.linspace(-8.0, 8.0, 1601)
+    with jax.enable_x64():
+        (y,) = core.jaxpr_as_fun(core.ClosedJaxpr(body, consts))(jnp.asarray(x))
+        want = ops.Gelu().f(jnp.asarray(x))
+    return bool(np.allclose(np.asarray(y), np.asarray(want), rtol=1e-12, atol=1e-14))
+
+
+class _Tracer:
+    """Flattens a closed jaxpr into _Raw equations on perturbed variables."""
+
+    def __init__(self):
+        self.raw: list[_Raw] = []
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.dtypes: dict[int, Any] = {}
+        self.count = 0
+
+    def new(self, aval) -> int:
+        self.count += 1
+        self.shapes[self.count] = tuple(aval.shape)
+        self.dtypes[self.count] = aval.dtype
+        return self.count
+
+    def run(self, jaxpr, consts, args) -> list:
+        env = {}
+        for v, c in zip(jaxpr.constvars, consts, strict=True):
+            env[v] = ("c", np.asarray(c))
+        for v, a in zip(jaxpr.invars, args, strict=True):
+            env[v] = a
+
+        def read(v):
+            return ("c", np.asarray(v.val)) if isinstance(v, core.Literal) else env[v]
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            perturbed = any(kind == "v" for kind, _ in ins)
+            if name == "custom_jvp_call" and perturbed and _is_gelu(eqn):
+                out = self.new(eqn.outvars[0].aval)
+                self.raw.append(_Raw("gelu", ins, out, {}, _where(eqn)))
+                env[eqn.outvars[0]] = ("v", out)
+                continue
+            if name in CALLS:
+                body, sub_consts = _sub_jaxpr(eqn)
+                n_consts = eqn.params.get("num_consts", 0) if name == "custom_vjp_call" else 0
+                outs = self.run(body, sub_consts, ins[n_consts:] if n_consts else ins)
+                for v, o in zip(eqn.outvars, outs, strict=True):
+                    env[v] = o
+                continue
+            if not perturbed:
+                vals = eqn.primitive.bind(*[c for _, c in ins], **eqn.params)
+                vals = vals if eqn.primitive.multiple_results else [vals]
+                for v, val in zip(eqn.outvars, vals, strict=True):
+                    env[v] = ("c", np.asarray(val))
+                continue
+            if len(eqn.outvars) != 1:
+                raise refuse(name, _where(eqn), "it has several results")
+            out = self.new(eqn.outvars[0].aval)
+            self.raw.append(_Raw(name, ins, out, dict(eqn.params), _where(eqn), eqn))
+            env[eqn.outvars[0]] = ("v", out)
+        return [read(v) for v in jaxpr.outvars]
+
+
+def _shape(ref, shapes):
+    kind, val = ref
+    return shapes[val] if kind == "v" else np.shape(val)
+
+
+def _find_softmax(raw: list[_Raw], shapes) -> dict[int, tuple[int, int]]:
+    """{index of the div: (logits var, axis)} for every written-out softmax."""
+    prod = {r.out: r for r in raw}
+    found = {}
+    for i, r in enumerate(raw):
+        if r.prim != "div" or any(k != "v" for k, _ in r.ins):
+            continue
+        (_, e), (_, den) = r.ins
+        ex = prod.get(e)
+        if ex is None or ex.prim != "exp" or ex.ins[0][0] != "v":
+            continue
+        sub = prod.get(ex.ins[0][1])
+        if sub is None or sub.prim != "sub" or sub.ins[0][0] != "v":
+            continue
+        z = sub.ins[0][1]
+        node = prod.get(den)
+        while node is not None and node.prim in ("broadcast_in_dim", "reshape"):
+            node = prod.get(node.ins[0][1]) if node.ins[0][0] == "v" else None
+        if node is None or node.prim != "reduce_sum" or node.ins[0] != ("v", e):
+            continue
+        axes = tuple(node.params["axes"])
+        zshape = shapes[z]
+        if len(axes) != 1 or shapes[den] != zshape[: axes[0]] + (1,) + zshape[axes[0] + 1 :]:
+            continue
+        shift = _shape(sub.ins[1], shapes)
+        # The shift must be constant along the axis (size 1 there) for exp(z − s)/Σ to be
+        # softmax(z) exactly.
+        full = (1,) * (len(zshape) - len(shift)) + tuple(shift)
+        if full[axes[0]] != 1 or shapes[e] != zshape:
+            continue
+        found[i] = (z, axes[0])
+    return found
+
+
+def _bind(prim, params):
+    def call(*args):
+        return prim.bind(*args, **params)
+
+    return call
+
+
+def _linear_fns(r: _Raw, dtype) -> tuple[Callable, Callable, list]:
+    """fn(*perturbed), fn_abs(*perturbed) and the perturbed operand positions of an affine eqn."""
+    prim = r.eqn.primitive
+    params = dict(r.params)
+    if r.prim == "convert_element_type":
+        params["new_dtype"] = dtype
+    if r.prim == "dot_general" and params.get("preferred_element_type") is not None:
+        params["preferred_element_type"] = dtype
+    call = _bind(prim, params)
+    if r.prim in ("sub", "neg"):
+        call_abs = _bind(lax.add_p, {}) if r.prim == "sub" else (lambda x: x)
+    else:
+        call_abs = call
+    slots = [i for i, (k, _) in enumerate(r.ins) if k == "v"]
+    consts = {i: jnp.asarray(v, dtype) for i, (k, v) in enumerate(r.ins) if k == "c"}
+    abs_consts = {i: jnp.abs(v) for i, v in consts.items()}
+
+    def make(fn, cs):
+        def apply(*pert):
+            args = [None] * len(r.ins)
+            for i, p in zip(slots, pert, strict=True):
+                args[i] = p
+            for i, c in cs.items():
+                args[i] = c
+            return fn(*args)
+
+        return apply
+
+    return make(call, consts), make(call_abs, abs_consts), slots
+
+
+def _contraction(r: _Raw, shapes) -> int:
+    if r.prim == "dot_general":
+        (contract, _), _ = r.params["dimension_numbers"]
+        shape = _shape(r.ins[0], shapes)
+        return math.prod(shape[a] for a in contract)
+    if r.prim == "reduce_sum":
+        shape = _shape(r.ins[0], shapes)
+        return math.prod(shape[a] for a in r.params["axes"])
+    return 1
+
+
+def trace(fn: Callable, example, dtype=jnp.float64) -> Program:
+    """The :class:`Program` of ``fn`` (one array in, one array out) traced at ``example``.
+
+    ``dtype`` is the dtype the bounds are computed in (constants are cast to it). Raises a
+    ValueError naming the primitive for anything it cannot bound.
+    """
+    closed = jax.make_jaxpr(fn)(example)
+    tracer = _Tracer()
+    tracer.shapes[0] = tuple(np.shape(example))
+    tracer.dtypes[0] = jnp.asarray(example).dtype
+    (out,) = tracer.run(closed.jaxpr, closed.consts, [("v", 0)])
+    if out[0] != "v":
+        raise ValueError("the function to verify does not depend on its input")
+    raw, shapes = tracer.raw, tracer.shapes
+    softmax = _find_softmax(raw, shapes)
+    # Dead-code elimination from the output (the softmax's shift and sum die with it).
+    live, needed = [], {out[1]}
+    for i in reversed(range(len(raw))):
+        r = raw[i]
+        if r.out not in needed:
+            continue
+        live.append(i)
+        if i in softmax:
+            needed.add(softmax[i][0])
+        else:
+            needed.update(v for k, v in r.ins if k == "v")
+    builder = _Builder(tracer, dtype)
+    for i in reversed(live):
+        if i in softmax:
+            builder.softmax(raw[i], *softmax[i])
+        else:
+            builder.add(raw[i])
+    nodes = _fuse_linear(builder.nodes, out[1], set(builder.pairdiff.values()))
+    return Program(tuple(nodes), dict(shapes), out[1], builder.pairdiff, builder.contraction)
+
+
+def _compose(outer: ops.Linear, inner: ops.Linear) -> ops.Linear:
+    return ops.Linear(
+        lambda *x: outer.fn(inner.fn(*x)), lambda *x: outer.fn_abs(inner.fn_abs(*x)), inner.zeros
+    )
+
+
+def _fuse_linear(nodes: list[Node], output: int, keep: set[int]) -> list[Node]:
+    """Compose chains of affine nodes: a linear node whose only perturbed input is the result
+    of another linear node, used nowhere else, becomes one node (|L₂L₁| ≤ |L₂||L₁| keeps the
+    absolute map an upper bound). Fewer, larger steps: the same bounds, a smaller program."""
+    uses: dict[int, int] = {}
+    for n in nodes:
+        for v in n.ins:
+            uses[v] = uses.get(v, 0) + 1
+    made: dict[int, Node] = {}
+    fused = []
+    for n in nodes:
+        if isinstance(n.op, ops.Linear) and len(n.ins) == 1 and n.ins[0] in made:
+            v = n.ins[0]
+            inner = made[v]
+            if uses[v] == 1 and v != output and v not in keep:
+                fused.remove(inner)
+                n = Node(_compose(n.op, inner.op), inner.ins, n.out, n.where)
+        fused.append(n)
+        if isinstance(n.op, ops.Linear):
+            made[n.out] = n
+    return fused
+
+
+class _Builder:
+    def __init__(self, tracer: _Tracer, dtype):
+        self.tracer, self.dtype = tracer, jnp.dtype(dtype)
+        self.shapes = tracer.shapes
+        self.nodes: list[Node] = []
+        self.pairdiff: dict[int, int] = {}
+        self.contraction = 1
+
+    def zeros(self, var):
+        return jnp.zeros(self.shapes[var], self.dtype)
+
+    def fresh(self, shape) -> int:
+        self.tracer.count += 1
+        self.shapes[self.tracer.count] = tuple(shape)
+        return self.tracer.count
+
+    def emit(self, op, ins, out, where):
+        self.nodes.append(Node(op, tuple(ins), out, where))
+
+    def add(self, r: _Raw):
+        pert = [v for k, v in r.ins if k == "v"]
+        consts = [v for k, v in r.ins if k == "c"]
+        self.contraction = max(self.contraction, _contraction(r, self.shapes))
+        if r.prim == "gelu":
+            return self.emit(ops.Gelu(), pert, r.out, r.where)
+        if r.prim == "convert_element_type":
+            src = self.tracer.dtypes[pert[0]]
+            if jnp.dtype(r.params["new_dtype"]) != src:
+                why = f"it converts a perturbed {src} value to {r.params['new_dtype']}"
+                raise refuse(r.prim, r.where, why + " (the model must compute in float64)")
+        if r.prim in UNARY:
+            return self.emit(UNARY[r.prim](), pert, r.out, r.where)
+        if r.prim == "integer_pow" and r.params["y"] in (2, -1):
+            op = ops.Square() if r.params["y"] == 2 else ops.Reciprocal()
+            return self.emit(op, pert, r.out, r.where)
+        if r.prim == "max" and len(pert) == 1:
+            return self.emit(ops.MaxConst(jnp.asarray(consts[0], self.dtype)), pert, r.out,
+                             r.where)  # fmt: skip
+        if r.prim in ("mul", "dot_general") and len(pert) == 2:
+            if r.prim == "mul" and pert[0] == pert[1]:
+                return self.emit(ops.Square(), pert[:1], r.out, r.where)
+            params = dict(r.params)
+            if params.get("preferred_element_type") is not None:
+                params["preferred_element_type"] = self.dtype
+            return self.emit(ops.Bilinear(_bind(r.eqn.primitive, params)), pert, r.out, r.where)
+        if r.prim == "div" and r.ins[1][0] == "v":
+            # x / y = x · (1/y): a reciprocal, then a product.
+            inv = self.fresh(self.shapes[r.ins[1][1]])
+            self.emit(ops.Reciprocal(), [r.ins[1][1]], inv, r.where)
+            if r.ins[0][0] == "v":
+                fn = _bind(lax.mul_p, {})
+                return self.emit(ops.Bilinear(fn), [r.ins[0][1], inv], r.out, r.where)
+            num = jnp.asarray(r.ins[0][1], self.dtype)
+            lin = ops.Linear(lambda y: num * y, lambda y: jnp.abs(num) * y, [self.zeros(inv)])
+            return self.emit(lin, [inv], r.out, r.where)
+        if r.prim in STRUCTURAL or (r.prim in ("mul", "dot_general", "div") and len(pert) == 1):
+            fn, fn_abs, _ = _linear_fns(r, self.dtype)
+            zeros = [self.zeros(v) for v in pert]
+            return self.emit(ops.Linear(fn, fn_abs, zeros), pert, r.out, r.where)
+        raise refuse(r.prim, r.where)
+
+    def softmax(self, r: _Raw, z: int, axis: int):
+        """softmax(z) along ``axis`` as 1 / Σ_j exp(z_j − z_i)."""
+        shape = self.shapes[z]
+        n = shape[axis]
+        moved = tuple(np.delete(shape, axis)) + (n,)
+
+        def pairdiff(x):  # [..., i, j] = x_j − x_i, the softmax axis moved last
+            x = jnp.moveaxis(x, axis, -1)
+            return x[..., None, :] - x[..., :, None]
+
+        def pairsum(x):
+            x = jnp.moveaxis(x, axis, -1)
+            return x[..., None, :] + x[..., :, None]
+
+        t = self.fresh(moved + (n,))
+        self.emit(ops.Linear(pairdiff, pairsum, [self.zeros(z)]), [z], t, r.where)
+        self.pairdiff[t] = z
+        e = self.fresh(moved + (n,))
+        self.emit(ops.Exp(), [t], e, r.where)
+        s = self.fresh(moved)
+        self.contraction = max(self.contraction, n)
+        total = ops.Linear(lambda x: jnp.sum(x, -1), lambda x: jnp.sum(x, -1), [self.zeros(e)])
+        self.emit(total, [e], s, r.where)
+        inv = self.fresh(moved)
+        self.emit(ops.Reciprocal(), [s], inv, r.where)
+        back = ops.Linear(lambda x: jnp.moveaxis(x, -1, axis), lambda x: jnp.moveaxis(x, -1, axis),
+                          [self.zeros(inv)])  # fmt: skip
+        self.emit(back, [inv], r.out, r.where)
