@@ -78,6 +78,29 @@ def test_bisect_reaches_the_largest_grid_point_below_each_threshold():
     assert len(calls) == steps + 2 and all(c.shape == t.shape for c in calls)
 
 
+def test_bisect_is_verify_certified_radius_bisection():
+    """The harness's bisection over verify's margin bounds gives verify's own radii."""
+    from diffjax import verify
+
+    with jax.enable_x64(True):
+        model = tiny("softmax", depth=1)
+        x = _images(3, seed=5)
+        labels = np.asarray(model(x)).argmax(-1).astype(np.int32)
+        labels[2] = (labels[2] + 1) % 10  # a misclassified image certifies 0
+        hi, steps = 0.01, 6
+        theirs = np.asarray(verify.certified_radius(model, x, labels, "linf", "crown-ibp",
+                                                    hi=hi, steps=steps))  # fmt: skip
+
+        def certified(eps):
+            low = np.asarray(verify.margin_lower_bounds(model, x, labels, eps, "linf", "crown-ibp"))
+            others = np.arange(10)[None] != labels[:, None]
+            return np.all(np.where(others, low > 0, True), axis=1)
+
+        ours = V.bisect(certified, len(x), hi, steps)
+    assert ours[2] == 0 and ours[:2].min() > 0
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
+
+
 def _fake_result(attention, depth, norm, methods):
     return {"attention": attention, "depth": depth, "norm": norm, "images": [3, 5, 8],
             "labels": [1, 2, 3], "hi": 0.05, "steps": 10, "methods": methods}  # fmt: skip
@@ -165,8 +188,12 @@ def _adversarial_min(model, x, label, eps, restarts=8, steps=60):
 def test_auto_lirpa_and_diffjax_bounds_are_both_sound():
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
+    from diffjax import verify
+
     torch.set_default_dtype(torch.float64)
-    eps = 0.01
+    # Small enough that auto_LiRPA's CROWN keeps the RMSNorm's sqrt input positive (at 1e-2 it
+    # stops on its own assertion there).
+    eps = 1e-3
     with jax.enable_x64(True):
         model = tiny("diff", depth=1)
         x = _images(1, seed=3)
@@ -174,17 +201,20 @@ def test_auto_lirpa_and_diffjax_bounds_are_both_sound():
         adv = _adversarial_min(model, x[0], label, eps)
         program = C.logits_program(model, label)
         interval = np.asarray(program(C.Ball(x[0], eps, "linf"), jnp.zeros_like(x[0]))[0].lo)
+        ours = np.asarray(verify.margin_lower_bounds(model, x, np.array([label]), eps, "linf"))[0]
         xt = torch.from_numpy(x)
         bounded = BoundedModule(V.twin(model), xt, device="cpu")
         lo, up = (xt - eps).clamp(0, 1), (xt + eps).clamp(0, 1)
         box = PerturbationLpNorm(norm=np.inf, x_L=lo, x_U=up)
         spec = V.margin_spec(torch.tensor([label]), 10)
-        crown, _ = bounded.compute_bounds(
+        lirpa, _ = bounded.compute_bounds(
             x=(BoundedTensor(xt, box),), C=spec, method="CROWN", bound_upper=False
         )
     others = np.arange(10) != label
-    crown = crown.numpy()[0]  # the margins in spec order, j ≠ c ascending
-    assert np.all(crown <= adv[others] + 1e-9)
-    assert np.all(interval[others] <= adv[others] + 1e-9)
-    # Both are real bounds, not −∞, and CROWN is the tighter on this model.
-    assert np.all(np.isfinite(crown)) and np.all(crown >= interval[others])
+    lirpa = lirpa.detach().numpy()[0]  # the margins in spec order, j ≠ c ascending
+    assert np.all(adv[others] > 0)  # the attack flips nothing: every bound below is informative
+    for bound in (lirpa, ours[others], interval[others]):
+        assert np.all(bound <= adv[others] + 1e-9)
+    # Both CROWNs are real bounds, far tighter than the interval one on this model.
+    for bound in (lirpa, ours[others]):
+        assert np.all(np.isfinite(bound)) and np.all(bound > interval[others])
