@@ -22,8 +22,9 @@ Time per image is the wall time of the whole bisection of all ``--n`` images div
 *cold* includes diffjax's compilation (the first call) and auto_LiRPA's ``BoundedModule``
 construction (its graph tracing); *warm* is diffjax's second call and auto_LiRPA's bisection
 alone. PyTorch runs with one thread per core. diffjax bounds all images of a bisection step in
-one call; so does auto_LiRPA for ℓ∞ (per-image boxes), while its ℓ2 radius is one number per
-call, so it bounds one image per call. Raw per-image results go to ``--out`` (one JSON file per
+one call; auto_LiRPA ``--lirpa-batch`` images per call for ℓ∞ (per-image boxes; its CROWN on
+three depth-1 images at once was killed for memory on a 23 GB machine), one for ℓ2 (its ℓ2 radius
+is one number per call). Raw per-image results go to ``--out`` (one JSON file per
 model and norm, filled in method by method, so an interrupted run resumes where it stopped and a
 rerun only computes what is missing); the Markdown table (:func:`render`) is printed and is what
 docs/certified.md shows.
@@ -288,16 +289,24 @@ def lirpa_radii(bounded, images, labels, norm: str, method: str, args):
         )
         return (lb > 0).all(1).numpy()
 
+    def ptb(i, j, eps):
+        if norm == "linf":  # per-image boxes
+            e = torch.from_numpy(eps[i:j]).reshape(-1, 1, 1, 1)
+            xs = x[i:j]
+            return PerturbationLpNorm(
+                norm=np.inf, x_L=(xs - e).clamp(0, 1), x_U=(xs + e).clamp(0, 1)
+            )
+        return PerturbationLpNorm(norm=2, eps=float(eps[i]))
+
+    # ℓ∞: --lirpa-batch images per call (its CROWN's float64 coefficient tensors grow with the
+    # batch). ℓ2: the radius is one number per call (auto_LiRPA's interval rules
+    # broadcast it over the batch), so one image per call.
+    batch = args.lirpa_batch if norm == "linf" else 1
+
     def certified(eps):
-        if norm == "linf":  # per-image boxes: one batched call
-            e = torch.from_numpy(eps).reshape(-1, 1, 1, 1)
-            box = PerturbationLpNorm(norm=np.inf, x_L=(x - e).clamp(0, 1), x_U=(x + e).clamp(0, 1))
-            return positive(x, box, spec)
-        # An ℓ2 ball's radius is one number per call (auto_LiRPA's interval rules broadcast it
-        # over the batch): one call per image.
         return np.concatenate([
-            positive(x[i : i + 1], PerturbationLpNorm(norm=2, eps=float(eps[i])), spec[i : i + 1])
-            for i in range(len(x))
+            positive(x[i : i + batch], ptb(i, i + batch, eps), spec[i : i + batch])
+            for i in range(0, len(x), batch)
         ])  # fmt: skip
 
     t0 = time.perf_counter()
@@ -429,6 +438,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--diffjax-methods", nargs="*", default=list(DIFFJAX_METHODS), choices=DIFFJAX_METHODS
     )
+    p.add_argument("--lirpa-batch", type=int, default=1,
+                   help="images per auto_LiRPA call (ℓ∞; its CROWN is memory-hungry)")  # fmt: skip
     p.add_argument("--alpha-iterations", type=int, default=20, help="auto_LiRPA α-CROWN steps")
     p.add_argument("--epochs", type=int, default=12, help="epochs of a model not yet trained")
     p.add_argument("--data-dir", default=None, help="train and test on CIFAR-10 from here")
@@ -440,8 +451,8 @@ def main(argv=None) -> int:
     p.add_argument("--docs", action="store_true",
                    help=f"with --render: also write the table into {DOCS}")  # fmt: skip
     args = p.parse_args(argv)
-    if args.n < 1 or args.steps < 1 or not args.hi > 0 or any(d < 1 for d in args.depths):
-        p.error("--n, --steps, --depths must be >= 1 and --hi > 0")
+    if min(args.n, args.steps, args.lirpa_batch, *args.depths) < 1 or not args.hi > 0:
+        p.error("--n, --steps, --lirpa-batch, --depths must be >= 1 and --hi > 0")
     if args.render:
         table = render(load_results(args.out))
         print(table, end="")
