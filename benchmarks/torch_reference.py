@@ -1,7 +1,9 @@
 """A PyTorch eager ViT / DiffViT with the same architecture and FLOPs as :class:`diffjax.ViT`.
 
-The benchmark-only reference that diffjax's speed is measured against. ``from_diffjax`` copies a
-diffjax model's parameters so both compute the same function (checked by the tests to 1e-5).
+The benchmark-only reference that diffjax's speed is measured against, and the model that
+auto_LiRPA bounds in benchmarks/verify_lirpa.py. ``from_diffjax`` copies a diffjax model's
+parameters so both compute the same function (checked by the tests: to 1e-5 in float32, to
+1e-12 in float64; the ops are in forms auto_LiRPA can trace, the GELU a swappable module).
 torch is an optional dependency (the ``bench`` and ``test`` extras).
 """
 
@@ -44,7 +46,9 @@ class Attention(nn.Module):
         lq1, lk1, lq2, lk2 = self.lambdas
         lam = torch.exp(lq1 @ lk1) - torch.exp(lq2 @ lk2) + self.lambda_init
         o = (p[:, :, 0] - lam * p[:, :, 1]) @ v
-        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5)
+        # 1/sqrt rather than rsqrt: ONNX (and so auto_LiRPA's tracer) has no rsqrt, and exports
+        # it as a Div that auto_LiRPA mistakes for its LayerNorm pattern.
+        o = o * torch.reciprocal(torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5))
         o = o * self.subln_scale * (1 - self.lambda_init)
         return self.out(o.transpose(1, 2).reshape(b, n, width))
 
@@ -57,10 +61,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
         hidden = int(round(c.width * c.mlp_ratio))
         self.fc1, self.fc2 = nn.Linear(c.width, hidden), nn.Linear(hidden, c.width)
+        # A module, so a verifier can put its own traceable GELU in its place.
+        self.act = nn.GELU()
 
     def forward(self, h):
         h = h + self.attn(self.norm1(h))
-        return h + self.fc2(nn.functional.gelu(self.fc1(self.norm2(h))))
+        return h + self.fc2(self.act(self.fc1(self.norm2(h))))
 
 
 class TorchViT(nn.Module):
@@ -75,8 +81,9 @@ class TorchViT(nn.Module):
         self.blocks = nn.ModuleList(Block(c, i) for i in range(c.depth))
         self.norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
         self.head = nn.Linear(c.width, c.num_classes)
-        self.register_buffer("mean", torch.tensor(c.mean))
-        self.register_buffer("std", torch.tensor(c.std))
+        # float64 here, unrounded: from_diffjax casts the twin to the model's precision.
+        self.register_buffer("mean", torch.tensor(c.mean, dtype=torch.float64))
+        self.register_buffer("std", torch.tensor(c.std, dtype=torch.float64))
 
     def forward(self, images):
         c = self.c
@@ -100,11 +107,26 @@ def _copy_norm(dst: nn.LayerNorm, src: dict) -> None:
     dst.bias.copy_(torch.tensor(np.asarray(src["bias"])))
 
 
+# The switches TorchViT implements only at these values (the defaults): any other is refused,
+# since a twin computing a different function would make every comparison with it meaningless.
+MODELLED = {"activation": "gelu", "ln_pre": False, "patch_bias": True, "pool": "cls",
+            "distillation": False, "scan_layers": False}  # fmt: skip
+
+
 @torch.no_grad()
 def from_diffjax(model) -> TorchViT:
-    """A :class:`TorchViT` computing the same function as the diffjax ``model``."""
+    """A :class:`TorchViT` computing the same function as the diffjax ``model``.
+
+    Raises:
+      ValueError: the model has a switch the twin does not implement (:data:`MODELLED`).
+    """
+    c = model.config
+    other = {k: getattr(c, k) for k, v in MODELLED.items() if getattr(c, k) != v}
+    if other:
+        raise ValueError(f"the torch twin implements only {MODELLED}; this model has {other}")
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    ref = TorchViT(model.config)
+    # Built in the model's precision: parameters copied into float32 would be rounded.
+    ref = TorchViT(model.config).to(torch.float64 if c.dtype == "float64" else torch.float32)
     _copy_linear(ref.patch_embed, params["patch_embed"])
     ref.cls_token.copy_(torch.tensor(np.asarray(params["cls_token"])))
     ref.pos_embed.copy_(torch.tensor(np.asarray(params["pos_embed"])))
