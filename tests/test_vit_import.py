@@ -233,7 +233,8 @@ def test_batchnorm_relu_vit_logits_match(pool):
                 buf.copy_(0.5 + 1.5 * torch.rand(buf.shape, generator=g))
     state = _state(ref)
     assert "blocks.0.norm1.num_batches_tracked" in state
-    config = infer_config(state, num_heads=4, activation="relu", layer_norm_eps=1e-5)
+    config = infer_config(state, num_heads=4, activation="relu", layer_norm_eps=1e-5,
+                          **LIBRARY_STATS["timm"])
     assert (config.norm, config.ln_pre, config.pool) == (
         "batchnorm",
         True,
