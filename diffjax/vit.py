@@ -302,8 +302,11 @@ class ViT(nnx.Module):
         )
 
         def tokens(n: int, present: bool = True) -> nnx.Param | None:
-            init = DENSE_INIT(rngs.params(), (1, n, c.width), jnp.float32)
-            return nnx.Param(init) if present else None
+            # A key is drawn only for a token that exists: the default model's parameters stay
+            # those of the same seed before the optional tokens existed.
+            if not present:
+                return None
+            return nnx.Param(DENSE_INIT(rngs.params(), (1, n, c.width), jnp.float32))
 
         self.cls_token = tokens(1, c.class_token)
         self.dist_token = tokens(1, c.distillation)

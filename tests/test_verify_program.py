@@ -110,8 +110,16 @@ SWITCHES = {
     "patch_bias": dict(patch_bias=False),
     "pool": dict(pool="mean"),
     "distillation": dict(distillation=True),
+    "class_token": dict(class_token=False, pool="mean"),
+    "num_registers": dict(num_registers=1),
+    "pos_embed_prefix": dict(pos_embed_prefix=False),
+    "layer_scale": dict(layer_scale=True),
+    "qk_norm": dict(qk_norm=True),
+    "proj_bias": dict(proj_bias=False),
+    "mlp_gate": dict(mlp_gate=True, activation="silu"),
+    "norm": dict(norm="batchnorm"),
 }
-EXTRA = {"activation=gelu_tanh": dict(activation="gelu_tanh")}
+EXTRA = {"activation=gelu_tanh": dict(activation="gelu_tanh"), "pool=map": dict(pool="map")}
 
 
 def test_every_config_field_has_a_switch_case():
