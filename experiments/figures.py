@@ -308,7 +308,7 @@ def alignment(result: dict, path: pathlib.Path) -> list[str]:
     spare = axes[depth + 1 :]
     for ax in spare:
         ax.axis("off")
-    if spare:  # the grid's spare cell holds the legend
+    if len(spare):  # the grid's spare cell holds the legend
         spare[0].legend(*axes[0].get_legend_handles_labels(), loc="center")
     else:
         _legend_below(fig, [axes[0]])
