@@ -1,6 +1,8 @@
 """kill -9 of an experiment (`diffjax run`) mid-training: the rerun resumes the zoo training
 from its checkpoint, reuses the finished parts, and writes exactly the results of an
-uninterrupted run (the killed run has one CPU device, the rerun the test session's several)."""
+uninterrupted run, on the test session's devices. (Across device counts the data-parallel
+gradient sums round differently in the last bit: the training checkpoints' cross-topology
+round trips are tests/test_checkpoint_train.py's.)"""
 
 import json
 import os
@@ -8,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import jax
 
 from tests.commandline import diffjax
 
@@ -30,7 +34,10 @@ def test_a_killed_experiment_resumes_to_the_uninterrupted_results(tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "diffjax.experiments.cli", ARGS[0], ARGS[1], "--quiet",
            "--no-compilation-cache", *ARGS[2:], "--workdir", str(killed)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The same devices as this process (conftest sets them by config, not by environment): a
+    # data-parallel step sums its gradients in another order on another device count.
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(jax.device_count())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     zoo = killed / "runs" / "zoo" / "synthetic"
     deadline = time.monotonic() + 600
     # The ViT's part is finished and the DiffViT has its first checkpoint: kill -9 there.
