@@ -2,6 +2,7 @@
 
     save_model(directory, model)      # writes atomically: a crash leaves no half-written model
     model = load_model(directory)     # rebuilds the ViT from its config, restores the parameters
+    lm = load_lm_model(directory)     # the same for a language model (diffjax.lm.LM)
 
 A *model directory* holds ``config.json``, ``params/`` and ``manifest.json``. A *training run
 directory* (written by :func:`diffjax.train.train`) holds ``config.json`` (its ``"model"`` key is
@@ -39,6 +40,7 @@ from flax import nnx
 
 from diffjax.config import ViTConfig
 from diffjax.data.download import file_digest
+from diffjax.lm import LM, LMConfig
 from diffjax.locking import exclusive
 from diffjax.stopping import critical
 from diffjax.vit import WEIGHTS, ViT, relayout
@@ -200,13 +202,22 @@ def verify_manifest(directory: str | os.PathLike, parts: tuple[str, ...] | None 
             )
 
 
-def save_model(directory: str | os.PathLike, model: ViT) -> pathlib.Path:
-    """Save ``model`` (config and parameters) to ``directory``, replacing what was there."""
+def save_model(
+    directory: str | os.PathLike, model: ViT | LM, files: dict[str, os.PathLike] | None = None
+) -> pathlib.Path:
+    """Save ``model`` (config and parameters) to ``directory``, replacing what was there.
+
+    Args:
+      files: ``{name: source path}`` of files copied in beside the config (a language model's
+        ``tokenizer.json``), covered by the manifest like the parameters.
+    """
     directory = pathlib.Path(directory).absolute()
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         write_json_atomic(tmp / CONFIG_FILE, config_to_dict(model.config))
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / name)
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, nnx.state(model, WEIGHTS))
         write_manifest(tmp)
@@ -562,11 +573,18 @@ def load_model(
         analyses index, ``True`` the ``nnx.scan`` layout, ``None`` the layout it was saved in.
     """
     config_dir, params_dir = resolve_model_dir(directory)
+    model = _load_verified(config_dir, params_dir, ViTConfig, ViT, seed)
+    return model if scan_layers is None else relayout(model, scan_layers)
+
+
+def _load_verified(config_dir: pathlib.Path, params_dir: pathlib.Path, config_cls: type,
+                   module_cls: type, seed: int):  # fmt: skip
+    """``module_cls(config)`` of the ``config_cls`` in ``config_dir``, holding ``params_dir``."""
     # The config is trusted only after its digest is checked, and only for a model the saved
     # arrays can hold (every block has at least `width` parameters): building the abstract
     # model of an absurd depth would take forever before any other check.
     verify_manifest(params_dir.parent, parts=(PARAMS_DIR, CONFIG_FILE))
-    config = read_config(config_dir)
+    config = read_config(config_dir, config_cls)
     saved = sum(math.prod(shape) for shape in _saved_shapes(params_dir).values())
     if config.depth * config.width > saved:
         raise CheckpointError(
@@ -574,6 +592,28 @@ def load_model(
             f"{config.width}, more than the {saved} numbers saved in {params_dir} can hold"
         )
     # An abstract module: every parameter is restored, so none needs initialising.
-    model = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(seed)))
-    model = _restore_verified(params_dir, model)
-    return model if scan_layers is None else relayout(model, scan_layers)
+    model = nnx.eval_shape(lambda: module_cls(config, rngs=nnx.Rngs(seed)))
+    return _restore_verified(params_dir, model)
+
+
+def is_lm_directory(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a saved language model (:func:`save_model` of a
+    :class:`diffjax.lm.LM`, e.g. ``diffjax import-lm``): its config has a vocabulary and no
+    image size."""
+    path = pathlib.Path(directory) / CONFIG_FILE
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False  # not a model directory at all: the loader of the caller says why
+    return isinstance(d, dict) and "vocab_size" in d and "image_size" not in d
+
+
+def load_lm_model(directory: str | os.PathLike, seed: int = 0):
+    """The :class:`diffjax.lm.LM` saved by :func:`save_model` in ``directory`` (digests
+    checked as for :func:`load_model`). Training runs of :mod:`diffjax.lm_train` load with
+    :func:`diffjax.lm_train.load_lm`."""
+    directory = pathlib.Path(directory).absolute()
+    if not (directory / CONFIG_FILE).is_file() or not (directory / PARAMS_DIR).is_dir():
+        raise CheckpointError(f"{directory} is not a model directory ({CONFIG_FILE} + "
+                              f"{PARAMS_DIR}/)")  # fmt: skip
+    return _load_verified(directory, directory / PARAMS_DIR, LMConfig, LM, seed)

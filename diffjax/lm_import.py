@@ -1,9 +1,10 @@
 """Hugging Face LLaMA-style checkpoints (``LlamaForCausalLM``) → a diffjax :class:`~diffjax.lm.LM`,
 without torch.
 
-    state = read_weights("model.safetensors")        # diffjax.torch_weights
+    state, _ = read_hf_weights(directory)            # model.safetensors, or its shards
     config = config_from_hf(json.load(open("config.json")))
     model = convert_llama(state, config)              # strict: every key, every shape
+    tokenizer = load_tokenizer(directory / "tokenizer.json")   # the `tokenizers` library
 
 The layout: ``model.embed_tokens``, ``model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
 post_attention_layernorm, mlp.{gate,up,down}_proj}``, ``model.norm``, ``lm_head`` (absent when
@@ -17,6 +18,9 @@ refused by :func:`config_from_hf`.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,9 +34,72 @@ from diffjax.torch_weights import (
     identity,
     linear_rules,
     load_into,
+    read_safetensors,
 )
 
 MODEL_TYPES = ("llama",)
+SINGLE_FILE = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+INSTALL_TOKENIZERS = "pip install 'diffjax[lm-import]' (the `tokenizers` package)"
+
+
+def read_hf_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The state dict of a Hugging Face checkpoint directory, and the names of the files it
+    read: ``model.safetensors``, or the index ``model.safetensors.index.json`` and the shards it
+    maps every key to (each key from its shard).
+
+    Raises:
+      ConversionError: neither file (naming what is there instead), an unreadable index, a
+        missing shard, or a shard whose keys differ from what the index assigns it.
+    """
+    directory = pathlib.Path(directory)
+    index = directory / SHARD_INDEX
+    if not index.is_file():
+        if (directory / SINGLE_FILE).is_file():
+            return read_safetensors(directory / SINGLE_FILE), [SINGLE_FILE]
+        found = sorted(p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth"))
+        hint = f" (found {found}: re-save with save_pretrained(safe_serialization=True))"
+        raise ConversionError(
+            f"{directory} has neither {SINGLE_FILE} nor {SHARD_INDEX}" + (hint if found else "")
+        )
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = {str(f) for f in weight_map.values()}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ConversionError(f"{index}: not a safetensors shard index ({e})") from e
+    state: dict[str, np.ndarray] = {}
+    for shard in sorted(shards):
+        if pathlib.Path(shard).name != shard:
+            raise ConversionError(f"{index}: shard {shard!r} is not a file name in {directory}")
+        tensors = read_safetensors(directory / shard)
+        want = {k for k, f in weight_map.items() if f == shard}
+        if set(tensors) != want:
+            extra, missing = sorted(set(tensors) - want), sorted(want - set(tensors))
+            raise ConversionError(f"{directory / shard} does not hold what {SHARD_INDEX} says: "
+                                  f"unlisted {extra[:5]}, missing {missing[:5]}")  # fmt: skip
+        state.update(tensors)
+    return state, [SHARD_INDEX, *sorted(shards)]
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The ``tokenizers.Tokenizer`` of a Hugging Face ``tokenizer.json`` (its own pre- and
+    post-processing: a LLaMA tokenizer prepends its BOS token).
+
+    Raises:
+      ConversionError: ``tokenizers`` is not installed (saying what to install), or the file
+        is missing or not a tokenizer.
+    """
+    try:
+        import tokenizers
+    except ImportError:
+        raise ConversionError(f"reading {path} needs {INSTALL_TOKENIZERS}") from None
+    if not os.path.isfile(path):
+        raise ConversionError(f"tokenizer file {path} does not exist")
+    try:
+        return tokenizers.Tokenizer.from_file(os.fspath(path))
+    except Exception as e:  # the Rust parser raises a bare Exception on a bad file
+        raise ConversionError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
 
 
 def _rope_theta(d: Mapping) -> float:

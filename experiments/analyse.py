@@ -11,7 +11,15 @@ recomputed from all example files. Definitions: docs/analysis.md.
 The checkpoint is a ViT model directory (diffjax's own, ``diffjax import-vit``) or a converted
 CLIP / DiffCLIP (``diffjax convert-clip``): then the image tower is analysed through the
 zero-shot head of one prompt per class of the dataset (``prompt``; logits are cosine
-similarities), heads paired as for any softmax model (docs/import.md).
+similarities), heads paired as for any softmax model (docs/import.md). It may also be a language
+model directory (``diffjax import-lm``): then the examples are the lines of ``text``, each cut
+to its first ``text_tokens`` tokens by the model's tokenizer, and the alignment part alone runs
+(``wrt`` embeddings, block_input or attention_input; ``skip`` the other parts), every
+(head pair, query row) as for a ViT; ``prediction`` is the next token the model predicts after
+the window, ``label`` the line's next token (``None`` where the line ends there).
+
+    diffjax analyse --config.checkpoint=models/llama --config.text=prompts.txt \\
+        --config.wrt=embeddings --config.skip=lipschitz,empirical,depth --workdir out/lm
 """
 
 from __future__ import annotations
@@ -30,11 +38,19 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from diffjax import analysis as an
-from diffjax.checkpoint import CheckpointError, load_model, write_json_atomic
+from diffjax.checkpoint import (
+    CheckpointError,
+    is_lm_directory,
+    load_lm_model,
+    load_model,
+    write_json_atomic,
+)
 from diffjax.clip import CLIP, load_clip, read_clip_config
 from diffjax.clip.attack import prompt_classifier
 from diffjax.data import load_dataset
 from diffjax.experiments.common import Context
+from diffjax.lm import LM
+from diffjax.lm_import import TOKENIZER_FILE, load_tokenizer
 from diffjax.records import EventLog
 
 PARTS = ("alignment", "lipschitz", "empirical", "depth")
@@ -124,7 +140,10 @@ def _check_base(c, b) -> None:
 
 
 def _load(directory: str):
-    """A ViT model directory's model, or a converted CLIP directory's :class:`CLIP`."""
+    """A ViT model directory's model, a language model directory's :class:`LM`, or a converted
+    CLIP directory's :class:`CLIP`."""
+    if is_lm_directory(directory):
+        return load_lm_model(directory)
     try:
         read_clip_config(directory)
     except CheckpointError:
@@ -283,10 +302,16 @@ def _lipschitz_record(e, i) -> dict:
 
 def _example_record(out, i: int, index: int, label: int, model) -> dict:
     logits = out["logits"][i]
-    # A headless backbone's "logits" are its pooled features: no class is predicted.
-    headless = _vit_config(model).num_classes == 0
-    prediction = None if headless else int(np.argmax(logits))
-    rec = {"index": index, "label": label, "prediction": prediction, "logits": logits}
+    if isinstance(model, LM):
+        # The next token after the window (label −1: the line ends there); the vocabulary-wide
+        # logits of every position are not kept.
+        rec = {"index": index, "label": None if label < 0 else label,
+               "prediction": int(np.argmax(logits[-1]))}  # fmt: skip
+    else:
+        # A headless backbone's "logits" are its pooled features: no class is predicted.
+        headless = _vit_config(model).num_classes == 0
+        prediction = None if headless else int(np.argmax(logits))
+        rec = {"index": index, "label": label, "prediction": prediction, "logits": logits}
     if "layers" in out:
         rec["layers"] = []
         for layer, lo in enumerate(out["layers"]):
@@ -350,13 +375,15 @@ def _frequency(values) -> float | None:
 
 
 def summarise(records: list[dict], settings: dict) -> dict:
-    """Aggregate per-example records (as written to disk) into the summary."""
+    """Aggregate per-example records (as written to disk) into the summary (the accuracy over
+    the examples with a label: a language model's line may end at its window)."""
+    scored = [r for r in records if r["label"] is not None]
     summary: dict = {
         "settings": settings,
         "num_examples": len(records),
         "accuracy": None
-        if any(r["prediction"] is None for r in records)
-        else float(np.mean([r["prediction"] == r["label"] for r in records])),
+        if any(r["prediction"] is None for r in records) or not scored
+        else float(np.mean([r["prediction"] == r["label"] for r in scored])),
     }
     if records and "layers" in records[0]:
         layers = []
@@ -447,18 +474,10 @@ def _place(model, mesh):
     return model
 
 
-def _run(args: argparse.Namespace) -> dict:
-    """Analyse, write the example files and the summary; return the summary."""
-    skip = _validate(args)
-    model = _load(args.checkpoint)
-    base = None if args.base_checkpoint is None else _load(args.base_checkpoint)
-    clip = isinstance(model, CLIP)
-    if base is not None:
-        if isinstance(base, CLIP) != clip:
-            raise ValueError("checkpoint and base_checkpoint must both be CLIP or both ViT models")
-        _check_base(_vit_config(model), _vit_config(base))
+def _image_inputs(args: argparse.Namespace, model, clip: bool):
+    """A ViT's (or CLIP image tower's) inputs: (images [n, H, W, C] uint8, labels [n], class
+    names, 255 (the divisor to [0, 1]))."""
     c = _vit_config(model)
-    row = _parse_row(args.row, c.num_tokens, c.class_token)
     ds = load_dataset(args.dataset, args.split, args.data_dir)
     if clip and args.class_names:
         ds = ds.renamed(args.class_names)
@@ -472,10 +491,76 @@ def _run(args: argparse.Namespace) -> dict:
             f"start {args.start} + num_examples {args.num_examples} exceeds the "
             f"{len(ds)} examples of {args.dataset}/{args.split}"
         )
+    return ds.images, ds.labels, ds.class_names, 255.0
+
+
+def _text_inputs(args: argparse.Namespace, model: LM, skip: list[str]):
+    """A language model's inputs: (token ids [n, text_tokens], next token [n] (−1 where the
+    line ends there), None, None). Each non-empty line of ``args.text`` is one example, tokenized
+    by the model directory's ``tokenizer.json`` and cut to its first ``text_tokens`` tokens."""
+    if args.base_checkpoint is not None:
+        raise ValueError("base_checkpoint (γ, Theorems 2-3) is for ViT and CLIP models, not "
+                         "language models")  # fmt: skip
+    if args.wrt == "image":
+        raise ValueError(
+            "a language model's tokens are not differentiable: give wrt 'embeddings' (the "
+            "input embeddings), 'block_input' or 'attention_input'"
+        )
+    others = sorted(set(PARTS) - {"alignment"})
+    if set(others) - set(skip):
+        raise ValueError(
+            "a language model is analysed by the alignment part only: add "
+            f"--config.skip={','.join(others)}"
+        )
+    if not args.text:
+        raise ValueError("a language model needs config.text: a text file, one prompt a line")
+    if not 1 <= args.text_tokens <= model.config.max_len:
+        raise ValueError(f"text_tokens must be in 1..{model.config.max_len} (the model's "
+                         f"max_len), got {args.text_tokens}")  # fmt: skip
+    tokenizer = load_tokenizer(pathlib.Path(args.checkpoint) / TOKENIZER_FILE)
+    try:
+        lines = [x for x in pathlib.Path(args.text).read_text().splitlines() if x.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read config.text {args.text}: {e}") from e
+    if args.start + args.num_examples > len(lines):
+        raise ValueError(f"start {args.start} + num_examples {args.num_examples} exceeds the "
+                         f"{len(lines)} non-empty lines of {args.text}")  # fmt: skip
+    n = args.text_tokens
+    tokens, labels = [], []
+    for i, line in enumerate(lines):
+        ids = tokenizer.encode(line).ids
+        if len(ids) < n:
+            raise ValueError(f"{args.text}: non-empty line {i} has {len(ids)} tokens, fewer "
+                             f"than text_tokens {n}")  # fmt: skip
+        tokens.append(ids[:n])
+        labels.append(ids[n] if len(ids) > n else -1)
+    return np.asarray(tokens, np.int32), np.asarray(labels), None, None
+
+
+def _run(args: argparse.Namespace) -> dict:
+    """Analyse, write the example files and the summary; return the summary."""
+    skip = _validate(args)
+    model = _load(args.checkpoint)
+    base = None if args.base_checkpoint is None else _load(args.base_checkpoint)
+    clip, lm = isinstance(model, CLIP), isinstance(model, LM)
+    if base is not None and not lm:
+        if isinstance(base, CLIP) != clip:
+            raise ValueError("checkpoint and base_checkpoint must both be CLIP or both ViT models")
+        _check_base(_vit_config(model), _vit_config(base))
+    if lm:
+        inputs, labels, class_names, scale = _text_inputs(args, model, skip)
+        row = _parse_row(args.row, args.text_tokens, class_token=False)
+    else:
+        inputs, labels, class_names, scale = _image_inputs(args, model, clip)
+        c = _vit_config(model)
+        row = _parse_row(args.row, c.num_tokens, c.class_token)
     out = pathlib.Path(args.out)
     settings = _settings(args)
     if clip:  # only then: earlier ViT analyses resume with their settings unchanged
         settings |= {"prompt": args.prompt, "class_names": args.class_names or None}
+    if lm:
+        text = str(pathlib.Path(args.text).absolute())
+        settings |= {"dataset": None, "split": None, "text": text, "text_tokens": args.text_tokens}
     settings_path = out / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
@@ -493,7 +578,7 @@ def _run(args: argparse.Namespace) -> dict:
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     with jax.enable_x64(args.precision == "float64"):
         as_vit = functools.partial(_analysed, precision=args.precision,
-                                   class_names=ds.class_names, prompt=args.prompt)  # fmt: skip
+                                   class_names=class_names, prompt=args.prompt)  # fmt: skip
         model = _place(as_vit(model), mesh)
         base = None if base is None else _place(as_vit(base), mesh)
         opts = dict(
@@ -517,12 +602,14 @@ def _run(args: argparse.Namespace) -> dict:
             for s in range(0, len(todo), bs):
                 idx = todo[s : s + bs]
                 padded = idx + [idx[-1]] * (bs - len(idx))  # one compiled shape for every batch
-                images = ds.images[padded].astype(args.precision) / 255.0
+                images = inputs[padded]
+                if scale is not None:  # pixels to [0, 1]; token ids stay as they are
+                    images = images.astype(args.precision) / scale
                 keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(padded))
                 images, keys = jax.device_put((images, keys), batch_sharding)
                 res = jax.tree.map(np.asarray, step(model, base, images, keys))
                 for j, i in enumerate(idx):
-                    rec = _example_record(res, j, i, int(ds.labels[i]), model)
+                    rec = _example_record(res, j, i, int(labels[i]), model)
                     write_json_atomic(examples / f"{i:06d}.json", rec)
                 bar.update(len(idx))
     summary = summarise(_load_records(examples, indices), _clean(settings))

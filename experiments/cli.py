@@ -8,6 +8,7 @@
     diffjax figures --workdir .
     diffjax convert-clip checkpoint_best.pt models/diffclip_cc3m
     diffjax import-vit model.safetensors models/vit --num-heads 12
+    diffjax import-lm checkpoints/llama models/llama
 
 ``--config`` takes a file of ``experiments/configs`` by name (``asr_table:cpu``) or any config
 file path (``path/to/file.py:ARG``); ``--config.FIELD=VALUE`` overrides one field. ``diffjax
@@ -86,7 +87,7 @@ def _with_config(p: Parser, default_spec: str) -> None:
 
 
 # Subcommands whose arguments their own module adds (imported only when the subcommand runs).
-MODULES = {"convert-clip": "convert_clip", "import-vit": "import_vit",
+MODULES = {"convert-clip": "convert_clip", "import-vit": "import_vit", "import-lm": "import_lm",
            "make-sample": "make_embedded_sample"}  # fmt: skip
 
 
@@ -134,6 +135,7 @@ def build_parser(command: str | None = None) -> Parser:
 
     helps = {"convert-clip": "convert a released CLIP/DiffCLIP checkpoint",
              "import-vit": "import a timm / Hugging Face ViT checkpoint",
+             "import-lm": "import a Hugging Face LLaMA-style language model",
              "make-sample": "build the embedded CIFAR-10 sample (developers)"}  # fmt: skip
     for name, module in MODULES.items():
         s = sub.add_parser(name, help=helps[name], description=_doc(module),

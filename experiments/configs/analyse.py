@@ -9,7 +9,8 @@ standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is 
 or a token index; ``head`` None means all heads; ``tol`` None means the method's default; ``skip``
 is a comma-separated subset of alignment, lipschitz, empirical, depth; ``prompt`` is the
 zero-shot prompt of a CLIP checkpoint (its image tower is analysed through it) and
-``class_names`` a file of the names put into it. Writes
+``class_names`` a file of the names put into it; ``text`` and ``text_tokens`` give a language
+model's examples (the lines of a text file, cut to that many tokens). Writes
 ``WORKDIR/settings.json``, ``WORKDIR/examples/NNNNNN.json`` (an interrupted run resumes) and
 ``WORKDIR/summary.json``.
 """
@@ -46,4 +47,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # a text file of class names, one per line in label order (default: the dataset's).
     c.prompt = "a photo of a {}."
     c.class_names = ""
+    # A language-model directory (diffjax import-lm; dataset and split unused): a text file,
+    # one example a non-empty line, each cut to its first text_tokens tokens.
+    c.text = ""
+    c.text_tokens = 16
     return c
