@@ -154,8 +154,33 @@ def config_from_hf(d: Mapping, dtype: str = "float32") -> LMConfig:
     )
 
 
+def diff_attention_rules(src: str, dst: tuple, config: LMConfig) -> dict[str, Rule]:
+    """The keys of the Differential Transformer authors' ``MultiheadDiffAttn`` (Ye et al. 2024,
+    microsoft/unilm ``Diff-Transformer/multihead_diffattn.py``; multi-head, no GQA) under the
+    prefix ``src`` → the :class:`~diffjax.attention.DiffAttention` at ``dst``.
+
+    Their module computes what diffjax's does, with the same arrangement of the numbers: q and k
+    viewed as 2H sub-heads of d = D / (2H) (sub-heads 2h and 2h+1 make DIFF head h), v as H
+    heads of 2d, the interleaved RoPE per sub-head, softmax scale d^(−1/2), λ = exp(λq1·λk1) −
+    exp(λq2·λk2) + λ_init shared by the heads, ``subln`` (RMSNorm over 2d, eps 1e-5, one
+    elementwise scale for all heads) times (1 − λ_init), then ``out_proj``. λ_init is not
+    saved: both use 0.8 − 0.6·exp(−0.3·l) of the 0-based layer index l (their ``depth``).
+    """
+    d = config.width // config.num_heads
+    rules: dict[str, Rule] = {}
+    for name, ours in (("q", "q"), ("k", "k"), ("v", "v"), ("out", "out")):
+        rules.update(linear_rules(f"{src}{name}_proj", dst + (ours,), config.width, config.width,
+                                  bias=False))  # fmt: skip
+    for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+        rules[src + name] = ((d,), [(dst + (name,), identity)])
+    rules[f"{src}subln.weight"] = ((2 * d,), [(dst + ("subln_scale",), identity)])
+    return rules
+
+
 def llama_rules(config: LMConfig) -> dict[str, Rule]:
-    """For every key of a ``LlamaForCausalLM`` state dict of ``config``: shape and target."""
+    """For every key of a ``LlamaForCausalLM`` state dict of ``config``: shape and target. For a
+    DA ``config`` (``attention="diff"``), the same layout with the authors' ``MultiheadDiffAttn``
+    as ``self_attn`` (:func:`diff_attention_rules`)."""
     c = config
     kv_width = (c.num_kv_heads or c.num_heads) * (c.width // c.num_heads)
     rules: dict[str, Rule] = {
@@ -171,10 +196,13 @@ def llama_rules(config: LMConfig) -> dict[str, Rule]:
             (c.width,),
             [(dst + ("norm2", "scale"), identity)],
         )
-        for name, ours, n_out in (("q", "q", c.width), ("k", "k", kv_width),
-                                  ("v", "v", kv_width), ("o", "out", c.width)):  # fmt: skip
-            rules.update(linear_rules(f"{src}self_attn.{name}_proj", dst + ("attn", ours),
-                                      c.width, n_out, bias=False))  # fmt: skip
+        if c.attention == "diff":
+            rules.update(diff_attention_rules(f"{src}self_attn.", dst + ("attn",), c))
+        else:
+            for name, ours, n_out in (("q", "q", c.width), ("k", "k", kv_width),
+                                      ("v", "v", kv_width), ("o", "out", c.width)):  # fmt: skip
+                rules.update(linear_rules(f"{src}self_attn.{name}_proj", dst + ("attn", ours),
+                                          c.width, n_out, bias=False))  # fmt: skip
         for name, n_in, n_out in (("gate", c.width, c.hidden), ("up", c.width, c.hidden),
                                   ("down", c.hidden, c.width)):  # fmt: skip
             rules.update(linear_rules(f"{src}mlp.{name}_proj", dst + (name,), n_in, n_out,
@@ -185,7 +213,10 @@ def llama_rules(config: LMConfig) -> dict[str, Rule]:
 def convert_llama(state: Mapping[str, np.ndarray], config: LMConfig, seed: int = 0) -> LM:
     """An :class:`LM` of ``config`` (:func:`config_from_hf`) holding a LLaMA state dict's
     weights (Linear weights transposed to Dense kernels; parameters float32). A tied
-    checkpoint's ``lm_head.weight``, when a writer kept it, must equal the embedding.
+    checkpoint's ``lm_head.weight``, when a writer kept it, must equal the embedding. A DA
+    ``config`` (``LMConfig(attention="diff", num_heads=2H, ...)`` for the authors' H DIFF heads,
+    given by the caller: no Hugging Face config describes it) reads the Differential
+    Transformer layout (:func:`llama_rules`).
 
     Raises:
       ConversionError: every missing, unexpected or wrong-shaped key named.
@@ -196,6 +227,12 @@ def convert_llama(state: Mapping[str, np.ndarray], config: LMConfig, seed: int =
         if not np.array_equal(head, state.get("model.embed_tokens.weight")):
             raise ConversionError("tie_word_embeddings, but lm_head.weight differs from the "
                                   "token embedding")  # fmt: skip
+    k_proj = state.get("model.layers.0.self_attn.k_proj.weight")
+    if config.attention == "diff" and k_proj is not None and k_proj.shape[0] != config.width:
+        raise ConversionError(
+            f"k_proj has {k_proj.shape[0]} outputs, not width {config.width}: grouped-query "
+            "DIFF attention (num_kv_heads) is not modelled"
+        )
     rules = llama_rules(config)
     check_state_dict(state, rules, "LLaMA model of this config", f"\n  config: {config}")
     return load_into(LM(config, rngs=nnx.Rngs(seed)), state, rules)
