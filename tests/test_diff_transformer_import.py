@@ -58,8 +58,8 @@ class DiffAttn(torch.nn.Module):
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.d)
         future = torch.ones(n, n, dtype=torch.bool).triu(1)
         a = logits.masked_fill(future, -math.inf).softmax(-1).view(b, H, 2, n, n)
-        lam = (torch.exp(self.lambda_q1 @ self.lambda_k1) - torch.exp(self.lambda_q2 @ self.lambda_k2)
-               + self.lambda_init)  # fmt: skip
+        lam1 = torch.exp(self.lambda_q1 @ self.lambda_k1)
+        lam = lam1 - torch.exp(self.lambda_q2 @ self.lambda_k2) + self.lambda_init
         o = self.subln((a[:, :, 0] - lam * a[:, :, 1]) @ v) * (1 - self.lambda_init)
         return self.out_proj(o.transpose(1, 2).reshape(b, n, D)), lam
 
