@@ -5,7 +5,7 @@ torch.
     config = infer_config(state, num_heads=12, mean=..., std=...)   # the rest from the keys
     model = convert_vit(state, config)                   # strict: every key, every shape
 
-Three key layouts are read (:func:`detect_layout`):
+Four key layouts are read (:func:`detect_layout`):
 
 * ``"timm"``: ``VisionTransformer`` (``vit_*_patch*_*``, DeiT, DeiT distilled, DINOv2 with and
   without registers, SigLIP's attention-pool towers, qk-norm, SwiGLU): ``cls_token``,
@@ -23,6 +23,11 @@ Three key layouts are read (:func:`detect_layout`):
 * ``"hf_dinov2"``: Hugging Face ``Dinov2Model`` (headless): ``embeddings.*``,
   ``encoder.layer.{i}.{norm1, attention.attention.*, attention.output.dense, layer_scale1,
   norm2, mlp.fc1/fc2 or mlp.weights_in/weights_out, layer_scale2}``, ``layernorm``.
+* ``"hf_siglip"``: Hugging Face ``SiglipVisionModel`` (``vision_model.`` before transformers
+  5): ``embeddings.{patch_embedding, position_embedding}``, ``encoder.layers.{i}.{layer_norm1,
+  self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1/fc2}``, ``post_layernorm``, the pooling
+  ``head.{probe, attention.in_proj_*, attention.out_proj, layernorm, mlp}``: renamed to timm's
+  SigLIP names (:func:`siglip_as_timm`) and read by the timm rules.
 
 Released files use those names; transformers ≥ 5 names its in-memory modules otherwise
 (``vit.layers.{i}.attention.q_proj`` …, a Dinov2 SwiGLU's ``gate_proj``/``up_proj``), and
@@ -61,12 +66,15 @@ from diffjax.torch_weights import (
 from diffjax.vit import ViT
 
 LAYOUTS = ("timm", "hf", "hf_dinov2")
+# Read by renaming into another layout (:func:`canonical_state`): not a set of rules of its own.
+RENAMED_LAYOUTS = ("hf_siglip",)
 # Each library's defaults for what the weights do not hold (the statistics are not among them:
 # infer_config wants them given, see there).
 LIBRARY_DEFAULTS = {
     "timm": dict(layer_norm_eps=1e-6),
     "hf": dict(layer_norm_eps=1e-12),
     "hf_dinov2": dict(layer_norm_eps=1e-6),
+    "hf_siglip": dict(layer_norm_eps=1e-6, activation="gelu_tanh"),
 }
 # Each library's defaults for the image statistics (timm's ImageNet, Hugging Face ViT's 0.5,
 # DINOv2's ImageNet): what the user may choose to assume when the checkpoint does not say.
@@ -74,6 +82,7 @@ LIBRARY_STATS = {
     "timm": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD),
     "hf": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD),
     "hf_dinov2": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "hf_siglip": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD),
 }
 
 
@@ -137,8 +146,89 @@ def released_hf_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return _rename(state, _DINOV2_HF5_NAMES)
 
 
+def _siglip_prefix(state: Mapping[str, np.ndarray]) -> str | None:
+    """The key prefix of a Hugging Face ``SiglipVisionModel`` (``"vision_model."`` as
+    transformers < 5 saves it, ``""`` as ≥ 5 does), or ``None``: not one. A CLIP vision tower has
+    the same patch and position names but a class embedding."""
+    for prefix in ("vision_model.", ""):
+        e = prefix + "embeddings."
+        if {e + "patch_embedding.weight", e + "position_embedding.weight"} <= set(state) and (
+            e + "class_embedding" not in state
+        ):
+            return prefix
+    return None
+
+
+def siglip_as_timm(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A Hugging Face ``SiglipVisionModel`` state dict under the names and shapes of timm's SigLIP
+    ``VisionTransformer`` (no class token, ``attn_pool``), which compute the same function:
+    ``q_proj``/``k_proj``/``v_proj`` stacked into ``qkv``, the position table [N, D] as
+    [1, N, D], ``post_layernorm`` → ``norm``, and the pooling head (``head.probe``, the
+    ``nn.MultiheadAttention`` whose ``in_proj`` rows are [q; k; v], ``head.layernorm``,
+    ``head.mlp``) → ``attn_pool.{latent, q, kv, proj, norm, mlp}``.
+
+    Raises:
+      ConversionError: both towers of a ``SiglipModel``, or a tower without its head
+        (``vision_use_head=False``: no pooled output).
+    """
+    prefix = _siglip_prefix(state)
+    if prefix is None:
+        raise ConversionError("not a Hugging Face SiglipVisionModel state dict")
+    if any(k.startswith("text_model.") for k in state):
+        raise ConversionError("a SiglipModel state dict (image and text towers): import-vit reads "
+                              "the image tower alone, a SiglipVisionModel checkpoint")  # fmt: skip
+    s = {k[len(prefix):]: v for k, v in state.items()}  # fmt: skip
+    if "head.probe" not in s:
+        raise ConversionError("a SiglipVisionModel without its attention-pool head "
+                              "(vision_use_head=False) has no pooled output to import")  # fmt: skip
+    w = s["head.probe"].shape[-1]
+    out = {
+        "patch_embed.proj.weight": s.pop("embeddings.patch_embedding.weight"),
+        "pos_embed": s.pop("embeddings.position_embedding.weight")[None],
+        "attn_pool.latent": s.pop("head.probe"),
+    }
+    for t in ("weight", "bias"):
+        if f"embeddings.patch_embedding.{t}" in s:
+            out[f"patch_embed.proj.{t}"] = s.pop(f"embeddings.patch_embedding.{t}")
+        fused = s.pop(f"head.attention.in_proj_{t}")
+        out[f"attn_pool.q.{t}"], out[f"attn_pool.kv.{t}"] = fused[:w], fused[w:]
+    i = 0
+    while f"encoder.layers.{i}.self_attn.q_proj.weight" in s:
+        src, dst = f"encoder.layers.{i}.", f"blocks.{i}."
+        for t in ("weight", "bias"):
+            qkv = [s.pop(f"{src}self_attn.{n}_proj.{t}", None) for n in "qkv"]
+            if all(x is not None for x in qkv):
+                out[f"{dst}attn.qkv.{t}"] = np.concatenate(qkv, axis=0)
+            elif any(x is not None for x in qkv):
+                raise ConversionError(f"{src}self_attn: q/k/v_proj.{t} present for some only")
+        i += 1
+    patterns = (
+        (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+        (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+        (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"blocks.\1.attn.proj."),
+        (r"^encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
+        (r"^post_layernorm\.", "norm."),
+        (r"^head\.attention\.out_proj\.", "attn_pool.proj."),
+        (r"^head\.layernorm\.", "attn_pool.norm."),
+        (r"^head\.mlp\.", "attn_pool.mlp."),
+    )
+    return out | _rename(s, patterns)
+
+
+def canonical_state(state: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """(the layout whose rules read it, ``state`` in that layout's released names): the
+    layout of :func:`detect_layout`, with a Hugging Face SigLIP tower renamed to timm's and
+    transformers ≥ 5 names to the released ones."""
+    layout = detect_layout(state)
+    if layout == "hf_siglip":
+        return "timm", siglip_as_timm(state)
+    if layout == "timm":
+        return layout, drop_batch_counts(state)
+    return layout, released_hf_names(state)
+
+
 def detect_layout(state: Mapping[str, np.ndarray]) -> str:
-    """``"hf"``, ``"hf_dinov2"`` or ``"timm"`` from the embedding keys.
+    """``"hf"``, ``"hf_dinov2"``, ``"hf_siglip"`` or ``"timm"`` from the embedding keys.
 
     Raises:
       ConversionError: no layout's position and patch embeddings are present.
@@ -151,11 +241,14 @@ def detect_layout(state: Mapping[str, np.ndarray]) -> str:
         return "hf_dinov2"
     if {"pos_embed", "patch_embed.proj.weight"} <= set(state):
         return "timm"
+    if _siglip_prefix(state) is not None:
+        return "hf_siglip"
     sample = ", ".join(sorted(state)[:6])
     raise ConversionError(
         "not a timm VisionTransformer (pos_embed, patch_embed.proj.weight), a Hugging Face "
-        "ViTForImageClassification (vit.embeddings.*) nor a Hugging Face Dinov2Model "
-        f"(embeddings.*) state dict; first keys: {sample}"
+        "ViTForImageClassification (vit.embeddings.*), a Hugging Face Dinov2Model "
+        "(embeddings.cls_token, …) nor a Hugging Face SiglipVisionModel "
+        f"(embeddings.patch_embedding, …) state dict; first keys: {sample}"
     )
 
 
@@ -233,8 +326,8 @@ def infer_config(
             "the image mean and std are not in the weights: give them (the checkpoint's "
             "preprocessing config says them; LIBRARY_STATS has each library's usual ones)"
         )
-    layout = detect_layout(state)
-    state = released_hf_names(state) if layout != "timm" else drop_batch_counts(state)
+    source = detect_layout(state)
+    layout, state = canonical_state(state)
     k = _keys(layout)
     width = int(state[k["patch"]].shape[0])
     channels, patch = int(state[k["patch"]].shape[1]), int(state[k["patch"]].shape[2])
@@ -284,7 +377,7 @@ def infer_config(
         qk_norm=k.get("qk_norm") in state,
         mlp_gate=bool(gate),
         norm="batchnorm" if k["block"].format(0) + "norm1.running_mean" in state else "layernorm",
-        **LIBRARY_DEFAULTS[layout],
+        **LIBRARY_DEFAULTS[source],
         **(dict(activation="silu") if gate else {}),
     )
     return ViTConfig(**(fields | overrides))
@@ -457,8 +550,8 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
       ConversionError: naming every missing, unexpected or wrong-shaped key (e.g. timm's EVA
         SwiGLU ``mlp.fc1_g`` or rotary position embeddings, which diffjax does not model).
     """
-    layout = detect_layout(state)
-    state = released_hf_names(state) if layout != "timm" else drop_batch_counts(state)
+    source = detect_layout(state)
+    layout, state = canonical_state(state)
     if config.attention != "softmax":
         raise ConversionError(
             "timm / Hugging Face ViTs have softmax attention: attention='softmax'"
@@ -482,6 +575,10 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
         prefix = config.num_prefix_tokens if config.pos_embed_prefix else 0
         state[pos_key] = resample_pos_embed(pos, prefix, grid)
     rules = vit_rules(config, layout)
-    what = {"hf": "Hugging Face ViT", "hf_dinov2": "Hugging Face Dinov2"}.get(layout, "timm ViT")
+    what = {
+        "hf": "Hugging Face ViT",
+        "hf_dinov2": "Hugging Face Dinov2",
+        "hf_siglip": "Hugging Face SigLIP vision tower (in timm's names)",
+    }.get(source, "timm ViT")
     check_state_dict(state, rules, f"{what} of this config", f"\n  config: {config}")
     return load_into(ViT(config, rngs=nnx.Rngs(seed)), state, rules)

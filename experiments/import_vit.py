@@ -1,18 +1,19 @@
-"""Import a timm or Hugging Face ViT / DINOv2 checkpoint into a diffjax model directory, for
-the analysis.
+"""Import a timm or Hugging Face ViT / DINOv2 / SigLIP checkpoint into a diffjax model directory,
+for the analysis.
 
 Reads ``model.safetensors``, ``pytorch_model.bin`` or a ``torch.save`` ``.pt`` without torch,
 reads the architecture from the keys and shapes (timm ``VisionTransformer``: ViT, DeiT, DINOv2
 with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; Hugging Face
-``ViTForImageClassification`` or ``Dinov2Model``), checks every key and shape, and writes
-``OUT/config.json``, ``OUT/params/`` and ``OUT/conversion.json`` (source, SHA-256, layout, the
-config). What the weights do not say comes from the flags and from the files beside the
-weights: ``config.json`` (Hugging Face: heads, eps, activation; timm's hub config: mean and
-std) and ``preprocessor_config.json`` (Hugging Face: mean and std); a flag that contradicts
-them is refused. The image statistics have no silent default: give ``--mean``/``--std``, ship
-the config files, or say ``--assume-imagenet-stats``. A headless backbone (timm
-``num_classes=0``, ``Dinov2Model``) outputs its pooled features. Then ``diffjax analyse
---config.checkpoint=OUT`` (or ``diffjax attack``) runs on it like on any diffjax model.
+``ViTForImageClassification``, ``Dinov2Model`` or ``SiglipVisionModel``), checks every key
+and shape, and writes ``OUT/config.json``, ``OUT/params/`` and ``OUT/conversion.json``
+(source, SHA-256, layout, the config). What the weights do not say comes from the flags and
+from the files beside the weights: ``config.json`` (Hugging Face: heads, eps, activation;
+timm's hub config: mean and std) and ``preprocessor_config.json`` (Hugging Face: mean and
+std); a flag that contradicts them is refused. The image statistics have no silent default:
+give ``--mean``/``--std``, ship the config files, or say ``--assume-imagenet-stats``. A
+headless backbone (timm ``num_classes=0``, ``Dinov2Model``, ``SiglipVisionModel``) outputs its
+pooled features. Then ``diffjax analyse --config.checkpoint=OUT`` (or ``diffjax attack``) runs
+on it like on any diffjax model.
 
     diffjax import-vit model.safetensors models/vit_b16 --num-heads 12
     diffjax analyse --config.checkpoint=models/vit_b16 --config.dataset=... --workdir out/an
@@ -64,7 +65,7 @@ TIMM_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "qui
 # pooled by the mean without fc_norm has the keys of a class-token model).
 TIMM_POOLS = {"token": "cls", "avg": "mean", "map": "map"}
 # Hugging Face model types whose config.json this importer reads (the weights decide the rest).
-HF_MODEL_TYPES = ("vit", "dinov2")
+HF_MODEL_TYPES = ("vit", "dinov2", "siglip_vision_model")
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -84,7 +85,7 @@ def config_hints(path: pathlib.Path | None) -> dict:
         return {}
     d = read_json(path)
     hints = {}
-    if "num_attention_heads" in d:  # Hugging Face ViTConfig / Dinov2Config
+    if "num_attention_heads" in d:  # Hugging Face ViTConfig / Dinov2Config / SiglipVisionConfig
         kind = d.get("model_type", "vit")
         if kind not in HF_MODEL_TYPES:
             raise ValueError(f"{path}: model_type {kind!r} is not one of {HF_MODEL_TYPES}")
