@@ -57,7 +57,9 @@ def test_huggingface_siglip_matches(prefix, tmp_path):
     state = {prefix + k: v for k, v in read_weights(tmp_path / "model.safetensors").items()}
     config = infer_config(state, num_heads=4, **LIBRARY_STATS["hf_siglip"])
     assert (config.class_token, config.pool, config.num_classes) == (False, "map", 0)
-    assert (config.activation, config.layer_norm_eps, config.patch_bias) == ("gelu_tanh", 1e-6, True)
+    assert (config.activation, config.layer_norm_eps, config.patch_bias) == (
+        "gelu_tanh", 1e-6, True,
+    )  # fmt: skip
     _check(convert_vit(state, config), ref, _images(size=28))
 
 
@@ -66,8 +68,8 @@ def test_import_huggingface_siglip_command_line(tmp_path):
     statistics all read from them."""
     ref = _reference(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-5)
     ref.save_pretrained(tmp_path / "hf")
-    transformers.SiglipImageProcessor(image_mean=[0.4, 0.5, 0.6],
-                                      image_std=[0.3] * 3).save_pretrained(tmp_path / "hf")  # fmt: skip
+    processor = transformers.SiglipImageProcessor(image_mean=[0.4, 0.5, 0.6], image_std=[0.3] * 3)
+    processor.save_pretrained(tmp_path / "hf")
     record = diffjax("import-vit", str(tmp_path / "hf" / "model.safetensors"),
                      str(tmp_path / "out"))  # fmt: skip
     assert record["layout"] == "hf_siglip" and record["statistics"] == "config files"
@@ -83,7 +85,8 @@ def test_what_siglip_import_does_not_model_is_refused(tmp_path):
                 .state_dict().items()}  # fmt: skip
     with pytest.raises(ConversionError, match="vision_use_head=False"):
         infer_config(headless, num_heads=4, **LIBRARY_STATS["hf_siglip"])
-    both = {"vision_model." + k: v.detach().numpy() for k, v in _reference().state_dict().items()}
+    both = {"vision_model." + k: v.detach().numpy()
+            for k, v in _reference().state_dict().items()}  # fmt: skip
     both["text_model.embeddings.token_embedding.weight"] = np.zeros((8, 32), np.float32)
     with pytest.raises(ConversionError, match="image and text towers"):
         infer_config(both, num_heads=4, **LIBRARY_STATS["hf_siglip"])
