@@ -66,6 +66,11 @@ from diffjax.torch_weights import (
 from diffjax.vit import ViT
 
 LAYOUTS = ("timm", "hf", "hf_dinov2")
+# Keys only timm's ``Eva`` (EVA, EVA-02) writes: split q/v biases, unfused q/k/v, the unpacked
+# SwiGLU and its inner norm. Its RoPE has no weights; an EVA-02 built with qkv_bias=False and a
+# packed SwiGLU has none of these keys either and is refused from its hub config.json instead
+# (experiments/import_vit.py).
+EVA_KEYS = r"^blocks\.\d+\.(attn\.(q_bias|v_bias|q_proj|k_proj|v_proj)|mlp\.(fc1_g|fc1_x|norm))\b"
 # Read by renaming into another layout (:func:`canonical_state`): not a set of rules of its own.
 RENAMED_LAYOUTS = ("hf_siglip",)
 # Each library's defaults for what the weights do not hold (the statistics are not among them:
@@ -223,6 +228,12 @@ def canonical_state(state: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.
     if layout == "hf_siglip":
         return "timm", siglip_as_timm(state)
     if layout == "timm":
+        eva = sorted(k for k in state if re.match(EVA_KEYS, k))
+        if eva:
+            raise ConversionError(
+                f"a timm EVA / EVA-02 ViT ({eva[0]}): its rotary position embeddings on the "
+                "patch tokens (not in the weights) are not modelled by diffjax"
+            )
         return layout, drop_batch_counts(state)
     return layout, released_hf_names(state)
 

@@ -97,7 +97,11 @@ def config_hints(path: pathlib.Path | None) -> dict:
             raise ValueError(f"{path}: hidden_act {act!r} is not one of {sorted(HF_ACTIVATIONS)}")
         # A Dinov2 SwiGLU MLP is SiLU-gated whatever hidden_act says (transformers' own rule).
         hints["activation"] = "silu" if d.get("use_swiglu_ffn") else HF_ACTIVATIONS[act]
-    pretrained = d.get("pretrained_cfg", {})  # timm's hub config
+    architecture = str(d.get("architecture", ""))  # timm's hub config
+    if architecture.startswith("eva"):
+        raise ValueError(f"{path}: architecture {architecture!r} is a timm EVA ViT, whose rotary "
+                         "position embeddings diffjax does not model")  # fmt: skip
+    pretrained = d.get("pretrained_cfg", {})
     for key in ("mean", "std"):
         if key in pretrained:
             hints[key] = tuple(float(v) for v in pretrained[key])
