@@ -1,9 +1,12 @@
 """Max |Δ| between imported models and the real libraries' (timm, transformers, open_clip) on
 shared random weights, float32 and float64: the parity tests' reduced models (including the
-DINOv2, DINOv2-with-registers, SigLIP-style, qk-norm and SwiGLU timm layouts and Hugging Face
-``Dinov2Model``); with ``--full`` the full-size timm ``vit_base_patch16_224`` and open_clip
-``ViT-B-16-quickgelu`` / ``ViT-B-16`` (minutes on a 2-core CPU); with ``--large`` open_clip
-``ViT-L-14``, image and text towers (about 8 GB of memory; ``--only`` skips the reduced models).
+DINOv2, DINOv2-with-registers, SigLIP-style, qk-norm and SwiGLU timm layouts, Hugging Face
+``Dinov2Model`` and ``SiglipVisionModel``, ``LlamaForCausalLM`` with grouped-query attention,
+untied and tied, and the Differential Transformer layout against the tests' float64 torch
+re-implementation of its formulas); with ``--full`` the full-size timm
+``vit_base_patch16_224`` and open_clip ``ViT-B-16-quickgelu`` / ``ViT-B-16`` (minutes on a
+2-core CPU); with ``--large`` open_clip ``ViT-L-14``, image and text towers (about 8 GB of
+memory; ``--only`` skips the reduced models).
 Needs the ``test`` extra.
 
 Each run saves its rows to ``results/import_parity/<reduced|full|large>.json`` and rewrites the
@@ -23,6 +26,7 @@ import pathlib
 import jax
 import numpy as np
 import open_clip
+import pytest
 import timm
 import torch
 import transformers
@@ -34,10 +38,14 @@ from diffjax.checkpoint import write_json_atomic, write_text_atomic
 from diffjax.clip.config import clip_preset
 from diffjax.clip.convert import convert_state_dict, hf_config
 from diffjax.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from diffjax.lm_import import config_from_hf, convert_llama
 from diffjax.torch_weights import read_weights
 from diffjax.vit_import import LIBRARY_STATS, convert_vit, infer_config
 from tests import test_clip_huggingface as H
 from tests import test_clip_openclip as C
+from tests import test_diff_transformer_import as DT
+from tests import test_lm_import as LM
+from tests import test_siglip_import as S
 from tests import test_vit_import as T
 from tests import test_vit_import_families as F
 
@@ -125,6 +133,57 @@ def reduced() -> None:
             record(f"open_clip {preset} layout", f"{tower} features", d32, d64,
                    np.abs(want64[i]).max())  # fmt: skip
     _huggingface_clip()
+    _huggingface_siglip()
+    _language_models()
+
+
+def _diffs(got32, got64, want32, want64) -> tuple[float, float, float]:
+    """max |Δ| float32, float64 and the largest |float64 reference output|."""
+    return (np.abs(got32 - want32).max(), np.abs(got64 - want64).max(), np.abs(want64).max())
+
+
+def _huggingface_siglip() -> None:
+    """The tests' SiglipVisionModel (attention-pool head, GELU-tanh)."""
+    ref, images = S._reference(), T._images(size=28)
+    state = T._state(ref)
+    config = infer_config(state, num_heads=4, **LIBRARY_STATS["hf_siglip"])
+    model = convert_vit(state, config)
+    got32 = np.asarray(nnx.jit(lambda m, x: m(x))(model, np.float32(images)))
+    with jax.enable_x64():
+        got64 = np.asarray(nnx.jit(lambda m, x: m(x))(with_dtype(model, "float64"), images))
+    want32, want64 = (S._pooled(ref, images, config.mean, config.std, t)
+                      for t in (torch.float32, torch.float64))  # fmt: skip
+    record("Hugging Face SiglipVisionModel", "pooler output", *_diffs(got32, got64, want32, want64))
+
+
+def _language_models() -> None:
+    """The tests' LlamaForCausalLM (GQA, untied and tied; float64 reference with transformers'
+    float32 islands in float64, as the tests) and the Differential Transformer layout."""
+    tokens = np.random.default_rng(0).integers(0, 50, (2, 9))
+    for tie in (False, True):
+        ref = LM._reference(tie)
+        model = convert_llama(T._state(ref), config_from_hf(ref.config.to_dict()))
+        with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+            want32 = ref(torch.from_numpy(tokens)).logits.numpy()
+            want64 = LM._float64_islands(ref, patch)(torch.from_numpy(tokens)).logits.numpy()
+        got32, got64 = _lm_logits(model, tokens)
+        record(f"Hugging Face LlamaForCausalLM, GQA, {'tied' if tie else 'untied'}",
+               "logits", *_diffs(got32, got64, want32, want64))  # fmt: skip
+    ref = DT._reference()
+    model = convert_llama({k: v.detach().numpy().copy() for k, v in ref.state_dict().items()},
+                          DT.CONFIG)  # fmt: skip
+    with torch.no_grad():
+        want32 = ref(torch.from_numpy(tokens))[0].numpy()
+        want64 = ref.double()(torch.from_numpy(tokens))[0].numpy()
+    record("Differential Transformer layout (MultiheadDiffAttn) vs torch formulas", "logits",
+           *_diffs(*_lm_logits(model, tokens), want32, want64))  # fmt: skip
+
+
+def _lm_logits(model, tokens) -> tuple[np.ndarray, np.ndarray]:
+    got32 = np.asarray(model(tokens.astype(np.int32)))
+    with jax.enable_x64():
+        got64 = np.asarray(with_dtype(model, "float64")(tokens.astype(np.int32)))
+    return got32, got64
 
 
 def _huggingface_clip() -> None:
