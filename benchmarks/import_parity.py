@@ -166,7 +166,7 @@ def _language_models() -> None:
         with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
             want32 = ref(torch.from_numpy(tokens)).logits.numpy()
             want64 = LM._float64_islands(ref, patch)(torch.from_numpy(tokens)).logits.numpy()
-        got32, got64 = _lm_logits(model, tokens)
+        got32, got64 = LM.lm_logits(model, tokens)
         record(f"Hugging Face LlamaForCausalLM, GQA, {'tied' if tie else 'untied'}",
                "logits", *_diffs(got32, got64, want32, want64))  # fmt: skip
     ref = DT._reference()
@@ -176,14 +176,7 @@ def _language_models() -> None:
         want32 = ref(torch.from_numpy(tokens))[0].numpy()
         want64 = ref.double()(torch.from_numpy(tokens))[0].numpy()
     record("Differential Transformer layout (MultiheadDiffAttn) vs torch formulas", "logits",
-           *_diffs(*_lm_logits(model, tokens), want32, want64))  # fmt: skip
-
-
-def _lm_logits(model, tokens) -> tuple[np.ndarray, np.ndarray]:
-    got32 = np.asarray(model(tokens.astype(np.int32)))
-    with jax.enable_x64():
-        got64 = np.asarray(with_dtype(model, "float64")(tokens.astype(np.int32)))
-    return got32, got64
+           *_diffs(*LM.lm_logits(model, tokens), want32, want64))  # fmt: skip
 
 
 def _huggingface_clip() -> None:

@@ -12,11 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import jax  # noqa: E402
-
-from diffjax import analysis as an  # noqa: E402
 from diffjax.lm import LMConfig  # noqa: E402
 from diffjax.lm_import import ConversionError, convert_llama  # noqa: E402
+from tests.test_lm_import import assert_logits_match  # noqa: E402
 
 V, D, H, DEPTH, HIDDEN, THETA, EPS = 50, 32, 2, 3, 48, 10000.0, 1e-6  # H: the authors' DIFF heads
 
@@ -124,13 +122,7 @@ def test_authors_layout_logits_and_lambda_match():
     with torch.no_grad():
         want32, _ = ref(torch.from_numpy(tokens))
         want64, lams = ref.double()(torch.from_numpy(tokens))
-    want32, want64 = want32.numpy(), want64.numpy()
-    got32 = np.asarray(model(tokens.astype(np.int32)))
-    with jax.enable_x64():
-        got64 = np.asarray(an.with_dtype(model, "float64")(tokens.astype(np.int32)))
-    scale = np.abs(want64).max()
-    assert np.abs(got32 - want32).max() / scale < 1e-5
-    assert np.abs(got64 - want64).max() / scale < 1e-12
+    assert_logits_match(model, tokens, want32.numpy(), want64.numpy())
     np.testing.assert_allclose(model.lambdas(), [float(x) for x in lams], rtol=1e-6)
     assert [b.attn.lambda_init for b in model.blocks] == [_lambda_init(i) for i in range(DEPTH)]
 

@@ -20,11 +20,10 @@ tokenizers = pytest.importorskip("tokenizers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from diffjax import analysis as an  # noqa: E402
 from diffjax.attacks import text as ta  # noqa: E402
 from diffjax.checkpoint import load_lm_model  # noqa: E402
 from tests.commandline import diffjax, diffjax_error  # noqa: E402
-from tests.test_lm_import import _float64_islands, _reference  # noqa: E402
+from tests.test_lm_import import _float64_islands, _reference, assert_logits_match  # noqa: E402
 
 WORDS = "the a cat dog sat ran on under mat rug and then slept ate fish quietly".split()
 LINES = ["the cat sat on the mat and then slept quietly",
@@ -63,12 +62,7 @@ def test_import_lm_logits_match_transformers(tie, shards, tmp_path, monkeypatch)
     with torch.no_grad():
         want32 = ref(torch.from_numpy(tokens)).logits.numpy()
         want64 = _float64_islands(ref, monkeypatch)(torch.from_numpy(tokens)).logits.numpy()
-    got32 = np.asarray(model(tokens.astype(np.int32)))
-    with jax.enable_x64():
-        got64 = np.asarray(an.with_dtype(model, "float64")(tokens.astype(np.int32)))
-    scale = np.abs(want64).max()
-    assert np.abs(got32 - want32).max() / scale < 1e-5
-    assert np.abs(got64 - want64).max() / scale < 1e-12
+    got32 = assert_logits_match(model, tokens, want32, want64)
     # The text attacks take the loaded model: HotFlip's returned tokens re-scored by torch.
     labels = jnp.argmax(got32[:, -1], -1)
     result = ta.hotflip(ta.text_model(model), tokens.astype(np.int32), np.ones((2, 9), bool),

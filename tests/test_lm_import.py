@@ -87,12 +87,25 @@ def test_llama_logits_match(tie, tmp_path, monkeypatch):
     with torch.no_grad():
         want32 = ref(torch.from_numpy(tokens)).logits.numpy()
         want64 = _float64_islands(ref, monkeypatch)(torch.from_numpy(tokens)).logits.numpy()
+    assert_logits_match(model, tokens, want32, want64)
+
+
+def lm_logits(model, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token logits of ``model`` on ``tokens`` [B, N]: float32 and its float64 evaluation."""
     got32 = np.asarray(model(tokens.astype(np.int32)))
     with jax.enable_x64():
         got64 = np.asarray(an.with_dtype(model, "float64")(tokens.astype(np.int32)))
+    return got32, got64
+
+
+def assert_logits_match(model, tokens, want32, want64) -> np.ndarray:
+    """``model``'s logits within 1e-5 (float32) and 1e-12 (float64) of the references, relative
+    to the largest |float64 logit|; the float32 logits."""
+    got32, got64 = lm_logits(model, tokens)
     scale = np.abs(want64).max()
     assert np.abs(got32 - want32).max() / scale < 1e-5
     assert np.abs(got64 - want64).max() / scale < 1e-12
+    return got32
 
 
 def test_analysis_of_imported_llama_matches_torch_autograd(monkeypatch):
