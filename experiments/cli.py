@@ -225,6 +225,9 @@ def parse(argv: list[str]):
             parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
         return args, None
     config = configs.load(args.config, overrides)
+    from diffjax.experiments.configs import recipes
+
+    recipes.check(config)
     want = args.experiment if args.command == "run" else args.command
     if config.get("experiment") != want:
         raise configs.ConfigError(

@@ -1,10 +1,10 @@
 """Every training recipe the experiments use, defined once and named by its preset.
 
-    train = recipes.training("cpu")               # ConfigDict mirroring diffjax.train.TrainConfig
+    train = recipes.training("cpu")               # ConfigDict mirroring diffjax.config.TrainConfig
     config = recipes.train_config(train)          # the validated frozen dataclass
 
 A recipe is a model variant (``diffjax.config.variant``: ``"SIZE/PATCH"``) and a training
-schedule; the ConfigDict holds every :class:`~diffjax.train.TrainConfig` field (its ``model``
+schedule; the ConfigDict holds every :class:`~diffjax.config.TrainConfig` field (its ``model``
 every :class:`~diffjax.config.ViTConfig` field), so any of them can be overridden from the
 command line (``--config.train.epochs=8``, ``--config.train.model.width=96``). Fields the
 recipe does not set keep the dataclasses' defaults.
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from diffjax.config import ViTConfig, variant
+from diffjax.config import TrainConfig, ViTConfig, variant
 from diffjax.experiments import configs
-from diffjax.train import TrainConfig
+from diffjax.lm_config import LMConfig, LMTrainConfig, RetrievalTask
 
 RECIPES: dict[str, dict] = {
     "smoke": dict(
@@ -171,33 +171,49 @@ def by_preset(preset: str, **values):
 LM_RECIPES: dict[str, dict] = {
     "smoke": dict(
         model=dict(width=16, depth=1, num_heads=2, max_len=64),
-        seq_len=32, retrieval=dict(pairs=2, filler=4), steps=6, batch_size=8,
-        warmup_steps=2, eval_every_steps=6, eval_windows=16, eval_retrieval=16,
+        seq_len=32,
+        retrieval=dict(pairs=2, filler=4),
+        steps=6,
+        batch_size=8,
+        warmup_steps=2,
+        eval_every_steps=6,
+        eval_windows=16,
+        eval_retrieval=16,
         log_every_steps=3,
     ),
     "cpu": dict(
         model=dict(width=64, depth=2, num_heads=4, max_len=128),
-        seq_len=64, retrieval=dict(pairs=4, filler=8), answer_weight=10.0, steps=1500,
-        batch_size=32, learning_rate=3e-3, warmup_steps=50, eval_every_steps=500,
+        seq_len=64,
+        retrieval=dict(pairs=4, filler=8),
+        answer_weight=10.0,
+        steps=1500,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        eval_every_steps=500,
         log_every_steps=50,
     ),
     # A GPU: 8 DIFF heads (the paper's minimum) against 16 heads, a 4-layer D = 512 model.
     "paper": dict(
         model=dict(width=512, depth=4, num_heads=16, max_len=512),
-        seq_len=256, retrieval=dict(pairs=8, filler=48), answer_weight=1.0, steps=20000,
-        batch_size=64, learning_rate=1e-3, warmup_steps=375, eval_every_steps=2000,
-        eval_windows=1024, eval_retrieval=1024, log_every_steps=200,
+        seq_len=256,
+        retrieval=dict(pairs=8, filler=48),
+        answer_weight=1.0,
+        steps=20000,
+        batch_size=64,
+        learning_rate=1e-3,
+        warmup_steps=375,
+        eval_every_steps=2000,
+        eval_windows=1024,
+        eval_retrieval=1024,
+        log_every_steps=200,
     ),
 }
 
 
 def lm_training(preset: str) -> ml_collections.ConfigDict:
     """The language-model recipe ``preset`` (``smoke``, ``cpu``, ``paper``; ``gpu`` = paper)
-    as a ConfigDict of every :class:`~diffjax.lm_train.LMTrainConfig` field."""
-    from diffjax.data.text import RetrievalTask
-    from diffjax.lm import LMConfig
-    from diffjax.lm_train import LMTrainConfig
-
+    as a ConfigDict of every :class:`~diffjax.lm_config.LMTrainConfig` field."""
     preset = "paper" if preset == "gpu" else preset
     if preset not in LM_RECIPES:
         raise ValueError(f"unknown LM recipe {preset!r}; choose from {sorted(LM_RECIPES)}")
@@ -207,9 +223,7 @@ def lm_training(preset: str) -> ml_collections.ConfigDict:
 
 
 def lm_train_config(cd: ml_collections.ConfigDict):
-    """The validated :class:`~diffjax.lm_train.LMTrainConfig` of an ``lm_training`` ConfigDict."""
-    from diffjax.lm_train import LMTrainConfig
-
+    """The validated :class:`~diffjax.lm_config.LMTrainConfig` of an ``lm_training`` ConfigDict."""
     d = cd.to_dict()
     li = d["model"]["lambda_init"]
     if li != "schedule":
@@ -218,3 +232,18 @@ def lm_train_config(cd: ml_collections.ConfigDict):
         except ValueError as e:
             raise ValueError(f"lambda_init must be 'schedule' or a number, got {li!r}") from e
     return LMTrainConfig.from_dict(d)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Build the validated dataclass of each recipe in an experiment config (``train``,
+    ``lm_train``), so a bad value is refused when the config is loaded, before JAX.
+
+    Raises:
+      configs.ConfigError: naming the recipe field and what is wrong with it.
+    """
+    for field, build in (("train", train_config), ("lm_train", lm_train_config)):
+        if isinstance(config.get(field), ml_collections.ConfigDict):
+            try:
+                build(config[field])
+            except (ValueError, TypeError) as e:
+                raise configs.ConfigError(f"--config.{field}: {e}") from None
