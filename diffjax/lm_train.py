@@ -6,7 +6,7 @@
 One jitted step; AdamW (decay on kernels only; β = (0.9, 0.98) as in the Differential
 Transformer paper) with linear warmup and cosine decay; global-norm clipping. Each step draws
 ``batch_size`` rows: a fraction ``retrieval_fraction`` are retrieval sequences
-(:class:`~diffjax.data.text.RetrievalTask`), the rest random windows of the training corpus.
+(:class:`~diffjax.lm_config.RetrievalTask`), the rest random windows of the training corpus.
 Everything a step uses comes from ``fold_in(key(seed), step)`` on the device, so a run resumed
 from a checkpoint computes exactly what an uninterrupted one does. The run directory is that of
 :func:`diffjax.train.train` (``config.json``, ``metrics.jsonl``, ``checkpoints/``,

@@ -228,6 +228,9 @@ def parse(argv: list[str]):
     from diffjax.experiments.configs import recipes
 
     recipes.check(config)
+    from diffjax.experiments.configs import recipes
+
+    recipes.check(config)
     want = args.experiment if args.command == "run" else args.command
     if config.get("experiment") != want:
         raise configs.ConfigError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from diffjax.attack_config import attack_config
 from diffjax.config import TrainConfig, ViTConfig, variant
 from diffjax.experiments import configs
 from diffjax.lm_config import LMConfig, LMTrainConfig, RetrievalTask
@@ -171,42 +172,22 @@ def by_preset(preset: str, **values):
 LM_RECIPES: dict[str, dict] = {
     "smoke": dict(
         model=dict(width=16, depth=1, num_heads=2, max_len=64),
-        seq_len=32,
-        retrieval=dict(pairs=2, filler=4),
-        steps=6,
-        batch_size=8,
-        warmup_steps=2,
-        eval_every_steps=6,
-        eval_windows=16,
-        eval_retrieval=16,
+        seq_len=32, retrieval=dict(pairs=2, filler=4), steps=6, batch_size=8,
+        warmup_steps=2, eval_every_steps=6, eval_windows=16, eval_retrieval=16,
         log_every_steps=3,
     ),
     "cpu": dict(
         model=dict(width=64, depth=2, num_heads=4, max_len=128),
-        seq_len=64,
-        retrieval=dict(pairs=4, filler=8),
-        answer_weight=10.0,
-        steps=1500,
-        batch_size=32,
-        learning_rate=3e-3,
-        warmup_steps=50,
-        eval_every_steps=500,
+        seq_len=64, retrieval=dict(pairs=4, filler=8), answer_weight=10.0, steps=1500,
+        batch_size=32, learning_rate=3e-3, warmup_steps=50, eval_every_steps=500,
         log_every_steps=50,
     ),
     # A GPU: 8 DIFF heads (the paper's minimum) against 16 heads, a 4-layer D = 512 model.
     "paper": dict(
         model=dict(width=512, depth=4, num_heads=16, max_len=512),
-        seq_len=256,
-        retrieval=dict(pairs=8, filler=48),
-        answer_weight=1.0,
-        steps=20000,
-        batch_size=64,
-        learning_rate=1e-3,
-        warmup_steps=375,
-        eval_every_steps=2000,
-        eval_windows=1024,
-        eval_retrieval=1024,
-        log_every_steps=200,
+        seq_len=256, retrieval=dict(pairs=8, filler=48), answer_weight=1.0, steps=20000,
+        batch_size=64, learning_rate=1e-3, warmup_steps=375, eval_every_steps=2000,
+        eval_windows=1024, eval_retrieval=1024, log_every_steps=200,
     ),
 }
 
@@ -235,13 +216,17 @@ def lm_train_config(cd: ml_collections.ConfigDict):
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-    """Build the validated dataclass of each recipe in an experiment config (``train``,
-    ``lm_train``), so a bad value is refused when the config is loaded, before JAX.
+    """Build the validated dataclass of each part of a config that has one (the recipes
+    ``train`` and ``lm_train``, an attack's ``params``), so a bad value is refused when the
+    config is loaded, before JAX.
 
     Raises:
-      configs.ConfigError: naming the recipe field and what is wrong with it.
+      configs.ConfigError: naming the field and what is wrong with it.
     """
-    for field, build in (("train", train_config), ("lm_train", lm_train_config)):
+    parts = [("train", train_config), ("lm_train", lm_train_config)]
+    if config.get("experiment") == "attack":
+        parts.append(("params", lambda p: attack_config(config.attack, **p.to_dict())))
+    for field, build in parts:
         if isinstance(config.get(field), ml_collections.ConfigDict):
             try:
                 build(config[field])
