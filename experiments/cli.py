@@ -68,7 +68,7 @@ def _config_epilog(default_spec: str) -> str:
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose config-field listing (``config_spec``) is built only when its
-    help is printed: listing the fields loads the config, which may import JAX."""
+    help is printed: listing the fields loads the config file (ml_collections, no JAX)."""
 
     config_spec: str | None = None
 
