@@ -15,7 +15,7 @@ _EXPORTS = {
     "SoftmaxAttention": "diffjax.attention",
     "diff_attention": "diffjax.attention",
     "diff_lambda": "diffjax.attention",
-    "lambda_init_schedule": "diffjax.attention",
+    "lambda_init_schedule": "diffjax.config",
     "softmax_attention": "diffjax.attention",
     "PRESETS": "diffjax.config",
     "SIZES": "diffjax.config",
@@ -32,13 +32,23 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+def lazy_exports(package: str, exports: dict[str, str]):
+    """``(__getattr__, __dir__)`` of a package whose public names (``exports``: name → the
+    module that defines it) are imported on first use (PEP 562): importing the package, or a
+    light submodule of it, does not import the heavy ones (JAX)."""
+    namespace = importlib.import_module(package).__dict__
+
+    def __getattr__(name: str):
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value  # later look-ups skip this function
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted([*namespace, *exports])
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

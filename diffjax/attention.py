@@ -53,18 +53,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diffjax.config import IMPLS
+
 Array = jax.Array
 
 RMS_EPS = 1e-5
 LAMBDA_STD = 0.1
 DENSE_INIT = nnx.initializers.truncated_normal(stddev=0.02)
-
-
-def lambda_init_schedule(layer: int) -> float:
-    """λ_init of the official Diff Transformer schedule, 0.8 − 0.6·exp(−0.3·l), l 0-based."""
-    if layer < 0:
-        raise ValueError(f"layer index must be >= 0, got {layer}")
-    return 0.8 - 0.6 * math.exp(-0.3 * layer)
 
 
 @flax.struct.dataclass
@@ -199,9 +194,6 @@ def _check_input(x: Array, params: Mapping[str, Any], num_heads: int) -> None:
         raise ValueError(f"attention input must be [B, N, {width}], got shape {x.shape}")
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-
-
-IMPLS = ("reference", "fused", "fused_xla")
 
 
 def _check_impl(impl: str) -> None:

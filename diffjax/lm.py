@@ -20,138 +20,20 @@ return_maps=)``) and the model has ``embed``, ``blocks`` and ``config.depth``, s
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from diffjax.attention import (
     DENSE_INIT,
-    IMPLS,
     AttentionMaps,
     DiffAttention,
     SoftmaxAttention,
-    lambda_init_schedule,
 )
-from diffjax.config import check_bool, check_int, check_lambda_init, check_number
+from diffjax.lm_config import OPTIONAL_LM_FIELDS, LMConfig  # noqa: F401 (re-exported)
 from diffjax.vit import Intermediates, run_blocks
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class LMConfig:
-    """A causal language model.
-
-    Attributes:
-      attention: ``"diff"`` (Differential Transformer) or ``"softmax"`` (baseline).
-      vocab_size: token ids 0..V−1 (the byte tokenizer: 256).
-      width: model width D.
-      depth: number of blocks.
-      num_heads: heads of the softmax baseline, H_base (even); the DA model has H_base / 2 DIFF
-        heads of sub-head dim d = D / H_base and value width 2d (parameter-matched).
-      ffn_hidden: SwiGLU inner width; ``None`` for round(8/3·D) (the paper's choice).
-      max_len: longest sequence the model accepts (RoPE has no table; this bounds inputs).
-      rotary_base: RoPE base θ (10,000, the RoFormer/LLaMA default; the paper does not state its
-        pre-extension value).
-      lambda_init: ``"schedule"`` (0.8 − 0.6·exp(−0.3·l)) or a constant in [0, 1).
-      rms_eps: epsilon of the pre-norm and final RMSNorms (the per-head DA norm uses 1e-5).
-      dtype: ``"float32"`` or ``"float64"`` (exact analyses; needs ``jax_enable_x64``).
-      attention_impl: ``"reference"``, ``"fused"`` or ``"fused_xla"`` (:mod:`diffjax.attention`).
-      rotary_half: the half-split rotary pairing (x[i], x[i + d/2]) of GPT-NeoX and Hugging
-        Face LLaMA (``rotate_half``) instead of the interleaved (x[2i], x[2i+1]) (softmax only).
-      num_kv_heads: grouped-query attention (softmax only): k and v have this many heads, each
-        read by ``num_heads / num_kv_heads`` consecutive query heads; ``None``: ``num_heads``.
-      tie_embeddings: the output head is the token embedding, logits = RMSNorm(h_L) Eᵀ.
-    """
-
-    attention: Literal["softmax", "diff"] = "diff"
-    vocab_size: int = 256
-    width: int = 128
-    depth: int = 4
-    num_heads: int = 8
-    ffn_hidden: int | None = None
-    max_len: int = 256
-    rotary_base: float = 10000.0
-    lambda_init: str | float = "schedule"
-    rms_eps: float = 1e-5
-    dtype: str = "float32"
-    attention_impl: Literal["reference", "fused", "fused_xla"] = "reference"
-    rotary_half: bool = False
-    num_kv_heads: int | None = None
-    tie_embeddings: bool = False
-
-    def __post_init__(self):
-        for name in ("vocab_size", "width", "depth", "num_heads", "max_len"):
-            check_int(name, getattr(self, name), 1)
-        if self.attention not in ("softmax", "diff"):
-            raise ValueError(f"attention must be 'softmax' or 'diff', got {self.attention!r}")
-        if self.num_heads % 2 or self.width % self.num_heads:
-            raise ValueError(
-                f"num_heads must be even and divide width: got {self.num_heads} heads, "
-                f"width {self.width}"
-            )
-        if (self.width // self.num_heads) % 2:
-            raise ValueError(
-                f"rotary embeddings need an even head dim, width / num_heads = "
-                f"{self.width // self.num_heads}"
-            )
-        if self.ffn_hidden is not None:
-            check_int("ffn_hidden", self.ffn_hidden, 1)
-        check_number("rotary_base", self.rotary_base, 1, low_open=True)
-        check_lambda_init(self.lambda_init)
-        check_number("rms_eps", self.rms_eps, 0, low_open=True)
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.attention_impl not in IMPLS:
-            raise ValueError(f"attention_impl must be one of {IMPLS}, got {self.attention_impl!r}")
-        if self.attention_impl != "reference" and self.dtype == "float64":
-            raise ValueError("float64 (exact) models need attention_impl='reference'")
-        check_bool("rotary_half", self.rotary_half)
-        check_bool("tie_embeddings", self.tie_embeddings)
-        if self.num_kv_heads is not None:
-            check_int("num_kv_heads", self.num_kv_heads, 1)
-            if self.num_heads % self.num_kv_heads:
-                raise ValueError(f"num_kv_heads {self.num_kv_heads} does not divide num_heads "
-                                 f"{self.num_heads}")  # fmt: skip
-        if self.attention != "softmax" and (self.num_kv_heads is not None or self.rotary_half):
-            raise ValueError("num_kv_heads and rotary_half (imported LLaMA-style checkpoints) "
-                             "are for softmax models")  # fmt: skip
-
-    def to_dict(self) -> dict:
-        """The fields as a JSON-ready dict; the imported-model fields (:data:`OPTIONAL_LM_FIELDS`)
-        only where they differ from their defaults, so earlier configs and hashes stay valid."""
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        return {k: v for k, v in d.items()
-                if k not in OPTIONAL_LM_FIELDS or v != OPTIONAL_LM_FIELDS[k]}  # fmt: skip
-
-    @property
-    def hidden(self) -> int:
-        """The SwiGLU inner width."""
-        return self.ffn_hidden if self.ffn_hidden is not None else round(8 * self.width / 3)
-
-    @property
-    def accum_dtype(self) -> str:
-        return self.dtype
-
-    def is_diff_layer(self, layer: int) -> bool:
-        return self.attention == "diff"
-
-    def layer_lambda_init(self, layer: int) -> float:
-        """λ_init of 0-based ``layer``."""
-        if self.lambda_init == "schedule":
-            return lambda_init_schedule(layer)
-        return float(self.lambda_init)
-
-    def replace(self, **changes) -> LMConfig:
-        return dataclasses.replace(self, **changes)
-
-
-# LMConfig fields added for imported checkpoints, with their defaults (left out of to_dict there).
-OPTIONAL_LM_FIELDS = {"rotary_half": False, "num_kv_heads": None, "tie_embeddings": False}
 
 
 def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:

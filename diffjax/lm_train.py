@@ -6,7 +6,7 @@
 One jitted step; AdamW (decay on kernels only; β = (0.9, 0.98) as in the Differential
 Transformer paper) with linear warmup and cosine decay; global-norm clipping. Each step draws
 ``batch_size`` rows: a fraction ``retrieval_fraction`` are retrieval sequences
-(:class:`~diffjax.data.text.RetrievalTask`), the rest random windows of the training corpus.
+(:class:`~diffjax.lm_config.RetrievalTask`), the rest random windows of the training corpus.
 Everything a step uses comes from ``fold_in(key(seed), step)`` on the device, so a run resumed
 from a checkpoint computes exactly what an uninterrupted one does. The run directory is that of
 :func:`diffjax.train.train` (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
@@ -21,7 +21,6 @@ sequences whose filler comes from the held-out text.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -38,9 +37,9 @@ from flax import nnx
 
 from diffjax import records
 from diffjax.checkpoint import CONFIG_FILE, CheckpointError, TrainCheckpoints, write_json_atomic
-from diffjax.config import check_int, check_number
 from diffjax.data import text
 from diffjax.lm import LM, LMConfig
+from diffjax.lm_config import LMTrainConfig
 from diffjax.train import (
     METRICS_FILE,
     RESULTS_FILE,
@@ -52,108 +51,6 @@ from diffjax.train import (
 )
 
 EVAL_TAG = 2**20  # eval keys fold this into key(seed): never a training step's key
-
-
-@dataclasses.dataclass(frozen=True)
-class LMTrainConfig:
-    """Everything that determines a language-model training run.
-
-    Attributes:
-      model: the LM.
-      corpus: a :data:`diffjax.data.text.CORPORA` name.
-      val_fraction: held-out tail of the corpus (validation and retrieval filler).
-      seq_len: corpus windows are ``seq_len + 1`` bytes (inputs and shifted targets).
-      retrieval: the retrieval task; its sequences must fit ``model.max_len``.
-      retrieval_fraction: share of each batch's rows that are retrieval sequences (0: none).
-      answer_weight: weight of the answer position in the retrieval rows' loss (1: plain
-        next-token loss; larger values make the skill learnable in a short CPU budget).
-      steps, batch_size: optimizer steps and rows per step.
-      learning_rate, end_learning_rate, warmup_steps: the schedule.
-      weight_decay, adam_b1, adam_b2, grad_clip: AdamW and clipping (``None``: no clipping).
-      seed: initialisation and every batch.
-      eval_every_steps: evaluate (and save a checkpoint) every n steps and at the end.
-      eval_windows: held-out corpus windows per evaluation (``seq_len + 1`` bytes each).
-      eval_retrieval: retrieval sequences per evaluation.
-      checkpoint_every_steps: also save every n steps (0: only at evaluations).
-      keep_checkpoints: latest checkpoints kept, plus the best.
-      log_every_steps: record the training metrics every n steps.
-    """
-
-    model: LMConfig = LMConfig()
-    corpus: str = "python-docs"
-    val_fraction: float = 0.1
-    seq_len: int = 64
-    retrieval: text.RetrievalTask = text.RetrievalTask()
-    retrieval_fraction: float = 0.5
-    answer_weight: float = 1.0
-    steps: int = 1000
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    end_learning_rate: float = 1e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    adam_b1: float = 0.9
-    adam_b2: float = 0.98
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    eval_every_steps: int = 500
-    eval_windows: int = 256
-    eval_retrieval: int = 256
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 2
-    log_every_steps: int = 50
-
-    def __post_init__(self):
-        if not isinstance(self.model, LMConfig):
-            raise TypeError(f"model must be an LMConfig, got {type(self.model).__name__}")
-        if not isinstance(self.retrieval, text.RetrievalTask):
-            raise TypeError(f"retrieval must be a RetrievalTask, got {self.retrieval!r}")
-        if self.corpus not in text.CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; choose from {text.CORPORA}")
-        for name in ("seq_len", "steps", "batch_size", "eval_every_steps", "eval_windows",
-                     "eval_retrieval", "keep_checkpoints", "log_every_steps"):  # fmt: skip
-            check_int(name, getattr(self, name), 1)
-        check_int("checkpoint_every_steps", self.checkpoint_every_steps, 0)
-        check_int("warmup_steps", self.warmup_steps, 0)
-        check_int("seed", self.seed, 0)
-        check_number("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
-        check_number("retrieval_fraction", self.retrieval_fraction, 0, 1)
-        check_number("answer_weight", self.answer_weight, 0, low_open=True)
-        check_number("learning_rate", self.learning_rate, 0, low_open=True)
-        check_number("end_learning_rate", self.end_learning_rate, 0, self.learning_rate)
-        check_number("weight_decay", self.weight_decay, 0)
-        check_number("adam_b1", self.adam_b1, 0, 1, high_open=True)
-        check_number("adam_b2", self.adam_b2, 0, 1, high_open=True)
-        if self.grad_clip is not None:
-            check_number("grad_clip", self.grad_clip, 0, low_open=True)
-        longest = max(self.seq_len, self.retrieval.length)
-        if longest > self.model.max_len:
-            raise ValueError(
-                f"sequences of {longest} tokens (seq_len {self.seq_len}, retrieval "
-                f"{self.retrieval.length}) exceed model.max_len {self.model.max_len}"
-            )
-        if self.model.vocab_size < text.VOCAB_SIZE:
-            raise ValueError(f"the byte tokenizer needs vocab_size >= {text.VOCAB_SIZE}")
-
-    @property
-    def retrieval_rows(self) -> int:
-        return int(round(self.batch_size * self.retrieval_fraction))
-
-    def replace(self, **changes) -> LMTrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self) | {"model": self.model.to_dict()}
-        return json.loads(json.dumps(d))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LMTrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown LM training config fields {sorted(unknown)}")
-        return cls(**{**d, "model": LMConfig(**d["model"]),
-                      "retrieval": text.RetrievalTask(**d["retrieval"])})  # fmt: skip
 
 
 def learning_rate_schedule(config: LMTrainConfig) -> optax.Schedule:

@@ -25,7 +25,6 @@ parameters, bit for bit. ``TrainConfig.resident_data`` forces either.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -47,7 +46,6 @@ from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     TrainCheckpoints,
-    config_from_dict,
     write_json_atomic,
     write_text_atomic,
 )
@@ -56,10 +54,8 @@ from diffjax.config import (
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TrainConfig,
     ViTConfig,
-    check_bool,
-    check_int,
-    check_number,
 )
 from diffjax.data import Dataset, load_dataset
 from diffjax.data.pipeline import (
@@ -77,189 +73,10 @@ RESULTS_FILE = "results.json"
 # Per device (every device holds the whole set): CIFAR-10/100's 50,000 × 32 × 32 × 3 uint8 images
 # (154 MB) fit; Tiny ImageNet's 100,000 × 64 × 64 × 3 (1.2 GB) stays on the host.
 RESIDENT_DATA_BYTES = 1 << 30
-# Fields that say where the work runs, not what it computes: left out of a run's identity.
-NOT_IDENTITY = ("resident_data",)
-# TrainConfig fields added after the first release: serialised only when they differ from their
-# defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
-OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples")
 # fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
 # Not 0 or 1: with JAX's partitionable threefry, fold_in(key, i) is split(key)[i], so tag 1
 # would be the dropout key itself.
 NOISE_STREAM, POWER_STREAM = 3, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run (together with the data).
-
-    Attributes:
-      model: the ViT / DiffViT to train; ``model.dtype="bfloat16"`` computes matmuls in bf16.
-      dataset: a :func:`diffjax.data.load_dataset` name.
-      epochs: passes over the training set.
-      batch_size: global batch size (all devices, all hosts); a multiple of the device count.
-      learning_rate: peak learning rate, reached after the warmup.
-      end_learning_rate: learning rate at the last step (cosine decay from the peak).
-      warmup_epochs: linear warmup from 0, in epochs (fractions allowed).
-      weight_decay: AdamW decoupled weight decay, applied to weight matrices only (not to
-        biases, norms, embeddings of position/CLS, or the DA λ vectors).
-      adam_b1, adam_b2: Adam moment decay rates.
-      label_smoothing: mass spread uniformly over all classes in the training targets.
-      grad_clip: clip the global gradient norm to this value; ``None`` disables.
-      crop_padding: zero padding (pixels) of the random crop; 0 disables cropping.
-      flip: random horizontal flips.
-      seed: parameter initialisation, data order, augmentation and dropout.
-      train_examples: train on the first n training examples only (``None``: all).
-      test_examples: evaluate on the first n test examples only (``None``: all).
-      eval_batch_size: evaluation batch size; a multiple of the device count.
-      eval_every_epochs: evaluate (and save a checkpoint with the test metrics) every n epochs;
-        the last step is always evaluated.
-      checkpoint_every_steps: also save a checkpoint every n steps (0: only at evaluations).
-      keep_checkpoints: keep this many latest checkpoints, plus the best by test accuracy.
-      log_every_steps: record the training metrics every n steps.
-      resident_data: keep the training set on the device(s) and gather batches inside the
-        step (``True``), feed every batch from the host (``False``), or ``None``: resident when
-        it fits :data:`RESIDENT_DATA_BYTES` per device (:func:`uses_resident_data`). Both give
-        the same numbers, so it is not part of the run's identity (:meth:`to_dict`).
-      noise_sigma: Gaussian-noise training (Cohen et al. 2019): N(0, σ²) added to the
-        unit-range images (after augmentation, before the pixel normalisation), drawn from the
-        step's key and *not* clipped to [0, 1] — the base classifier that
-        :func:`diffjax.analysis.smoothing.certify` smooths sees exactly such inputs. 0 disables.
-      lipschitz_penalty: weight β of the Lipschitz penalty: the objective is the
-        cross-entropy plus β × the mean, over attention layers and the first
-        ``lipschitz_examples`` images of the batch, of σmax(∂Attn_l/∂u) at u = LN1(h_l)
-        (:func:`attention_sigmas`). 0 disables. Needs ``model.scan_layers=False`` and
-        ``model.attention_impl="reference"``.
-      lipschitz_iters: power-iteration steps per penalised Jacobian (start vector re-drawn
-        from the step's key every step; the vector used has ``lipschitz_iters − 1``
-        refinements).
-      lipschitz_examples: images of the batch whose layers are penalised (≤ batch_size).
-
-    Fields added after the first release (``noise_sigma`` and the ``lipschitz_*`` ones,
-    :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at their defaults, so a
-    config that does not use them serialises, and hashes (``experiments/zoo.py``), exactly
-    as before they existed, and old ``config.json`` files load.
-    """
-
-    model: ViTConfig = ViTConfig()
-    dataset: str = "cifar10"
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    end_learning_rate: float = 1e-5
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    label_smoothing: float = 0.1
-    grad_clip: float | None = 1.0
-    crop_padding: int = 4
-    flip: bool = True
-    seed: int = 0
-    train_examples: int | None = None
-    test_examples: int | None = None
-    eval_batch_size: int = 500
-    eval_every_epochs: int = 1
-    checkpoint_every_steps: int = 0
-    keep_checkpoints: int = 2
-    log_every_steps: int = 50
-    resident_data: bool | None = None
-    noise_sigma: float = 0.0
-    lipschitz_penalty: float = 0.0
-    lipschitz_iters: int = 3
-    lipschitz_examples: int = 4
-
-    def __post_init__(self):
-        if not isinstance(self.model, ViTConfig):
-            raise TypeError(f"model must be a ViTConfig, got {type(self.model).__name__}")
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
-        for name in (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "eval_every_epochs",
-            "keep_checkpoints",
-            "log_every_steps",
-            "lipschitz_iters",
-            "lipschitz_examples",
-        ):
-            check_int(name, getattr(self, name), 1)
-        for name in ("train_examples", "test_examples"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1)
-        check_int("checkpoint_every_steps", self.checkpoint_every_steps, 0)
-        check_int("crop_padding", self.crop_padding, 0)
-        check_int("seed", self.seed, 0)
-        check_bool("flip", self.flip)
-        if self.resident_data is not None:
-            check_bool("resident_data", self.resident_data)
-        check_number("learning_rate", self.learning_rate, 0, low_open=True)
-        check_number("end_learning_rate", self.end_learning_rate, 0, self.learning_rate)
-        check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs)
-        check_number("weight_decay", self.weight_decay, 0)
-        check_number("adam_b1", self.adam_b1, 0, 1, high_open=True)
-        check_number("adam_b2", self.adam_b2, 0, 1, high_open=True)
-        check_number("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
-        if self.grad_clip is not None:
-            check_number("grad_clip", self.grad_clip, 0, low_open=True)
-        check_number("noise_sigma", self.noise_sigma, 0)
-        check_number("lipschitz_penalty", self.lipschitz_penalty, 0)
-        if self.lipschitz_penalty > 0:
-            if self.lipschitz_examples > self.batch_size:
-                raise ValueError(
-                    f"lipschitz_examples ({self.lipschitz_examples}) exceeds batch_size "
-                    f"({self.batch_size})"
-                )
-            if self.model.scan_layers:
-                raise ValueError(
-                    "lipschitz_penalty needs the per-layer model (model.scan_layers=False): the "
-                    "penalty differentiates each attention layer on its own input"
-                )
-            if self.model.attention_impl != "reference":
-                # cuDNN's fused kernel has a custom VJP only: the power iteration's JVPs fail.
-                raise ValueError(
-                    "lipschitz_penalty needs model.attention_impl='reference': the power "
-                    "iteration differentiates attention forward-mode, which the fused kernel "
-                    f"does not support (got {self.model.attention_impl!r})"
-                )
-            if self.model.norm != "layernorm":
-                # Each penalised layer is run again on a few images: in training mode that
-                # would update BatchNorm's running statistics from those images a second time.
-                raise ValueError(
-                    "lipschitz_penalty needs model.norm='layernorm' (got "
-                    f"{self.model.norm!r}): BatchNorm's batch statistics couple the penalised "
-                    "images and its running statistics would be updated twice per step"
-                )
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict of the run's identity; ``"model"`` holds the ViT config.
-
-        The fields of :data:`NOT_IDENTITY` (``resident_data``) are left out: where the training
-        set is kept changes no number (the resident and the host-fed step see the same batches
-        and run the same arithmetic; ``tests/test_train.py`` checks the parameters bit for bit),
-        so a run may resume with either placement. :data:`OPTIONAL_FIELDS` are left out while at
-        their defaults. Either way the ``config.json`` of run directories and the experiments'
-        config hashes (run names) written before these fields existed stay valid.
-        """
-        d = json.loads(json.dumps(dataclasses.asdict(self) | {"model": self.model.to_dict()}))
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return {
-            k: v
-            for k, v in d.items()
-            if k not in NOT_IDENTITY and (k not in OPTIONAL_FIELDS or v != defaults[k])
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict` (the :data:`NOT_IDENTITY` fields at their defaults)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown training config fields {sorted(unknown)}")
-        return cls(**{**d, "model": config_from_dict(d["model"])})
 
 
 def fit_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:

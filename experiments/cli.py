@@ -69,7 +69,7 @@ def _config_epilog(default_spec: str) -> str:
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose config-field listing (``config_spec``) is built only when its
-    help is printed: listing the fields loads the config, which may import JAX."""
+    help is printed: listing the fields loads the config file (ml_collections, no JAX)."""
 
     config_spec: str | None = None
 
@@ -227,6 +227,12 @@ def parse(argv: list[str]):
             parser.error(f"diffjax {args.command} takes no config overrides: {overrides[0]}")
         return args, None
     config = configs.load(args.config, overrides)
+    from diffjax.experiments.configs import recipes
+
+    recipes.check(config)
+    from diffjax.experiments.configs import recipes
+
+    recipes.check(config)
     want = args.experiment if args.command == "run" else args.command
     if config.get("experiment") != want:
         raise configs.ConfigError(

@@ -25,17 +25,7 @@ import pathlib
 
 from tqdm import tqdm
 
-from diffjax.checkpoint import save_model, write_json_atomic
 from diffjax.clip.config import CLIP_PRESETS, clip_preset
-from diffjax.clip.convert import (
-    convert_state_dict,
-    detect_attention,
-    detect_layout,
-    hf_config,
-    openai_shapes,
-)
-from diffjax.torch_weights import read_weights
-from diffjax.vit import count_params
 
 RELEASE_PRESETS = {"softmax": "clip_b16", "diff": "diffclip_b16"}
 
@@ -84,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _hf_config(args: argparse.Namespace):
     """A Hugging Face CLIPModel's config from the config.json and preprocessor_config.json."""
+    from diffjax.clip.convert import hf_config
     from diffjax.experiments.import_vit import preprocessor_hints, read_json
 
     if args.preset != "auto" or args.vision_heads or args.text_heads or args.sizes_from_weights:
@@ -113,6 +104,17 @@ def run(args: argparse.Namespace) -> dict:
       CheckpointError: the checkpoint is unreadable or does not fit the architecture.
       FileExistsError: ``args.out`` exists and ``args.overwrite`` is off.
     """
+    # Imported here, not above: ``diffjax convert-clip --help`` and bad flags answer before JAX.
+    from diffjax.checkpoint import save_model, write_json_atomic
+    from diffjax.clip.convert import (
+        convert_state_dict,
+        detect_attention,
+        detect_layout,
+        openai_shapes,
+    )
+    from diffjax.torch_weights import read_weights
+    from diffjax.vit import count_params
+
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     state = read_weights(args.checkpoint, progress=True)

@@ -25,12 +25,7 @@ import argparse
 import json
 import pathlib
 
-from diffjax.checkpoint import config_to_dict, save_model, write_json_atomic
 from diffjax.config import ACTIVATIONS, IMAGENET_MEAN, IMAGENET_STD
-from diffjax.experiments.convert_clip import sha256
-from diffjax.torch_weights import read_weights
-from diffjax.vit import count_params
-from diffjax.vit_import import convert_vit, detect_layout, infer_config
 
 # Hugging Face ``hidden_act`` → ViTConfig.activation.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
@@ -157,6 +152,13 @@ def run(args: argparse.Namespace) -> dict:
       ValueError: no head count given or found, or a bad model config.
       FileExistsError: ``args.out`` exists and ``args.overwrite`` is off.
     """
+    # Imported here, not above: ``diffjax import-vit --help`` and bad flags answer before JAX.
+    from diffjax.checkpoint import config_to_dict, save_model, write_json_atomic
+    from diffjax.experiments.convert_clip import sha256
+    from diffjax.torch_weights import read_weights
+    from diffjax.vit import count_params
+    from diffjax.vit_import import convert_vit, detect_layout, infer_config
+
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     model_config = args.model_config or args.weights.parent / "config.json"

@@ -24,9 +24,6 @@ import tqdm
 from PIL import Image
 
 import diffjax
-from diffjax.checkpoint import write_json_atomic
-from diffjax.data.archive import decode_image
-from diffjax.data.embedded import ASSET, CARD
 
 ASSETS = pathlib.Path(diffjax.__file__).parent / "assets"
 # The digests published with the export.
@@ -60,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    # Imported here, not above: ``diffjax make-sample --help`` answers before JAX loads.
+    from diffjax.checkpoint import write_json_atomic
+    from diffjax.data.archive import decode_image
+    from diffjax.data.embedded import ASSET, CARD
 
     for name, digest in SOURCE_SHA256.items():
         actual = sha256((args.source / name).read_bytes())
@@ -140,4 +141,3 @@ def run(args: argparse.Namespace) -> None:
     (args.out / CARD).chmod(0o644)  # a package file, readable by every user
     print(f"wrote {args.out / ASSET} ({len(data):,} bytes) and {args.out / CARD}")
     print(f"sha256 {card['sha256'][ASSET]}")
-

@@ -55,3 +55,13 @@ def test_certified_radius_ratio_statistics_are_the_saved_ones():
         f"images; ℓ∞: {linf['spearman']:.2f}, p = {linf['p_value']:.2f});"
         in certified
     )
+
+
+def test_smoke_preset_times_are_the_saved_measurements():
+    saved = records.read_json(ROOT / "results" / "smoke_times" / "times.json")
+    rows = ["| preset | model | wall (s) | CPU (s) | load average, start → end | compile cache |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    rows += [f"| `{r['preset']}` | {r['model']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+             f"{r['load_start']:.1f} → {r['load_end']:.1f} | {r['cache']} |"
+             for r in saved["runs"]]  # fmt: skip
+    assert "\n".join(rows) in (ROOT / "experiments" / "README.md").read_text()

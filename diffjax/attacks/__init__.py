@@ -9,6 +9,7 @@ Every attack takes (model_fn, images in [0, 1], labels, key, config) and returns
 :class:`AttackResult` with one entry per example; see :mod:`diffjax.attacks.interface`.
 """
 
+from diffjax.attack_config import ATTACKS, AttackSpec, attack_config, build_attack
 from diffjax.attacks.accounting import Summary, summarize, summarize_result, wilson_interval
 from diffjax.attacks.apgd import APGDConfig, apgd
 from diffjax.attacks.autoattack import AutoAttackConfig, autoattack
@@ -26,7 +27,6 @@ from diffjax.attacks.interface import AttackResult, model_function
 from diffjax.attacks.losses import cross_entropy, dlr, dlr_targeted, margin
 from diffjax.attacks.pgd import PGDConfig, pgd
 from diffjax.attacks.projections import project, uniform_start
-from diffjax.attacks.registry import ATTACKS, AttackSpec, build_attack
 from diffjax.attacks.robustbench import BenchmarkResult, benchmark
 from diffjax.attacks.square import SquareConfig, square
 
@@ -51,6 +51,7 @@ __all__ = [
     "autoattack",
     "benchmark",
     "bucket_size",
+    "attack_config",
     "build_attack",
     "cross_entropy",
     "cw_l2",

@@ -19,13 +19,12 @@ its success is still untargeted (prediction ≠ label), as in AutoAttack.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from diffjax.attack_config import APGDConfig
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
 from diffjax.attacks.compaction import Example, Plan, Stage, run_plan
@@ -33,65 +32,6 @@ from diffjax.attacks.projections import boundary_start, normalized_step, project
 from diffjax.attacks.tracking import Best
 
 Array = jax.Array
-
-APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
-
-
-@dataclasses.dataclass(frozen=True)
-class APGDConfig:
-    """APGD settings (defaults: AutoAttack's).
-
-    Attributes:
-      eps: radius, pixel units on the [0, 1] scale.
-      norm: ``"linf"`` or ``"l2"``.
-      steps: iterations N per run.
-      restarts: runs (per target for APGD-T); later ones only on examples not yet fooled.
-      loss: ``"ce"`` (APGD-CE), ``"dlr"`` (needs K ≥ 3) or ``"dlr-targeted"`` (APGD-T, K ≥ 4).
-      num_targets: APGD-T's targets, the 2nd … (num_targets + 1)-th most likely classes.
-      rho: the checkpoint's fraction of loss-increasing steps below which η is halved.
-      momentum: α after the first step.
-      eot_iter: Expectation over Transformation: draws of a randomised model averaged per
-        gradient (AutoAttack's ``rand`` version: 20). Above 1 the model function takes
-        ``(images, keys [B])``; the draws of example e are keyed by its key, so they do not
-        depend on the batch.
-    """
-
-    eps: float
-    norm: str = "linf"
-    steps: int = 100
-    restarts: int = 1
-    loss: str = "ce"
-    num_targets: int = 9
-    rho: float = 0.75
-    momentum: float = 0.75
-    eot_iter: int = 1
-
-    def __post_init__(self):
-        itf.check_norm(self.norm)
-        itf.check_eps(self.eps, self.norm)
-        itf.check_int("steps", self.steps, 1)
-        itf.check_int("restarts", self.restarts, 1)
-        itf.check_int("num_targets", self.num_targets, 1)
-        itf.check_int("eot_iter", self.eot_iter, 1)
-        if self.loss not in APGD_LOSSES:
-            raise ValueError(f"loss must be one of {APGD_LOSSES}, got {self.loss!r}")
-        itf.check_fraction("rho", self.rho)
-        itf.check_fraction("momentum", self.momentum)
-
-    @property
-    def runs(self) -> int:
-        return self.restarts * (self.num_targets if self.loss == "dlr-targeted" else 1)
-
-    @property
-    def draws(self) -> int:
-        """Model evaluations per iterate."""
-        return self.eot_iter
-
-    @property
-    def min_classes(self) -> int:
-        if self.loss == "dlr-targeted":
-            return max(4, self.num_targets + 1)
-        return 3 if self.loss == "dlr" else 2
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,108 +17,15 @@ target and restart runs on the still-robust examples only, gathered into a small
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
-from diffjax.attacks import interface as itf
-from diffjax.attacks.apgd import APGDConfig, APGDPhase
+from diffjax.attack_config import AutoAttackConfig
+from diffjax.attacks.apgd import APGDPhase
 from diffjax.attacks.compaction import Plan, Stage, run_plan
-from diffjax.attacks.fab import FABConfig, FABPhase
-from diffjax.attacks.square import SquareConfig, SquarePhase
+from diffjax.attacks.fab import FABPhase
+from diffjax.attacks.square import SquarePhase
 
 Array = jax.Array
-
-STANDARD = {
-    "linf": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "l2": ("apgd-ce", "apgd-t", "fab-t", "square"),
-}
-RAND = ("apgd-ce", "apgd-dlr")  # the `rand` version, both with EOT
-STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
-VERSIONS = ("standard", "rand")
-
-
-@dataclasses.dataclass(frozen=True)
-class AutoAttackConfig:
-    """AutoAttack settings (defaults: the standard version).
-
-    Attributes:
-      eps: radius, pixel units on the [0, 1] scale.
-      norm: ``"linf"`` or ``"l2"``.
-      version: ``"standard"`` (APGD-CE → APGD-T → FAB-T → Square, deterministic models) or
-        ``"rand"`` (APGD-CE → APGD-DLR, each with ``eot_iter`` EOT draws, for randomised
-        models: the model function then takes ``(images, keys [B])``).
-      stages: attacks in order, from ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``,
-        ``"square"``; ``None`` for the version's sequence.
-      steps: iterations of APGD and FAB runs.
-      num_targets: targets of APGD-T and FAB-T.
-      square_queries: Square's query budget.
-      eot_iter: EOT draws per APGD gradient in the ``rand`` version.
-    """
-
-    eps: float
-    norm: str = "linf"
-    version: str = "standard"
-    stages: tuple[str, ...] | None = None
-    steps: int = 100
-    num_targets: int = 9
-    square_queries: int = 5000
-    eot_iter: int = 20
-
-    def __post_init__(self):
-        itf.check_norm(self.norm)
-        itf.check_eps(self.eps, self.norm)
-        if self.version not in VERSIONS:
-            raise ValueError(f"version must be one of {VERSIONS}, got {self.version!r}")
-        itf.check_int("steps", self.steps, 1)
-        itf.check_int("num_targets", self.num_targets, 1)
-        itf.check_int("square_queries", self.square_queries, 0)
-        itf.check_int("eot_iter", self.eot_iter, 1)
-        if self.stages is not None:
-            if not isinstance(self.stages, tuple) or not self.stages:
-                raise ValueError("stages must be a non-empty tuple of attack names")
-            bad = [s for s in self.stages if s not in STAGES]
-            if bad:
-                raise ValueError(f"unknown stages {bad}; choose from {STAGES}")
-            if self.version == "rand" and any(s in ("fab-t", "square") for s in self.stages):
-                raise ValueError("the rand version runs the APGD stages only (they have EOT)")
-
-    @property
-    def sequence(self) -> tuple[str, ...]:
-        if self.stages is not None:
-            return self.stages
-        return STANDARD[self.norm] if self.version == "standard" else RAND
-
-    @property
-    def randomized(self) -> bool:
-        return self.version == "rand"
-
-    def stage_config(self, name: str):
-        """The config of one stage, with AutoAttack's settings (one run per target)."""
-        eot = self.eot_iter if self.randomized else 1
-        if name in ("apgd-ce", "apgd-dlr"):
-            loss = "ce" if name == "apgd-ce" else "dlr"
-            return APGDConfig(self.eps, self.norm, self.steps, loss=loss, eot_iter=eot)
-        if name == "apgd-t":
-            return APGDConfig(
-                self.eps,
-                self.norm,
-                self.steps,
-                loss="dlr-targeted",
-                num_targets=self.num_targets,
-                eot_iter=eot,
-            )
-        if name == "fab-t":
-            return FABConfig(self.eps, self.norm, self.steps, num_targets=self.num_targets)
-        return SquareConfig(self.eps, self.square_queries, norm=self.norm)
-
-    @property
-    def min_classes(self) -> int:
-        targeted = any(s in ("apgd-t", "fab-t") for s in self.sequence)
-        if targeted:
-            return max(4, self.num_targets + 1)
-        return 3 if "apgd-dlr" in self.sequence else 2
-
 
 PHASES = {
     "apgd-ce": APGDPhase,

@@ -16,13 +16,12 @@ at the previous check. Examples that never succeed come back as the clean image.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
+from diffjax.attack_config import CWConfig
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
 
@@ -32,38 +31,6 @@ TANH_SQUEEZE = 0.999999  # Carlini's factor keeping atanh finite at pixels 0 and
 UPPER_INIT = 1e10  # "no upper bound on c yet"
 UPPER_KNOWN = 1e9  # Carlini's threshold for bisecting instead of multiplying by 10
 ABORT_FACTOR = 0.9999
-
-
-@dataclasses.dataclass(frozen=True)
-class CWConfig:
-    """CW-L2 settings (defaults: Carlini & Wagner's reference implementation).
-
-    Attributes:
-      confidence: κ, the logit margin a success must exceed.
-      binary_search_steps: outer steps over the constant c.
-      max_iterations: Adam steps per binary-search step.
-      learning_rate: Adam step size in tanh space.
-      initial_const: c of the first binary-search step.
-      abort_early: per-example early abort (see module docstring).
-      targeted: reach ``targets`` instead of leaving the label.
-    """
-
-    confidence: float = 0.0
-    binary_search_steps: int = 9
-    max_iterations: int = 10000
-    learning_rate: float = 1e-2
-    initial_const: float = 1e-3
-    abort_early: bool = True
-    targeted: bool = False
-
-    def __post_init__(self):
-        itf.check_nonnegative("confidence", self.confidence)
-        itf.check_int("binary_search_steps", self.binary_search_steps, 1)
-        itf.check_int("max_iterations", self.max_iterations, 1)
-        itf.check_positive("learning_rate", self.learning_rate)
-        itf.check_positive("initial_const", self.initial_const)
-        itf.check_bool("abort_early", self.abort_early)
-        itf.check_bool("targeted", self.targeted)
 
 
 def _cw_single(model, x0, label, target, key, cfg: CWConfig):
@@ -137,7 +104,16 @@ def _cw_single(model, x0, label, target, key, cfg: CWConfig):
     return adv, logits, clean, calls + 1, {"const": upper}
 
 
-def cw_l2(model_fn, images, labels, key, config: CWConfig = CWConfig(), *, targets=None, ids=None):
+def cw_l2(
+    model_fn,
+    images,
+    labels,
+    key,
+    config: CWConfig = CWConfig(),  # noqa: B008 (a frozen dataclass)
+    *,
+    targets=None,
+    ids=None,
+):
     """Run CW-L2 on a batch; see :func:`diffjax.attacks.pgd.pgd` for the arguments.
 
     Returns:

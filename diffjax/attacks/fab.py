@@ -18,12 +18,11 @@ prediction at x_{k+1}).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from diffjax.attack_config import FABConfig
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
 from diffjax.attacks.compaction import Example, Plan, Stage, run_plan
@@ -32,45 +31,6 @@ from diffjax.attacks.projections import norm_of, project_hyperplane_box
 Array = jax.Array
 
 MIN_STEP_NORM = 1e-8  # FAB's floor on ‖d‖ in α's ratio
-
-
-@dataclasses.dataclass(frozen=True)
-class FABConfig:
-    """FAB-T settings (defaults: AutoAttack's).
-
-    Attributes:
-      eps: success radius, pixel units on the [0, 1] scale.
-      norm: ``"linf"`` or ``"l2"``.
-      steps: iterations per run.
-      restarts: runs per target (restart r > 0 starts at random); only on examples not fooled.
-      num_targets: targets, the 2nd … (num_targets + 1)-th most likely classes.
-      alpha_max: cap on the bias toward the clean image.
-      eta: extrapolation factor of the projection step.
-      beta: pull-back factor toward the clean image after an adversarial iterate.
-    """
-
-    eps: float
-    norm: str = "linf"
-    steps: int = 100
-    restarts: int = 1
-    num_targets: int = 9
-    alpha_max: float = 0.1
-    eta: float = 1.05
-    beta: float = 0.9
-
-    def __post_init__(self):
-        itf.check_norm(self.norm)
-        itf.check_eps(self.eps, self.norm)
-        itf.check_int("steps", self.steps, 1)
-        itf.check_int("restarts", self.restarts, 1)
-        itf.check_int("num_targets", self.num_targets, 1)
-        itf.check_fraction("alpha_max", self.alpha_max, zero=True)
-        itf.check_fraction("beta", self.beta)
-        itf.check_positive("eta", self.eta)
-
-    @property
-    def runs(self) -> int:
-        return self.restarts * self.num_targets
 
 
 def _gap(logits, t, label):

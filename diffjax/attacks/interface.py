@@ -18,16 +18,22 @@ finite is never a success; :func:`~diffjax.attacks.summarize_result` counts it a
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diffjax.attack_config import (  # noqa: F401 (the attacks validate with itf.check_*)
+    check_bool,
+    check_eps,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_norm,
+    check_positive,
+)
 from diffjax.vit import functional
 
 Array = jax.Array
@@ -77,63 +83,6 @@ def succeeded(logits: Array, label: Array, target: Array, targeted: bool) -> Arr
 
 
 # ---------------------------------------------------------------------------------------------
-# Config validation shared by the attack configs (frozen dataclasses validate in __post_init__).
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-def check_eps(eps: Any, norm: str | None = None, pixels: int | None = None) -> None:
-    """A radius ≥ 0 on the [0, 1] pixel scale: with ``norm="linf"`` at most 1 (the whole pixel
-    range), with ``norm="l2"`` and the image's ``pixels`` (H·W·C) at most the diagonal √pixels
-    of the image cube. Larger radii allow every image: they are budgets on the [0, 255] scale
-    given by mistake, refused with the ε they probably meant."""
-    if isinstance(eps, jax.core.Tracer):
-        return  # a per-example radius inside a trace (several budgets in one call)
-    check_nonnegative("eps", eps)
-    if norm == "linf" and eps > 1:
-        bound = "1, the whole [0, 1] pixel range"
-    elif norm == "l2" and pixels is not None and eps > math.sqrt(pixels):
-        bound = f"√{pixels} = {math.sqrt(pixels):.4g}, the diagonal of the [0, 1] image cube"
-    else:
-        return
-    raise ValueError(
-        f"eps = {eps:g} ({norm}) is above {bound}, so every image is in the ball; eps is on "
-        f"the [0, 1] pixel scale: did you mean {eps:g}/255 (= {eps / 255:.4g})?"
-    )
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def check_fraction(name: str, value: Any, *, zero: bool = False) -> None:
-    """A number in (0, 1], or [0, 1] with ``zero``."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (number and (0 <= value if zero else 0 < value) and value <= 1):
-        raise ValueError(f"{name} must lie in {'[' if zero else '('}0, 1], got {value!r}")
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_norm(norm: Any, allowed: tuple[str, ...] = ("linf", "l2")) -> None:
-    if norm not in allowed:
-        raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Input validation and the per-example driver.
 

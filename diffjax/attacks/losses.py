@@ -15,6 +15,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from diffjax.attack_config import PGD_LOSSES
+
 Array = jax.Array
 LossFn = Callable[[Array, Array], Array]
 
@@ -63,7 +65,7 @@ def cw_hinge(logits: Array, labels: Array, kappa: float, targeted: bool) -> Arra
     return jnp.maximum((m if targeted else -m) + kappa, 0.0)
 
 
-LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "margin": margin}
+LOSSES: dict[str, LossFn] = dict(zip(PGD_LOSSES, (cross_entropy, margin), strict=True))
 
 
 def objective(loss: str | LossFn, targeted: bool) -> LossFn:

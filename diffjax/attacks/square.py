@@ -22,13 +22,12 @@ fail points at gradient masking.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from diffjax.attack_config import SquareConfig
 from diffjax.attacks import interface as itf
 from diffjax.attacks import losses
 from diffjax.attacks.compaction import Example, Plan, Stage, run_plan
@@ -37,29 +36,6 @@ Array = jax.Array
 
 P_SCHEDULE_STEPS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # p halves after each
 SQUARE_CHUNK = 500  # queries per segment: fooled examples leave the compacted batch after each
-
-
-@dataclasses.dataclass(frozen=True)
-class SquareConfig:
-    """Square-ℓ∞ settings (defaults: AutoAttack's).
-
-    Attributes:
-      eps: radius, pixel units on the [0, 1] scale.
-      queries: iterations after the initialisation (each one model evaluation).
-      p_init: initial fraction of pixels in the square.
-      norm: ``"linf"`` or ``"l2"``.
-    """
-
-    eps: float
-    queries: int = 5000
-    p_init: float = 0.8
-    norm: str = "linf"
-
-    def __post_init__(self):
-        itf.check_norm(self.norm)
-        itf.check_eps(self.eps, self.norm)
-        itf.check_int("queries", self.queries, 0)
-        itf.check_fraction("p_init", self.p_init)
 
 
 def square_fraction(i: Array, p_init: float) -> Array:

@@ -7,55 +7,40 @@ classification and small contrastive training.
     logits = classifier(images)                                # [B, classes] cosine similarities
 """
 
-from diffjax.clip.attack import (
-    prompt_classifier,
-    prompt_cosine_loss,
-)
-from diffjax.clip.checkpoint import load_clip, read_clip_config
-from diffjax.clip.config import CLIP_PRESETS, CLIPConfig, clip_preset
-from diffjax.clip.convert import ConversionError, convert_checkpoint, read_state_dict
-from diffjax.clip.model import CLIP, ImageTower, TextTower, l2_normalize
-from diffjax.clip.tokenizer import Tokenizer, default_tokenizer
-from diffjax.clip.train import ContrastiveConfig, contrastive_loss, train_contrastive
-from diffjax.clip.zeroshot import (
-    CIFAR_TEMPLATES,
-    IMAGENET_TEMPLATES,
-    PHOTO_TEMPLATES,
-    TEMPLATE_SETS,
-    ZeroShotClassifier,
-    class_embeddings,
-    zeroshot_accuracy,
-    zeroshot_classifier,
-    zeroshot_logits,
-)
+from diffjax import lazy_exports
 
-__all__ = [
-    "CIFAR_TEMPLATES",
-    "CLIP",
-    "CLIPConfig",
-    "CLIP_PRESETS",
-    "ContrastiveConfig",
-    "ConversionError",
-    "IMAGENET_TEMPLATES",
-    "ImageTower",
-    "PHOTO_TEMPLATES",
-    "TEMPLATE_SETS",
-    "TextTower",
-    "Tokenizer",
-    "ZeroShotClassifier",
-    "class_embeddings",
-    "clip_preset",
-    "contrastive_loss",
-    "convert_checkpoint",
-    "default_tokenizer",
-    "l2_normalize",
-    "load_clip",
-    "prompt_classifier",
-    "prompt_cosine_loss",
-    "read_clip_config",
-    "read_state_dict",
-    "train_contrastive",
-    "zeroshot_accuracy",
-    "zeroshot_classifier",
-    "zeroshot_logits",
-]
+# name → the module that defines it; imported on first use, so that the command line reads
+# CLIP_PRESETS (diffjax.clip.config, no JAX) before it imports the models.
+_EXPORTS = {
+    "CIFAR_TEMPLATES": "diffjax.clip.zeroshot",
+    "CLIP": "diffjax.clip.model",
+    "CLIPConfig": "diffjax.clip.config",
+    "CLIP_PRESETS": "diffjax.clip.config",
+    "ContrastiveConfig": "diffjax.clip.train",
+    "ConversionError": "diffjax.clip.convert",
+    "IMAGENET_TEMPLATES": "diffjax.clip.zeroshot",
+    "ImageTower": "diffjax.clip.model",
+    "PHOTO_TEMPLATES": "diffjax.clip.zeroshot",
+    "TEMPLATE_SETS": "diffjax.clip.zeroshot",
+    "TextTower": "diffjax.clip.model",
+    "Tokenizer": "diffjax.clip.tokenizer",
+    "ZeroShotClassifier": "diffjax.clip.zeroshot",
+    "class_embeddings": "diffjax.clip.zeroshot",
+    "clip_preset": "diffjax.clip.config",
+    "contrastive_loss": "diffjax.clip.train",
+    "convert_checkpoint": "diffjax.clip.convert",
+    "default_tokenizer": "diffjax.clip.tokenizer",
+    "l2_normalize": "diffjax.clip.model",
+    "load_clip": "diffjax.clip.checkpoint",
+    "prompt_classifier": "diffjax.clip.attack",
+    "prompt_cosine_loss": "diffjax.clip.attack",
+    "read_clip_config": "diffjax.clip.checkpoint",
+    "read_state_dict": "diffjax.clip.convert",
+    "train_contrastive": "diffjax.clip.train",
+    "zeroshot_accuracy": "diffjax.clip.zeroshot",
+    "zeroshot_classifier": "diffjax.clip.zeroshot",
+    "zeroshot_logits": "diffjax.clip.zeroshot",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,7 +22,6 @@ attention's selectivity (the answer is one byte at one position).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import sys
 
@@ -30,12 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.config import check_int
+from diffjax.lm_config import (  # noqa: F401 (re-exported: the task's public names)
+    CORPORA,
+    KEY_BYTES,
+    VALUE_BYTES,
+    VOCAB_SIZE,
+    RetrievalTask,
+)
 
-VOCAB_SIZE = 256
-CORPORA = ("python-docs",)
-KEY_BYTES = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
-VALUE_BYTES = np.frombuffer(b"0123456789", np.uint8)
 SEPARATOR, ASSIGN, QUERY = ord(";"), ord(":"), ord("|")
 
 
@@ -89,37 +90,6 @@ def windows(key: jax.Array, corpus: jax.Array, batch: int, length: int) -> jax.A
     starts = jax.random.randint(key, (batch,), 0, corpus.shape[0] - length + 1)
     idx = starts[:, None] + jnp.arange(length)
     return corpus[idx].astype(jnp.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievalTask:
-    """Key–value retrieval from a long context.
-
-    Attributes:
-      pairs: key–value pairs in the context (distinct keys; 1 to 26).
-      filler: corpus bytes before each pair (the haystack between needles).
-
-    A sequence is ``pairs`` times [filler bytes, k, ":", v, ";"], then "|", k*, ":", v*; its
-    length is :attr:`length`. The model must predict v* at :attr:`answer_position` − 1.
-    """
-
-    pairs: int = 4
-    filler: int = 8
-
-    def __post_init__(self):
-        check_int("pairs", self.pairs, 1)
-        if self.pairs > KEY_BYTES.size:
-            raise ValueError(f"pairs must be <= {KEY_BYTES.size} (distinct letter keys)")
-        check_int("filler", self.filler, 0)
-
-    @property
-    def length(self) -> int:
-        return self.pairs * (self.filler + 4) + 4
-
-    @property
-    def answer_position(self) -> int:
-        """Index of the answer byte v* (the last byte)."""
-        return self.length - 1
 
 
 def retrieval_batch(

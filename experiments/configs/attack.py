@@ -14,17 +14,17 @@ split. Results go to ``WORKDIR/attack.json``, rewritten atomically after every b
 
 import ml_collections
 
-from diffjax import attacks
+from diffjax import attack_config
 from diffjax.experiments import configs
 
 DEFAULT_EPS = 4 / 255
 
 
 def get_config(arg: str = "pgd") -> ml_collections.ConfigDict:
-    if arg not in attacks.ATTACKS:
-        raise ValueError(f"unknown attack {arg!r}; choose from {sorted(attacks.ATTACKS)}")
-    spec = attacks.ATTACKS[arg]
-    _, default = attacks.build_attack(arg, **{f: DEFAULT_EPS for f in spec.required})
+    if arg not in attack_config.ATTACKS:
+        raise ValueError(f"unknown attack {arg!r}; choose from {sorted(attack_config.ATTACKS)}")
+    spec = attack_config.ATTACKS[arg]
+    default = attack_config.attack_config(arg, **{f: DEFAULT_EPS for f in spec.required})
     params = configs.as_config_dict(default)
     for name in spec.fixed:  # set by the attack's name
         del params[name]

@@ -1,10 +1,10 @@
 """Every training recipe the experiments use, defined once and named by its preset.
 
-    train = recipes.training("cpu")               # ConfigDict mirroring diffjax.train.TrainConfig
+    train = recipes.training("cpu")               # ConfigDict mirroring diffjax.config.TrainConfig
     config = recipes.train_config(train)          # the validated frozen dataclass
 
 A recipe is a model variant (``diffjax.config.variant``: ``"SIZE/PATCH"``) and a training
-schedule; the ConfigDict holds every :class:`~diffjax.train.TrainConfig` field (its ``model``
+schedule; the ConfigDict holds every :class:`~diffjax.config.TrainConfig` field (its ``model``
 every :class:`~diffjax.config.ViTConfig` field), so any of them can be overridden from the
 command line (``--config.train.epochs=8``, ``--config.train.model.width=96``). Fields the
 recipe does not set keep the dataclasses' defaults.
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from diffjax.config import ViTConfig, variant
+from diffjax.attack_config import attack_config
+from diffjax.config import TrainConfig, ViTConfig, variant
 from diffjax.experiments import configs
-from diffjax.train import TrainConfig
+from diffjax.lm_config import LMConfig, LMTrainConfig, RetrievalTask
 
 RECIPES: dict[str, dict] = {
     "smoke": dict(
@@ -193,11 +194,7 @@ LM_RECIPES: dict[str, dict] = {
 
 def lm_training(preset: str) -> ml_collections.ConfigDict:
     """The language-model recipe ``preset`` (``smoke``, ``cpu``, ``paper``; ``gpu`` = paper)
-    as a ConfigDict of every :class:`~diffjax.lm_train.LMTrainConfig` field."""
-    from diffjax.data.text import RetrievalTask
-    from diffjax.lm import LMConfig
-    from diffjax.lm_train import LMTrainConfig
-
+    as a ConfigDict of every :class:`~diffjax.lm_config.LMTrainConfig` field."""
     preset = "paper" if preset == "gpu" else preset
     if preset not in LM_RECIPES:
         raise ValueError(f"unknown LM recipe {preset!r}; choose from {sorted(LM_RECIPES)}")
@@ -207,9 +204,7 @@ def lm_training(preset: str) -> ml_collections.ConfigDict:
 
 
 def lm_train_config(cd: ml_collections.ConfigDict):
-    """The validated :class:`~diffjax.lm_train.LMTrainConfig` of an ``lm_training`` ConfigDict."""
-    from diffjax.lm_train import LMTrainConfig
-
+    """The validated :class:`~diffjax.lm_config.LMTrainConfig` of an ``lm_training`` ConfigDict."""
     d = cd.to_dict()
     li = d["model"]["lambda_init"]
     if li != "schedule":
@@ -218,3 +213,22 @@ def lm_train_config(cd: ml_collections.ConfigDict):
         except ValueError as e:
             raise ValueError(f"lambda_init must be 'schedule' or a number, got {li!r}") from e
     return LMTrainConfig.from_dict(d)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Build the validated dataclass of each part of a config that has one (the recipes
+    ``train`` and ``lm_train``, an attack's ``params``), so a bad value is refused when the
+    config is loaded, before JAX.
+
+    Raises:
+      configs.ConfigError: naming the field and what is wrong with it.
+    """
+    parts = [("train", train_config), ("lm_train", lm_train_config)]
+    if config.get("experiment") == "attack":
+        parts.append(("params", lambda p: attack_config(config.attack, **p.to_dict())))
+    for field, build in parts:
+        if isinstance(config.get(field), ml_collections.ConfigDict):
+            try:
+                build(config[field])
+            except (ValueError, TypeError) as e:
+                raise configs.ConfigError(f"--config.{field}: {e}") from None

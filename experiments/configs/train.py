@@ -3,7 +3,7 @@
     diffjax train --config=train:cpu --config.train.model.attention=diff --workdir runs/diffvit
     diffjax train --config=train:paper --config.train.model.dtype=bfloat16 --workdir runs/vit
 
-``train`` holds every ``diffjax.train.TrainConfig`` field (``train.model``: every ``ViTConfig``
+``train`` holds every ``diffjax.config.TrainConfig`` field (``train.model``: every ``ViTConfig``
 field); ``train_split`` / ``test_split`` pick the splits (``tfds:`` datasets take split strings
 such as ``train[:10%]``); ``image_size`` resizes ``tfds:`` images (0: as stored).
 """
