@@ -68,6 +68,10 @@ def bench(attention: str, depth: int, args, save) -> None:
         grad = jax.grad(lambda z: (lambda o: o[label] - o[runner])(model(z[None])[0]))(x)
         return jnp.sum(jnp.abs(grad)) if norm == "linf" else jnp.linalg.norm(grad)
 
+    def row(kind, norm, r, bound, interval, adv):
+        save(dict(attention=attention, depth=depth, map=kind, norm=norm, radius=r,
+                  verify=float(bound), interval=float(interval), adv=float(adv)))  # fmt: skip
+
     for norm in args.norms:
         for r in args.radii:
             lip = verify.attention_lipschitz_bound(model, layer, u0, r, norm, args.method)
@@ -78,18 +82,7 @@ def bench(attention: str, depth: int, args, save) -> None:
                 interval = jnp.max(jnp.sum(jac.jacobian.mag, 1))
             adv = verify.lipschitz.adversarial_max(functools.partial(layer_norm_of, norm=norm),
                                                    u0[0], r, norm, False, key)  # fmt: skip
-            save(
-                dict(
-                    attention=attention,
-                    depth=depth,
-                    map="layer",
-                    norm=norm,
-                    radius=r,
-                    verify=float(lip[0]),
-                    interval=float(interval),
-                    adv=float(adv),
-                )
-            )
+            row("layer", norm, r, lip[0], interval, adv)
             if not args.network:
                 continue
             grad = verify.margin_gradient_bounds(model, image, jnp.asarray([label]), r, norm,
@@ -99,18 +92,7 @@ def bench(attention: str, depth: int, args, save) -> None:
             interval = jnp.sum(mag) if norm == "linf" else jnp.linalg.norm(mag)
             adv = verify.lipschitz.adversarial_max(functools.partial(gradient_norm, norm=norm),
                                                    image[0], r, norm, True, key)  # fmt: skip
-            save(
-                dict(
-                    attention=attention,
-                    depth=depth,
-                    map="net",
-                    norm=norm,
-                    radius=r,
-                    verify=float(grad[0, runner]),
-                    interval=float(interval),
-                    adv=float(adv),
-                )
-            )
+            row("net", norm, r, grad[0, runner], interval, adv)
 
 
 def main(argv=None) -> None:
