@@ -4,7 +4,8 @@ linear bounds), CROWN-IBP and alpha-CROWN, for one input set (vmap it over examp
 The input set is B_p(x0, ε) ∩ [0, 1]^d. Its box (ℓ∞ ball ∩ pixel box; for ℓ2 the ℓ∞ ball of the
 same radius, which contains the ℓ2 ball) starts IBP; a linear lower bound A·x + b of anything is
 concretised as the minimum of A·x over the box (Σ A⁺·lo + A⁻·hi), and for ℓ2 as the better of that
-and the ℓ2-ball minimum A·x0 − ε‖A‖₂ (both sound).
+and the ℓ2-ball minimum A·x0 − ε‖A‖₂ (both sound). A :class:`ProductSet` (the point and the
+tangent of a JVP, :mod:`diffjax.verify.lipschitz`) is concretised part by part.
 
 Rounding (float64 path): every backward step also propagates absolute coefficients |Λ| through
 the absolute operations, giving a bound ``mag`` on the magnitude of every term of the final
