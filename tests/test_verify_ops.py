@@ -16,13 +16,14 @@ REFERENCE = {
     ops.Exp: np.exp,
     ops.Square: np.square,
     ops.Reciprocal: lambda x: 1.0 / x,
+    ops.InverseSquare: lambda x: 1.0 / np.square(x),
     ops.Rsqrt: lambda x: 1.0 / np.sqrt(x),
     ops.Gelu: lambda x: x * special.ndtr(x),
     ops.Tanh: np.tanh,
     ops.Logistic: special.expit,
     ops.Erf: special.erf,
 }
-POSITIVE = (ops.Reciprocal, ops.Rsqrt)
+POSITIVE = (ops.Reciprocal, ops.InverseSquare, ops.Rsqrt)
 
 
 def _boxes(rng, n, positive=False):
@@ -80,6 +81,25 @@ def test_max_with_a_constant_holds():
         f = lambda x: np.maximum(x, c)  # noqa: E731
         _check_unary(op, f, lo, hi, pts, None, rng)
         _check_unary(op, f, lo, hi, pts, jnp.asarray(rng.normal(0, 3, (6, lo.size))), rng)
+
+
+@pytest.mark.parametrize("above", [True, False])
+def test_step_holds(above):
+    """1[x ≥ c] / 1[x ≤ c] (the JVP of max), with boxes whose ends sit exactly on c."""
+    rng = np.random.default_rng(2)
+    with jax.enable_x64():
+        lo, hi = _boxes(rng, 400)
+        c = rng.choice([0.0, -0.5, 1.0], lo.size)
+        lo[:40], hi[40:80] = c[:40], c[40:80]
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        pts = np.clip(_samples(rng, lo, hi), lo, hi)  # lo + 1·(hi − lo) may round past hi = c
+        op = ops.Step(jnp.asarray(c), above)
+        f = lambda x: ((x >= c) if above else (x <= c)).astype(float)  # noqa: E731
+        _check_unary(op, f, lo, hi, pts, None, rng)
+        # Exact (a point interval) wherever the box misses c.
+        ilo, ihi = op.interval((jnp.asarray(lo), jnp.asarray(hi)))
+        miss = (lo > c) | (hi < c)
+        assert np.all(np.asarray(ilo)[miss] == np.asarray(ihi)[miss])
 
 
 def test_reciprocal_of_a_box_reaching_zero_is_unbounded_not_wrong():

@@ -103,7 +103,8 @@ def _check_eps(eps, batch: int, name: str = "eps"):
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, kind: str, **options):
+def _compiled(model, kind: str, build=None, **options):
+    """``build(model, **options)`` (default: this module's ``_build`` of ``kind``), cached."""
     from flax import nnx
 
     leaves = tuple(id(x) for x in jax.tree.leaves(nnx.state(model)))
@@ -111,7 +112,8 @@ def _compiled(model, kind: str, **options):
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
         per_model.clear()  # an older parameter set's entries are stale
-        per_model[key] = _build(model, kind, **options)
+        build = build or functools.partial(_build, kind=kind)
+        per_model[key] = build(model, **options)
     return per_model[key]
 
 
@@ -120,7 +122,12 @@ def program(model, precision: str = "float64") -> Program:
     _check_model(model)
     c = model.config
     example = jnp.zeros((c.image_size, c.image_size, c.channels), jnp.float64)
-    return trace(lambda x: model(x[None])[0], example, jnp.dtype(precision))
+    return trace(image_fn(model), example, jnp.dtype(precision))
+
+
+def image_fn(model):
+    """The model's logits [K] of one image [H, W, C]: the function every program traces."""
+    return lambda x: model(x[None])[0]
 
 
 def _build(model, kind, norm, method, precision, alpha_steps, alpha_lr):
@@ -210,4 +217,8 @@ def certified_radius(model, images, labels, norm: str = "linf", method: str = "c
     )
 
 
-__all__ = ["METHODS", "NORMS", "certified_radius", "margin_lower_bounds", "program"]
+# The Lipschitz bounds use the checks and the cache above.
+from diffjax.verify.lipschitz import attention_lipschitz_bound, margin_gradient_bounds  # noqa: E402
+
+__all__ = ["METHODS", "NORMS", "attention_lipschitz_bound", "certified_radius",
+           "margin_gradient_bounds", "margin_lower_bounds", "program"]  # fmt: skip

@@ -4,7 +4,8 @@ linear bounds), CROWN-IBP and alpha-CROWN, for one input set (vmap it over examp
 The input set is B_p(x0, ε) ∩ [0, 1]^d. Its box (ℓ∞ ball ∩ pixel box; for ℓ2 the ℓ∞ ball of the
 same radius, which contains the ℓ2 ball) starts IBP; a linear lower bound A·x + b of anything is
 concretised as the minimum of A·x over the box (Σ A⁺·lo + A⁻·hi), and for ℓ2 as the better of that
-and the ℓ2-ball minimum A·x0 − ε‖A‖₂ (both sound).
+and the ℓ2-ball minimum A·x0 − ε‖A‖₂ (both sound). A :class:`ProductSet` (the point and the
+tangent of a JVP, :mod:`diffjax.verify.lipschitz`) is concretised part by part.
 
 Rounding (float64 path): every backward step also propagates absolute coefficients |Λ| through
 the absolute operations, giving a bound ``mag`` on the magnitude of every term of the final
@@ -24,13 +25,14 @@ import numpy as np
 import optax
 
 from diffjax.verify.ops import DELTA, Linear
-from diffjax.verify.ops.base import sanitize
+from diffjax.verify.ops.base import positive_part, sanitize
 from diffjax.verify.program import MAX_CONTRACTION, Program
 
 
 @dataclasses.dataclass(frozen=True)
 class InputSet:
-    """B_norm(center, eps) ∩ [0, 1]^d and its box [lo, hi] (one example)."""
+    """B_norm(center, eps) ∩ box and its enclosing box [lo, hi] (one example); the box is
+    [0, 1]^d for pixels, or none (ℝ^d) for a layer's input or a tangent."""
 
     center: jax.Array
     eps: jax.Array
@@ -39,10 +41,29 @@ class InputSet:
     hi: jax.Array
 
 
-def input_set(center, eps, norm: str) -> InputSet:
+@dataclasses.dataclass(frozen=True)
+class ProductSet:
+    """S_0 × S_1 × … for an input stacked as [k, *shape] (part i in ``parts[i]``), e.g. the
+    point and the tangent (x, v) of a Jacobian-vector product. A linear function separates over
+    a product, so its minimum is the sum of the parts' minima."""
+
+    parts: tuple[InputSet, ...]
+
+    @property
+    def lo(self):
+        return jnp.stack([p.lo for p in self.parts])
+
+    @property
+    def hi(self):
+        return jnp.stack([p.hi for p in self.parts])
+
+
+def input_set(center, eps, norm: str, box: bool = True) -> InputSet:
+    """B_norm(center, eps), intersected with [0, 1]^d when ``box`` (pixels)."""
     slack = DELTA * (jnp.abs(center) + eps)
-    lo = jnp.clip(center - eps - slack, 0.0, 1.0)
-    hi = jnp.clip(center + eps + slack, 0.0, 1.0)
+    lo, hi = center - eps - slack, center + eps + slack
+    if box:
+        lo, hi = jnp.clip(lo, 0.0, 1.0), jnp.clip(hi, 0.0, 1.0)
     return InputSet(center, eps, norm, lo, hi)
 
 
@@ -54,18 +75,28 @@ def slack_factor(prog: Program, rounding: bool, d_in: int) -> float:
     return DELTA * max(1.0, longest / MAX_CONTRACTION) * (len(prog.nodes) + 2)
 
 
-def concretize(res, s: InputSet, factor: float):
-    """Lower bounds [S] of A·x + b over the input set from a backward result."""
-    a, a_abs, bias, bias_abs = res
+def _minimum(a, a_abs, s: InputSet):
+    """(min of A·x over the set, the magnitude of its terms) per row [S]."""
     axes = tuple(range(1, a.ndim))
     val = jnp.sum(jnp.maximum(a, 0) * s.lo + jnp.minimum(a, 0) * s.hi, axes)
-    mag = jnp.sum(a_abs * jnp.maximum(jnp.abs(s.lo), jnp.abs(s.hi)), axes) + bias_abs
+    mag = jnp.sum(a_abs * jnp.maximum(jnp.abs(s.lo), jnp.abs(s.hi)), axes)
     if s.norm == "l2":
         ball = jnp.sum(a * s.center, axes) - s.eps * jnp.sqrt(jnp.sum(a * a, axes))
         val = jnp.maximum(val, ball)
         mag = mag + s.eps * jnp.sqrt(jnp.sum(a_abs * a_abs, axes))
         mag = mag + jnp.sum(a_abs * jnp.abs(s.center), axes)
-    low = val + bias - factor * mag
+    return val, mag
+
+
+def concretize(res, s: InputSet | ProductSet, factor: float):
+    """Lower bounds [S] of A·x + b over the input set from a backward result."""
+    a, a_abs, bias, bias_abs = res
+    if isinstance(s, ProductSet):
+        parts = [_minimum(a[:, i], a_abs[:, i], p) for i, p in enumerate(s.parts)]
+        val, mag = sum(v for v, _ in parts), sum(m for _, m in parts)
+    else:
+        val, mag = _minimum(a, a_abs, s)
+    low = val + bias - factor * (mag + bias_abs)
     return jnp.where(jnp.isnan(low), -jnp.inf, low)
 
 
@@ -218,25 +249,33 @@ def _alpha_params(prog: Program, rows: int):
     }
 
 
+def spec_bounds(prog: Program, s: InputSet | ProductSet, spec, method: str, factor: float,
+                alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
+    """Lower bounds [S] of spec·output over the input set (``spec`` [S, *output shape])."""
+    bounds = intermediate_bounds(prog, s, method, factor)
+    if method == "ibp":
+        lo, hi = bounds[prog.output]
+        low = positive_part(jnp.maximum(spec, 0), lo) + positive_part(jnp.minimum(spec, 0), hi)
+        # The sum's rounding: DELTA times the magnitudes of its terms.
+        low = low - DELTA * positive_part(jnp.abs(spec), jnp.maximum(jnp.abs(lo), jnp.abs(hi)))
+        return jnp.where(jnp.isnan(low), -jnp.inf, low)
+    bounds = jax.lax.stop_gradient(bounds)
+
+    def bound(params):
+        return concretize(backward(prog, prog.output, spec, bounds, params), s, factor)
+
+    low = bound(None)
+    if method == "alpha-crown":
+        low = _optimise(bound, _alpha_params(prog, spec.shape[0]), low, alpha_steps, alpha_lr)
+    return low
+
+
 def margin_bounds(prog: Program, s: InputSet, label, method: str, factor: float,
                   alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
     """Lower bounds [K] of z_c − z_j over the input set (0 at j = c)."""
     classes = prog.shapes[prog.output][0]
-    dtype = s.lo.dtype
-    bounds = intermediate_bounds(prog, s, method, factor)
-    spec = margin_spec(label, classes, dtype)
-    if method == "ibp":
-        lo, hi = bounds[prog.output]
-        low = jnp.where(jnp.isnan(lo[label] - hi), -jnp.inf, lo[label] - hi)
-    else:
-        bounds = jax.lax.stop_gradient(bounds)
-
-        def bound(params):
-            return concretize(backward(prog, prog.output, spec, bounds, params), s, factor)
-
-        low = bound(None)
-        if method == "alpha-crown":
-            low = _optimise(bound, _alpha_params(prog, classes), low, alpha_steps, alpha_lr)
+    spec = margin_spec(label, classes, s.lo.dtype)
+    low = spec_bounds(prog, s, spec, method, factor, alpha_steps, alpha_lr)
     return jnp.where(jnp.arange(classes) == label, 0.0, low)
 
 

@@ -37,7 +37,7 @@ from diffjax.verify import ops
 # Primitives affine in their perturbed operands (for mul/dot_general/div: with one perturbed
 # operand, the multiplier or divisor constant).
 STRUCTURAL = {
-    "add", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "reduce_sum",
+    "add", "add_any", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "reduce_sum",
     "concatenate", "slice", "pad", "squeeze", "expand_dims", "convert_element_type", "copy",
     "copy_p", "stop_gradient",
 }  # fmt: skip
@@ -230,6 +230,48 @@ def _find_softmax(raw: list[_Raw], shapes) -> dict[int, tuple[int, int]]:
     return found
 
 
+def _find_shifts(raw: list[_Raw], shapes) -> dict[int, tuple[int, int]]:
+    """{index of the stop_gradient: (z, axis)} for every shift s = stop_gradient(max_j z_j)
+    (through ``max(−inf, ·)``, reshapes and broadcasts) whose every use is exp(z − s).
+
+    jax.nn.softmax subtracts this s for range only: its value and its JVP are quotients of
+    sums homogeneous of degree 0 in exp(−s) (exp(z − s)/Σ exp(z − s), and the tangent's
+    t·e/Σe − (Σ t·e)·e/(Σe)²), so any per-row s gives the same function. Where the program
+    still reads s (the JVP, whose tangent is written with exp(z − s), not with the softmax the
+    direct form replaces), the verifier takes s = mean_j z_j instead: z − s is then linear in
+    z and its bounds cancel the noise shared by the row, as the pairwise differences do.
+    """
+    prod = {r.out: r for r in raw}
+    uses: dict[int, list[_Raw]] = {}
+    for r in raw:
+        for k, v in r.ins:
+            if k == "v":
+                uses.setdefault(v, []).append(r)
+    found = {}
+    for i, r in enumerate(raw):
+        if r.prim != "stop_gradient" or r.ins[0][0] != "v":
+            continue
+        node = prod.get(r.ins[0][1])
+        while node is not None and (
+            node.prim in ("broadcast_in_dim", "reshape")
+            or (node.prim == "max" and any(k == "c" and np.all(np.asarray(v) == -np.inf)
+                                           for k, v in node.ins))
+        ):  # fmt: skip
+            pert = [v for k, v in node.ins if k == "v"]
+            node = prod.get(pert[0]) if len(pert) == 1 else None
+        if node is None or node.prim != "reduce_max" or len(node.params["axes"]) != 1:
+            continue
+        z, axis = node.ins[0][1], node.params["axes"][0]
+        subs = uses.get(r.out, [])
+        ok = all(u.prim == "sub" and u.ins == [("v", z), ("v", r.out)]
+                 and all(e.prim == "exp" for e in uses.get(u.out, [])) for u in subs)  # fmt: skip
+        zshape = shapes[z]
+        keep = zshape[:axis] + (1,) + zshape[axis + 1 :]
+        if ok and subs and len(shapes[r.out]) == len(zshape) and shapes[r.out] == keep:
+            found[i] = (z, axis)
+    return found
+
+
 def _bind(prim, params):
     def call(*args):
         return prim.bind(*args, **params)
@@ -294,6 +336,7 @@ def trace(fn: Callable, example, dtype=jnp.float64) -> Program:
         raise ValueError("the function to verify does not depend on its input")
     raw, shapes = tracer.raw, tracer.shapes
     softmax = _find_softmax(raw, shapes)
+    shifts = _find_shifts(raw, shapes)
     # Dead-code elimination from the output (the softmax's shift and sum die with it).
     live, needed = [], {out[1]}
     for i in reversed(range(len(raw))):
@@ -301,14 +344,20 @@ def trace(fn: Callable, example, dtype=jnp.float64) -> Program:
         if r.out not in needed:
             continue
         live.append(i)
-        if i in softmax:
-            needed.add(softmax[i][0])
+        if i in softmax or i in shifts:
+            needed.add((softmax.get(i) or shifts[i])[0])
         else:
             needed.update(v for k, v in r.ins if k == "v")
     builder = _Builder(tracer, dtype)
     for i in reversed(live):
         if i in softmax:
             builder.softmax(raw[i], *softmax[i])
+        elif i in shifts:
+            z, axis = shifts[i]
+            mean = ops.Linear(lambda x, a=axis: jnp.mean(x, a, keepdims=True),
+                              lambda x, a=axis: jnp.mean(x, a, keepdims=True),
+                              [builder.zeros(z)])  # fmt: skip
+            builder.emit(mean, [z], raw[i].out, raw[i].where)
         else:
             builder.add(raw[i])
     keep = {z for z, _ in builder.pairdiff.values()} | builder.interval_only
@@ -354,6 +403,7 @@ class _Builder:
         self.pairdiff: dict[int, tuple[int, int]] = {}
         self.interval_only: set[int] = set()
         self.contraction = 1
+        self.made: dict[int, _Raw] = {}  # the raw equation of each perturbed variable
 
     def zeros(self, var):
         return jnp.zeros(self.shapes[var], self.dtype)
@@ -366,7 +416,25 @@ class _Builder:
     def emit(self, op, ins, out, where):
         self.nodes.append(Node(op, tuple(ins), out, where))
 
+    def _max_step(self, r: _Raw) -> tuple[ops.Step, int] | None:
+        """eq(x, max(x, c)) ⇔ x ≥ c, eq(c, max(x, c)) ⇔ x ≤ c (the JVP of max): (step, x)."""
+        for m, other in (r.ins, r.ins[::-1]):
+            made = self.made.get(m[1]) if m[0] == "v" else None
+            if made is None or made.prim != "max":
+                continue
+            x = [v for k, v in made.ins if k == "v"]
+            c = [v for k, v in made.ins if k == "c"]
+            if len(x) != 1 or len(c) != 1:
+                continue
+            c = jnp.asarray(c[0], self.dtype)
+            if other == ("v", x[0]):
+                return ops.Step(c, above=True), x[0]
+            if other[0] == "c" and np.array_equal(np.asarray(other[1]), np.asarray(c)):
+                return ops.Step(c, above=False), x[0]
+        return None
+
     def add(self, r: _Raw):
+        self.made[r.out] = r
         pert = [v for k, v in r.ins if k == "v"]
         consts = [v for k, v in r.ins if k == "c"]
         self.contraction = max(self.contraction, _contraction(r, self.shapes))
@@ -377,10 +445,18 @@ class _Builder:
             if jnp.dtype(r.params["new_dtype"]) != src:
                 why = f"it converts a perturbed {src} value to {r.params['new_dtype']}"
                 raise refuse(r.prim, r.where, why + " (the model must compute in float64)")
+        if r.prim == "eq" and (step := self._max_step(r)) is not None:
+            return self.emit(step[0], [step[1]], r.out, r.where)
+        if r.prim == "select_n" and len(r.ins) == 3 and r.ins[0][0] == "v" and not pert[1:]:
+            # A 0/1 predicate choosing between constants: a + p·(b − a).
+            a, b = (jnp.asarray(v, self.dtype) for _, v in r.ins[1:])
+            lin = ops.Linear(lambda p: a + p * (b - a), lambda p: jnp.abs(a) + jnp.abs(b - a) * p,
+                             [self.zeros(pert[0])])  # fmt: skip
+            return self.emit(lin, pert, r.out, r.where)
         if r.prim in UNARY:
             return self.emit(UNARY[r.prim](), pert, r.out, r.where)
-        if r.prim == "integer_pow" and r.params["y"] in (2, -1):
-            op = ops.Square() if r.params["y"] == 2 else ops.Reciprocal()
+        if r.prim == "integer_pow" and r.params["y"] in (2, -1, -2):
+            op = {2: ops.Square, -1: ops.Reciprocal, -2: ops.InverseSquare}[r.params["y"]]()
             return self.emit(op, pert, r.out, r.where)
         if r.prim == "max" and len(pert) == 1:
             return self.emit(ops.MaxConst(jnp.asarray(consts[0], self.dtype)), pert, r.out,
@@ -397,7 +473,7 @@ class _Builder:
             inv = self.fresh(self.shapes[r.ins[1][1]])
             self.emit(ops.Reciprocal(), [r.ins[1][1]], inv, r.where)
             if r.ins[0][0] == "v":
-                fn = _bind(lax.mul_p, {})
+                fn = jnp.multiply
                 return self.emit(ops.Bilinear(fn), [r.ins[0][1], inv], r.out, r.where)
             num = jnp.asarray(r.ins[0][1], self.dtype)
             lin = ops.Linear(lambda y: num * y, lambda y: jnp.abs(num) * y, [self.zeros(inv)])

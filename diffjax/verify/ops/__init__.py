@@ -9,9 +9,10 @@ docstring states why its step is sound.
 
 from diffjax.verify.ops.base import DELTA, Op
 from diffjax.verify.ops.bilinear import Bilinear
-from diffjax.verify.ops.convex import Exp, MaxConst, Reciprocal, Rsqrt, Square
+from diffjax.verify.ops.convex import Exp, InverseSquare, MaxConst, Reciprocal, Rsqrt, Square
 from diffjax.verify.ops.linear import Linear
 from diffjax.verify.ops.smooth import Erf, Gelu, Logistic, Tanh
+from diffjax.verify.ops.step import Step
 
-__all__ = ["DELTA", "Bilinear", "Erf", "Exp", "Gelu", "Linear", "Logistic", "MaxConst", "Op",
-           "Reciprocal", "Rsqrt", "Square", "Tanh"]  # fmt: skip
+__all__ = ["DELTA", "Bilinear", "Erf", "Exp", "Gelu", "InverseSquare", "Linear", "Logistic",
+           "MaxConst", "Op", "Reciprocal", "Rsqrt", "Square", "Step", "Tanh"]  # fmt: skip

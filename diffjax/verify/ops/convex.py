@@ -1,11 +1,11 @@
-"""Convex elementwise functions: exp, square, 1/x and 1/√x (on x > 0), max(x, c).
+"""Convex elementwise functions: exp, square, 1/x, 1/x² and 1/√x (on x > 0), max(x, c).
 
 Planes on [l, u] for a convex f: the chord through (l, f(l)) and (u, f(u)) lies above f on
 [l, u]; the tangent at any t ∈ [l, u], f(t) + f'(t)(x − t), lies below f everywhere (CROWN takes
 t = (l + u)/2; alpha-CROWN optimises t). Rounding: the computed slope a is the exact slope of a
 real plane; the plane's intercept is moved by DELTA·(|f(l)| + |f(u)| + |f(t)| + |a|·(|l| + |u| +
 |t|)), which exceeds both the rounding of the intercept and |a − f'(t)|·(u − l) (the error of a
-rounded slope over the interval). 1/x and 1/√x are convex only for x > 0: an interval reaching
+rounded slope over the interval). 1/x, 1/x² and 1/√x are convex only for x > 0: an interval reaching
 0 gets infinite planes (the bound is then −∞, never wrong). max(x, c) is convex but not smooth:
 its lower planes are α·x + (1 − α)·c, α ∈ [0, 1] (max(x, c) is above both x and c).
 """
@@ -83,6 +83,18 @@ class Reciprocal(Convex):
 
     def df(self, x):
         return -1.0 / (x * x)
+
+
+class InverseSquare(Convex):
+    """x⁻² on x > 0 (the JVP of 1/x: −t/x²)."""
+
+    positive_domain = True
+
+    def f(self, x):
+        return 1.0 / (x * x)
+
+    def df(self, x):
+        return -2.0 / (x * x * x)
 
 
 class Rsqrt(Convex):
