@@ -29,10 +29,11 @@ is one number per call).
 auto_LiRPA's CROWN computes every intermediate bound a relaxation needs by a backward pass from
 that node to the input with an identity specification over the node's neurons (1,156 rows for
 the 4×17×17 attention logits of a depth-1 model), and its bilinear rule for QKᵀ and A·V forms a
-[rows, batch, heads, 17, 8, 17] tensor per pass: profiled on one depth-1 ViT image, 75 % of a
-``compute_bounds(method="CROWN")`` is that rule, and at ε ≈ 0.01 one call held > 8 GB and was
-killed for memory. ``--crown-batch`` (its ``crown_batch_size``) splits those rows into chunks
-(bounded memory); the time is inherent to the relaxation.
+[rows, batch, heads, 17, 8, 17] tensor per pass: profiled (cProfile) on one depth-1 ViT image,
+most of a ``compute_bounds(method="CROWN")`` is that rule, and its memory grows with ε (more
+unstable neurons) until the bisection's larger ε are killed for memory on a shared 23 GB machine.
+``--crown-batch`` sets its ``crown_batch_size`` (rows per backward pass), trading memory for
+passes; the time is inherent to the relaxation.
 
 Raw per-image results go to ``--out`` (one JSON file per model and norm, filled in method by
 method, so an interrupted run resumes where it stopped and a rerun only computes what is
