@@ -108,7 +108,7 @@ def test_analyse_certifies_radii_that_hold(checkpoints, tmp_path):
     summary = diffjax(
         "analyse", f"--config.checkpoint={tmp_path / 'biased'}", "--config.dataset=synthetic",
         "--config.num_examples=3", "--config.skip=alignment,lipschitz,empirical,depth",
-        "--config.certify=crown-ibp", "--config.certify_hi=0.05", "--config.certify_steps=5",
+        "--config.certify=crown-ibp", "--config.certify_hi=0.01", "--config.certify_steps=12",
         "--workdir", str(tmp_path / "cert"),
     )  # fmt: skip
     records = [json.loads(f.read_text()) for f in sorted((tmp_path / "cert/examples").glob("*"))]
