@@ -12,6 +12,7 @@ comparable: ε is certified iff every margin z_c − z_j (j ≠ c) is positive o
 from __future__ import annotations
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,8 @@ def certified_radii(model, images, labels, *, norm: str, method: str, hi: float,
       below hi·2^-steps; hi where hi itself is certified.
     """
     check_method(method)
+    if not (isinstance(hi, numbers.Real) and np.isfinite(hi) and hi > 0):
+        raise ValueError(f"hi must be a finite number > 0, got {hi!r}")
     if method != "interval":
         radii = verify.certified_radius(
             model, images, labels, norm=norm, method=method, hi=hi, steps=steps
@@ -75,7 +78,6 @@ def certified_radii(model, images, labels, *, norm: str, method: str, hi: float,
     verify._check_model(model)
     verify._check_options(norm, "ibp", "float64", 1, 1.0)
     images, labels = verify._check_batch(model, images, labels)
-    verify._check_eps(hi, images.shape[0], "hi")
     verify._check_steps(steps)
     radii = _interval_radii(model, images, labels, jnp.asarray(float(hi)), norm, steps)
     return np.asarray(radii, np.float64)
