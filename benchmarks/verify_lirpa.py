@@ -21,13 +21,23 @@ bound over the ball. Contenders:
 Time per image is the wall time of the whole bisection of all ``--n`` images divided by ``--n``:
 *cold* includes diffjax's compilation (the first call) and auto_LiRPA's ``BoundedModule``
 construction (its graph tracing); *warm* is diffjax's second call and auto_LiRPA's bisection
-alone. PyTorch runs with one thread per core. diffjax bounds all images of a bisection step in
-one call; auto_LiRPA ``--lirpa-batch`` images per call for ℓ∞ (per-image boxes; its CROWN on
-three depth-1 images at once was killed for memory on a 23 GB machine), one for ℓ2 (its ℓ2 radius
-is one number per call). Raw per-image results go to ``--out`` (one JSON file per
-model and norm, filled in method by method, so an interrupted run resumes where it stopped and a
-rerun only computes what is missing); the Markdown table (:func:`render`) is printed and is what
-docs/certified.md shows.
+alone; every entry also saves the 1-minute load average over its run (the machine is shared).
+PyTorch runs with one thread per core. diffjax bounds all images of a bisection step in one call;
+auto_LiRPA ``--lirpa-batch`` images per call for ℓ∞ (per-image boxes), one for ℓ2 (its ℓ2 radius
+is one number per call).
+
+auto_LiRPA's CROWN computes every intermediate bound a relaxation needs by a backward pass from
+that node to the input with an identity specification over the node's neurons (1,156 rows for
+the 4×17×17 attention logits of a depth-1 model), and its bilinear rule for QKᵀ and A·V forms a
+[rows, batch, heads, 17, 8, 17] tensor per pass: profiled (cProfile) on one depth-1 ViT image,
+most of a ``compute_bounds(method="CROWN")`` is that rule, and its memory grows with ε (more
+unstable neurons) until the bisection's larger ε are killed for memory on a shared 23 GB machine.
+``--crown-batch`` sets its ``crown_batch_size`` (rows per backward pass), trading memory for
+passes; the time is inherent to the relaxation.
+
+Raw per-image results go to ``--out`` (one JSON file per model and norm, filled in method by
+method, so an interrupted run resumes where it stopped and a rerun only computes what is
+missing); the Markdown table (:func:`render`) is printed and is what docs/certified.md shows.
 
 auto_LiRPA is not a diffjax dependency. Install it in its own virtual environment that reuses
 this project's packages (torch, numpy, jax), from a checkout of its repository
@@ -55,6 +65,7 @@ import sys
 import time
 
 LIRPA_METHODS = ("IBP", "CROWN", "alpha-CROWN")
+# diffjax.verify.radii.METHODS (not imported: --render needs no JAX).
 DIFFJAX_METHODS = ("interval", "ibp", "crown-ibp", "crown", "alpha-crown")
 NORMS = ("linf", "l2")
 ATTENTIONS = ("softmax", "diff")
@@ -154,8 +165,10 @@ def render(results: list[dict]) -> str:
             elif e.get("error") is not None:
                 cells.append("fails")
             else:
+                load = f", load {e['load']:.1f}" if "load" in e else ""
                 cells.append(
-                    f"{_g(statistics.median(e['radii']))} ({_g(e['cold_s'])} / {_g(e['warm_s'])} s)"
+                    f"{_g(statistics.median(e['radii']))} "
+                    f"({_g(e['cold_s'])} / {_g(e['warm_s'])} s{load})"
                 )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -314,33 +327,6 @@ def lirpa_radii(bounded, images, labels, norm: str, method: str, args):
     return radii, time.perf_counter() - t0
 
 
-def interval_radii(model, images, labels, norm: str, args):
-    """:mod:`diffjax.analysis.certified`'s radii by :func:`bisect` (one jitted step per image)."""
-    import jax
-    import jax.numpy as jnp
-
-    from diffjax.analysis import certified as C
-
-    def one(image, label, eps):
-        program = C.logits_program(model, label)
-        margins = program(C.Ball(image, jnp.zeros(()), norm), jnp.zeros_like(image))[0].mid
-        bounds = C.jacobian_bounds(program, C.Ball(image, eps, norm))
-        return jnp.maximum(*C._margin_radius(bounds, margins, label, eps, norm)) >= eps
-
-    step = jax.jit(lambda x, y, e: jax.lax.map(lambda a: one(*a), (x, y, e)))
-    return bisect(
-        lambda eps: step(images, labels, jnp.asarray(eps)), len(images), args.hi, args.steps
-    )
-
-
-def verify_radii(model, images, labels, norm: str, method: str, args):
-    from diffjax import verify
-
-    return verify.certified_radius(
-        model, images, labels, norm=norm, method=method, hi=args.hi, steps=args.steps
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The driver.
 
@@ -351,21 +337,29 @@ def _save(path: pathlib.Path, result: dict) -> None:
     write_json_atomic(path, result)
 
 
-def _entry(radii, cold: float, warm: float, n: int) -> dict:
+def _entry(radii, cold: float, warm: float, n: int, load: float) -> dict:
+    """A method's saved result; ``load``: the 1-minute load average over its run (the machine
+    is shared, so every time is quoted with it)."""
     return {
         "radii": [float(r) for r in radii],
         "cold_s": cold / n,
         "warm_s": warm / n,
+        "load": load,
         "error": None,
     }
 
 
+def _load(start: float) -> float:
+    """The mean of the 1-minute load average at the start of a run and now."""
+    return (start + os.getloadavg()[0]) / 2
+
+
 def run_model(model, attention: str, depth: int, test, args) -> None:
-    import jax
     import numpy as np
     import torch
 
     from diffjax import analysis as an
+    from diffjax.verify.radii import certified_radii
 
     model = an.with_dtype(model, "float64")
     images = np.asarray(test.images, np.float64) / 255.0
@@ -397,12 +391,16 @@ def run_model(model, attention: str, depth: int, test, args) -> None:
                 t0 = time.perf_counter()
                 bounded = BoundedModule(
                     ref, torch.from_numpy(x), device="cpu",
-                    bound_opts={"optimize_bound_args": {"iteration": args.alpha_iterations}},
+                    bound_opts={"optimize_bound_args": {"iteration": args.alpha_iterations},
+                                # crown_batch_size needs this too (a GPU-only setting).
+                                "crown_batch_size": args.crown_batch,
+                                "batched_crown_max_vram_ratio": 0.9},
                 )  # fmt: skip
                 build_s = time.perf_counter() - t0
             try:
+                load = os.getloadavg()[0]
                 radii, wall = lirpa_radii(bounded, x, y, norm, method, args)
-                result["methods"][name] = _entry(radii, build_s + wall, wall, len(x))
+                result["methods"][name] = _entry(radii, build_s + wall, wall, len(x), _load(load))
             except Exception as e:  # auto_LiRPA's own failures are results, recorded as such
                 result["methods"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(f"{path.stem} {name}: {result['methods'][name]}", flush=True)
@@ -411,17 +409,13 @@ def run_model(model, attention: str, depth: int, test, args) -> None:
             name = f"diffjax {method}"
             if name in result["methods"] and not args.force:
                 continue
-            times, radii = [], None
+            times, radii, load = [], None, os.getloadavg()[0]
             for _ in range(2):  # cold, then warm
                 t0 = time.perf_counter()
-                if method == "interval":
-                    radii = interval_radii(model, x, y, norm, args)
-                else:
-                    radii = np.asarray(
-                        jax.block_until_ready(verify_radii(model, x, y, norm, method, args))
-                    )
+                radii = certified_radii(model, x, y, norm=norm, method=method, hi=args.hi,
+                                        steps=args.steps)  # fmt: skip
                 times.append(time.perf_counter() - t0)
-            result["methods"][name] = _entry(radii, times[0], times[1], len(x))
+            result["methods"][name] = _entry(radii, times[0], times[1], len(x), _load(load))
             print(f"{path.stem} {name}: {result['methods'][name]}", flush=True)
             _save(path, result)
 
@@ -441,6 +435,9 @@ def main(argv=None) -> int:
     p.add_argument("--lirpa-batch", type=int, default=1,
                    help="images per auto_LiRPA call (ℓ∞; its CROWN is memory-hungry)")  # fmt: skip
     p.add_argument("--alpha-iterations", type=int, default=20, help="auto_LiRPA α-CROWN steps")
+    p.add_argument("--crown-batch", type=int, default=256,
+                   help="auto_LiRPA's crown_batch_size: intermediate-bound rows per backward "
+                        "pass (all at once needs > 8 GB for one depth-1 image)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=12, help="epochs of a model not yet trained")
     p.add_argument("--data-dir", default=None, help="train and test on CIFAR-10 from here")
     p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
@@ -451,8 +448,10 @@ def main(argv=None) -> int:
     p.add_argument("--docs", action="store_true",
                    help=f"with --render: also write the table into {DOCS}")  # fmt: skip
     args = p.parse_args(argv)
-    if min(args.n, args.steps, args.lirpa_batch, *args.depths) < 1 or not args.hi > 0:
-        p.error("--n, --steps, --lirpa-batch, --depths must be >= 1 and --hi > 0")
+    if min(args.n, args.steps, args.lirpa_batch, args.crown_batch, *args.depths) < 1 or not (
+        args.hi > 0
+    ):
+        p.error("--n, --steps, --lirpa-batch, --crown-batch, --depths must be >= 1 and --hi > 0")
     if args.render:
         table = render(load_results(args.out))
         print(table, end="")
@@ -474,12 +473,6 @@ def main(argv=None) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # auto_LiRPA turns on everyone's INFO logs
 
-    if any(m != "interval" for m in args.diffjax_methods):
-        try:
-            from diffjax import verify  # noqa: F401
-        except ImportError:
-            print("diffjax.verify is not in this checkout: only the interval method runs.")
-            args.diffjax_methods = [m for m in args.diffjax_methods if m == "interval"]
     torch.set_num_threads(os.cpu_count())
     torch.set_default_dtype(torch.float64)
     args.num_classes = 10

@@ -38,6 +38,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from diffjax import analysis as an
+from diffjax import verify
 from diffjax.checkpoint import (
     CheckpointError,
     is_lm_directory,
@@ -52,8 +53,12 @@ from diffjax.experiments.common import Context
 from diffjax.lm import LM
 from diffjax.lm_import import TOKENIZER_FILE, load_tokenizer
 from diffjax.records import EventLog
+from diffjax.verify import radii as R
 
 PARTS = ("alignment", "lipschitz", "empirical", "depth")
+CERTIFY = ("certify", "certify_norm", "certify_hi", "certify_steps")
+# The certified-accuracy curve of the summary: this many equal steps of ε up to certify_hi.
+CURVE_POINTS = 20
 QUANTILES = {
     "min": 0.0,
     "q05": 0.05,
@@ -89,6 +94,8 @@ def _settings(args: argparse.Namespace) -> dict:
     s = {k: getattr(args, k) for k in keys}
     for k in ("checkpoint", "base_checkpoint", "data_dir"):
         s[k] = None if s[k] is None else str(pathlib.Path(s[k]).absolute())
+    if args.certify:  # only then: earlier analyses resume with their settings unchanged
+        s |= {k: getattr(args, k) for k in CERTIFY}
     return s
 
 
@@ -122,6 +129,15 @@ def _validate(args: argparse.Namespace) -> list[str]:
     bad = sorted(set(skip) - set(PARTS))
     if bad:
         raise ValueError(f"skip: unknown parts {bad}; choose from {list(PARTS)}")
+    if args.certify:
+        R.check_method(args.certify, "certify")
+        if args.certify_norm not in verify.NORMS:
+            raise ValueError(f"certify_norm must be one of {verify.NORMS}, got "
+                             f"{args.certify_norm!r}")  # fmt: skip
+        if not args.certify_hi > 0:
+            raise ValueError(f"certify_hi must be > 0, got {args.certify_hi}")
+        if args.certify_steps < 1:
+            raise ValueError(f"certify_steps must be >= 1, got {args.certify_steps}")
     return skip
 
 
@@ -452,6 +468,16 @@ def summarise(records: list[dict], settings: dict) -> dict:
         bound = np.asarray([r["depth"]["paper_bound"] for r in records], np.float64)
         depth["paper_bound_holds_fraction"] = np.mean(amp <= bound, axis=0).tolist()
         summary["depth_mean"] = depth
+    if records and "certified_radius" in records[0]:
+        radius = [r["certified_radius"] for r in records]
+        eps = (settings["certify_hi"] * np.arange(1, CURVE_POINTS + 1) / CURVE_POINTS).tolist()
+        summary["certified"] = {
+            "method": settings["certify"],
+            "norm": settings["certify_norm"],
+            "radius": _stats(radius),
+            "eps": eps,
+            "certified_accuracy": R.certified_accuracy(radius, eps),
+        }
     return _clean(summary)
 
 
@@ -472,6 +498,16 @@ def _place(model, mesh):
         state = nnx.state(model)
         nnx.update(model, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
     return model
+
+
+def _certify(model, images, labels, args) -> np.ndarray:
+    """Certified radii [B] of ``images`` (uint8 [B, H, W, C]) by bisection; ``model``: float64."""
+    with jax.enable_x64(True):
+        return R.certified_radii(
+            model, images.astype(np.float64) / 255.0, np.asarray(labels, np.int32),
+            norm=args.certify_norm, method=args.certify, hi=float(args.certify_hi),
+            steps=int(args.certify_steps),
+        )  # fmt: skip
 
 
 def _image_inputs(args: argparse.Namespace, model, clip: bool):
@@ -543,6 +579,9 @@ def _run(args: argparse.Namespace) -> dict:
     model = _load(args.checkpoint)
     base = None if args.base_checkpoint is None else _load(args.base_checkpoint)
     clip, lm = isinstance(model, CLIP), isinstance(model, LM)
+    if (clip or lm) and args.certify:
+        raise ValueError("certify: the verifiers take ViT checkpoints, not a CLIP's image tower "
+                         "or a language model")  # fmt: skip
     if base is not None and not lm:
         if isinstance(base, CLIP) != clip:
             raise ValueError("checkpoint and base_checkpoint must both be CLIP or both ViT models")
@@ -576,6 +615,9 @@ def _run(args: argparse.Namespace) -> dict:
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if args.certify:  # once: the verifier compiles per model
+        with jax.enable_x64(True):
+            certified_model = an.with_dtype(model, "float64")
     with jax.enable_x64(args.precision == "float64"):
         as_vit = functools.partial(_analysed, precision=args.precision,
                                    class_names=class_names, prompt=args.prompt)  # fmt: skip
@@ -608,8 +650,12 @@ def _run(args: argparse.Namespace) -> dict:
                 keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.asarray(padded))
                 images, keys = jax.device_put((images, keys), batch_sharding)
                 res = jax.tree.map(np.asarray, step(model, base, images, keys))
+                if args.certify:
+                    radius = _certify(certified_model, inputs[padded], labels[padded], args)
                 for j, i in enumerate(idx):
                     rec = _example_record(res, j, i, int(labels[i]), model)
+                    if args.certify:
+                        rec["certified_radius"] = float(radius[j])
                     write_json_atomic(examples / f"{i:06d}.json", rec)
                 bar.update(len(idx))
     summary = summarise(_load_records(examples, indices), _clean(settings))

@@ -11,6 +11,9 @@ config's ``penalty``). For each:
   layer (:func:`diffjax.analysis.layer_summary`);
 * certified accuracy versus radius by the interval/gradient certificate
   (:func:`diffjax.analysis.certified.certified_radius`, float64), ℓ2 and ℓ∞ balls in pixels;
+* the certified radius per image by bisection with the config's ``verify_method`` (``interval``
+  or a :mod:`diffjax.verify` method: ``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``;
+  :func:`diffjax.verify.radii.certified_radii`) and its certified-accuracy curve, ℓ2 and ℓ∞;
 * randomized smoothing (:func:`diffjax.analysis.smoothing.certify`) at every σ of ``sigmas``,
   smoothing the model trained with Gaussian noise of that σ when ``noise_training``;
 * per image, the ratio of certified ℓ2 radii ViT / DiffViT next to the paper's predicted factor
@@ -36,6 +39,7 @@ from diffjax.experiments.common import Context, fmt, pgd_asr, write_results
 from diffjax.experiments.configs import recipes
 from diffjax.experiments.zoo import Zoo
 from diffjax.train import evaluate
+from diffjax.verify import radii as R
 
 # name → (attention, regularised)
 MODELS = {"vit": ("softmax", False), "diffvit": ("diff", False), "diffvit_reg": ("diff", True)}
@@ -71,11 +75,25 @@ def certificates(model, images, labels, norm: str, radii) -> dict:
         return {k: np.asarray(v).astype(float).tolist() for k, v in out.items()}
 
 
-def certified_accuracy(radius, radii) -> list[float]:
-    """Fraction of images certified (correct, radius ≥ r) at each r of ``radii``."""
-    radius = np.asarray(radius)
-    return [float(np.mean(radius >= r)) if r > 0 else float(np.mean(radius > 0))
-            for r in radii]  # fmt: skip
+def curve_radii(hi: float, points: int) -> list[float]:
+    """The ε of a certified-accuracy curve: ``points`` equal steps up to the bisection's hi."""
+    return (hi * np.arange(1, points + 1) / points).tolist()
+
+
+def bisection(model, images, labels, norm: str, config) -> dict:
+    """Per-image certified radii by bisection with ``config.verify_method`` (float64), and the
+    certified-accuracy curve over :func:`curve_radii`: lists."""
+    hi = float(config[f"verify_hi_{norm}"])
+    with jax.enable_x64(True):
+        m = an.with_dtype(model, "float64")
+        x = jnp.asarray(images, jnp.float64) / 255.0
+        radius = R.certified_radii(m, x, jnp.asarray(labels), norm=norm,
+                                   method=config.verify_method, hi=hi,
+                                   steps=config.verify_steps)  # fmt: skip
+    eps = curve_radii(hi, config.curve_points)
+    return {"method": config.verify_method, "hi": hi, "steps": config.verify_steps,
+            "radius": radius.tolist(), "eps": eps,
+            "certified_accuracy": R.certified_accuracy(radius, eps)}  # fmt: skip
 
 
 def smoothed(model, data, config, sigma: float, key) -> dict:
@@ -130,6 +148,7 @@ def radius_ratios(base: dict, other: dict, stats: dict, key: str = "radius") -> 
 
 
 def run(config, ctx: Context) -> dict:
+    R.check_method(config.verify_method, "verify_method")
     recipe = recipes.train_config(config.train)
     reg = recipe.replace(lipschitz_penalty=float(config.penalty),
                          lipschitz_iters=config.penalty_iters,
@@ -161,6 +180,8 @@ def run(config, ctx: Context) -> dict:
             radii = config.radii_l2 if norm == "l2" else config.radii_linf
             out[f"certified_{norm}"] = certificates(model, certified.images, certified.labels,
                                                     norm, radii)  # fmt: skip
+            out[f"bisection_{norm}"] = bisection(model, certified.images, certified.labels,
+                                                 norm, config)  # fmt: skip
         return out
 
     def smoothing_part(name, sigma):
@@ -202,10 +223,12 @@ def run(config, ctx: Context) -> dict:
         row |= {f"pgd_asr_{round(a['eps'] * 255)}": a["summary"]["asr"] for a in m["pgd"]}
         for norm in NORMS:
             report = config.report_l2 if norm == "l2" else config.report_linf
-            acc = certified_accuracy(m[f"certified_{norm}"]["radius"], report)
+            acc = R.certified_accuracy(m[f"certified_{norm}"]["radius"], report)
             row |= {f"certified_{norm}_{r:g}": a for r, a in zip(report, acc, strict=True)}
+            b = m[f"bisection_{norm}"]
+            row[f"{b['method']}_{norm}_median_radius"] = float(np.median(b["radius"]))
         for s in m["smoothing"]:
-            acc = certified_accuracy(s["radius"], config.smoothing_radii)
+            acc = R.certified_accuracy(s["radius"], config.smoothing_radii)
             row |= {f"smoothed_s{s['sigma']:g}_r{r:g}": a
                     for r, a in zip(config.smoothing_radii, acc, strict=True)}  # fmt: skip
         rows.append(row)

@@ -482,9 +482,10 @@ def language(result: dict, path: pathlib.Path) -> list[str]:
 
 
 def certified(result: dict, path: pathlib.Path) -> list[str]:
-    """Certified accuracy vs radius (interval/gradient ℓ2 and ℓ∞; randomized smoothing per σ)
-    and the per-image ViT/DA ratio of first-order ℓ2 radii against γ(1 + λρ)."""
-    from diffjax.experiments.certified import certified_accuracy
+    """Certified accuracy vs radius (interval/gradient ℓ2 and ℓ∞ on the grid, solid; the
+    bisection's ``verify_method``, dashed; randomized smoothing per σ) and the per-image ViT/DA
+    ratio of first-order ℓ2 radii against γ(1 + λρ)."""
+    from diffjax.verify.radii import certified_accuracy
 
     c = result["config"]
     fig, axes = plt.subplots(1, 4, figsize=(WIDTH, 2.3))
@@ -493,11 +494,14 @@ def certified(result: dict, path: pathlib.Path) -> list[str]:
         for name, m in result["models"].items():
             cert = m[f"certified_{norm}"]["radius"]
             ax.plot(radii, certified_accuracy(cert, radii), **_style(name))
+            b = m[f"bisection_{norm}"]
+            ax.plot(b["eps"], b["certified_accuracy"], **_style(name, marker=None, ls="--",
+                                                                 label=None))  # fmt: skip
         ax.set_xscale("log")
         ax.set_ylim(-0.02, None)
         ax.set_xlabel(f"{'ℓ2' if norm == 'l2' else 'ℓ∞'} radius (pixels)")
-        _note(ax, f"interval/gradient {'ℓ2' if norm == 'l2' else 'ℓ∞'}",
-              f"n = {c['certify_examples']} images, no bars")  # fmt: skip
+        _note(ax, f"interval/gradient {'ℓ2' if norm == 'l2' else 'ℓ∞'}; dashed: "
+              f"{c['verify_method']}", f"n = {c['certify_examples']} images, no bars")  # fmt: skip
     axes[0].set_ylabel("certified accuracy")
     ax = axes[2]
     radii = np.linspace(0, max(c["smoothing_radii"]) * 1.6, 40)

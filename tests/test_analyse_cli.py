@@ -9,6 +9,7 @@ from flax import nnx
 
 import diffjax as dj
 from diffjax import analysis as an
+from diffjax import attacks, verify
 from diffjax.checkpoint import load_model, save_model
 from diffjax.data import load_dataset
 from tests.commandline import diffjax, diffjax_error
@@ -95,9 +96,47 @@ def test_analyse_a_vit_alignment_only(checkpoints, tmp_path):
     assert summary["layers"][0]["cos"]["count"] == 2 * 2  # examples × head pairs, CLS row
 
 
+def test_analyse_certifies_radii_that_hold(checkpoints, tmp_path):
+    """Certified radii by bisection (CROWN-IBP, ℓ∞): positive exactly where the model is right,
+    each re-checked by the verifier's margin bounds and by PGD, the curve what they say."""
+    ds = load_dataset("synthetic", "test")
+    model = load_model(checkpoints / "softmax")
+    # A bias toward example 0's class: it is classified right with a clear margin, and the
+    # examples of other classes wrong.
+    model.head.bias[...] = model.head.bias[...].at[int(ds.labels[0])].add(1.0)
+    save_model(tmp_path / "biased", model)
+    summary = diffjax(
+        "analyse", f"--config.checkpoint={tmp_path / 'biased'}", "--config.dataset=synthetic",
+        "--config.num_examples=3", "--config.skip=alignment,lipschitz,empirical,depth",
+        "--config.certify=crown-ibp", "--config.certify_hi=0.01", "--config.certify_steps=12",
+        "--workdir", str(tmp_path / "cert"),
+    )  # fmt: skip
+    records = [json.loads(f.read_text()) for f in sorted((tmp_path / "cert/examples").glob("*"))]
+    radius = np.asarray([r["certified_radius"] for r in records])
+    right = np.asarray([r["prediction"] == r["label"] for r in records])
+    assert right[0] and not right.all()
+    assert np.all((radius > 0) == right)
+    c = summary["certified"]
+    assert (c["method"], c["norm"]) == ("crown-ibp", "linf")
+    assert c["certified_accuracy"] == [float(np.mean(radius >= e)) for e in c["eps"]]
+    images = ds.images[:3][right].astype(np.float64) / 255.0
+    labels = np.asarray(ds.labels[:3])[right]
+    with jax.enable_x64(True):
+        m = an.with_dtype(model, "float64")
+        lb = np.asarray(verify.margin_lower_bounds(m, images, labels, radius[right], "linf",
+                                                   "crown-ibp"))  # fmt: skip
+    assert np.all(lb[np.arange(lb.shape[1]) != labels[:, None]] > 0)
+    cfg = attacks.PGDConfig(eps=1.0, norm="linf", steps=40, restarts=3, loss="margin")
+    res = attacks.pgd(attacks.model_function(model), images.astype(np.float32), labels,
+                      jax.random.key(0), cfg, eps=radius[right].astype(np.float32))  # fmt: skip
+    assert not np.asarray(res.success).any()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--config.certify=deepz"], "certify must be one of ('interval', 'ibp', 'crown-ibp'"),
+        (["--config.certify=crown", "--config.certify_norm=l1"], "certify_norm must be one of"),
         (["--config.checkpoint=/nonexistent/run"], "does not exist"),
         (["--config.radius=-1"], "radius"),
         (["--config.skip=everything"], "unknown parts"),

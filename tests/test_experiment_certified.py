@@ -28,6 +28,15 @@ def test_certified_smoke_runs_and_its_numbers_add_up(tmp_path):
                                          c["margin"], strict=True):  # fmt: skip
                 assert r == max(ri, rg) and 0 <= r <= max(grid)
                 assert margin > 0 or r == 0  # misclassified: nothing certified
+            b = m[f"bisection_{norm}"]  # the verifier's radii by bisection, and their curve
+            assert (b["method"], b["steps"]) == (config.verify_method, config.verify_steps)
+            assert len(b["radius"]) == config.certify_examples
+            assert b["eps"] == [config[f"verify_hi_{norm}"] * (i + 1) / config.curve_points
+                                for i in range(config.curve_points)]  # fmt: skip
+            radius = np.asarray(b["radius"])
+            assert b["certified_accuracy"] == [np.mean(radius >= e) for e in b["eps"]]
+            for r, margin in zip(radius, c["margin"], strict=True):
+                assert 0 <= r <= config[f"verify_hi_{norm}"] and (margin > 0 or r == 0)
         assert len(m["smoothing"]) == len(config.sigmas)
         for s in m["smoothing"]:
             assert all(r >= 0 for r in s["radius"])

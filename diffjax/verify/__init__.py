@@ -68,6 +68,11 @@ def _check_options(norm, method, precision, alpha_steps, alpha_lr) -> None:
         raise ValueError(f"alpha_lr must be a finite positive number, got {alpha_lr!r}")
 
 
+def _check_steps(steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
 def _check_batch(model, images, labels):
     c = model.config
     images = jnp.asarray(images)
@@ -144,20 +149,28 @@ def _build(model, kind, norm, method, precision, alpha_steps, alpha_lr):
         return jax.jit(jax.vmap(one))
 
     def radius(x, label, hi, steps):
-        def certified(eps):
-            return _all_positive(one(x, label, eps), label)
-
-        def body(_, bracket):
-            lo, up = bracket
-            mid = (lo + up) / 2
-            ok = certified(mid)
-            return jnp.where(ok, mid, lo), jnp.where(ok, up, mid)
-
-        lo, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(hi), hi))
-        best = jnp.where(certified(hi), hi, lo)
-        return jnp.where(certified(jnp.zeros_like(hi)), best, 0.0)
+        return bisect(lambda eps: _all_positive(one(x, label, eps), label), hi, steps)
 
     return jax.jit(jax.vmap(radius, in_axes=(0, 0, None, None)), static_argnums=3)
+
+
+def bisect(certified, hi, steps: int):
+    """The largest ε on the grid of [0, hi] that ``steps`` halvings reach with ``certified(ε)``.
+
+    ``certified``: a traceable map from a scalar radius to a boolean scalar (the example is
+    certified on its ball of that radius). ε = hi where hi itself is certified, 0 where ε = 0
+    is not (a misclassified example). Runs in ``lax`` (one trace, jit/vmap-able).
+    """
+
+    def body(_, bracket):
+        lo, up = bracket
+        mid = (lo + up) / 2
+        ok = certified(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, up, mid)
+
+    lo, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(hi), hi))
+    best = jnp.where(certified(hi), hi, lo)
+    return jnp.where(certified(jnp.zeros_like(hi)), best, 0.0)
 
 
 def _all_positive(low, label):
@@ -208,8 +221,7 @@ def certified_radius(model, images, labels, norm: str = "linf", method: str = "c
     images, labels = _check_batch(model, images, labels)
     hi = (0.1 if norm == "linf" else 1.0) if hi is None else hi
     _check_eps(hi, images.shape[0], "hi")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    _check_steps(steps)
     fn = _compiled(model, "radius", norm=norm, method=method, precision=precision,
                    alpha_steps=alpha_steps, alpha_lr=alpha_lr)  # fmt: skip
     return fn(images, labels, jnp.asarray(float(hi), jnp.dtype(precision)), steps).astype(
@@ -220,5 +232,5 @@ def certified_radius(model, images, labels, norm: str = "linf", method: str = "c
 # The Lipschitz bounds use the checks and the cache above.
 from diffjax.verify.lipschitz import attention_lipschitz_bound, margin_gradient_bounds  # noqa: E402
 
-__all__ = ["METHODS", "NORMS", "attention_lipschitz_bound", "certified_radius",
+__all__ = ["METHODS", "NORMS", "attention_lipschitz_bound", "bisect", "certified_radius",
            "margin_gradient_bounds", "margin_lower_bounds", "program"]  # fmt: skip

@@ -7,7 +7,11 @@ Per example: branch alignment, the paper's theorems, exact and empirical local L
 constants and depth/noise cancellation (docs/analysis.md). ``base_checkpoint`` (optional) is the
 standard-attention model of the same shape, for γ and Theorems 2-3; ``row`` is ``all``, ``cls``
 or a token index; ``head`` None means all heads; ``tol`` None means the method's default; ``skip``
-is a comma-separated subset of alignment, lipschitz, empirical, depth; ``prompt`` is the
+is a comma-separated subset of alignment, lipschitz, empirical, depth; ``certify`` (off when
+empty) certifies a radius per example by bisection, ``certify_steps`` halvings of [0,
+``certify_hi``] in the ``certify_norm`` ball (``linf`` or ``l2``), with ``interval`` (the
+interval/gradient certificate) or the verifier's ``ibp``, ``crown-ibp``, ``crown``,
+``alpha-crown``, and the summary gets the certified-accuracy curve; ``prompt`` is the
 zero-shot prompt of a CLIP checkpoint (its image tower is analysed through it) and
 ``class_names`` a file of the names put into it; ``text`` and ``text_tokens`` give a language
 model's examples (the lines of a text file, cut to that many tokens). Writes
@@ -43,6 +47,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.skip = ""
     c.chunk = 64
     c.seed = 0
+    c.certify = ""
+    c.certify_norm = "linf"
+    c.certify_hi = 0.02
+    c.certify_steps = 10
     # A converted CLIP checkpoint (ignored for a ViT): the zero-shot prompt of each class, and
     # a text file of class names, one per line in label order (default: the dataset's).
     c.prompt = "a photo of a {}."

@@ -7,7 +7,10 @@ float64 interval programs run over the whole image in seconds. ``penalty`` is th
 candidate balls of the interval/gradient certificate (pixel units, images in [0, 1]);
 ``report_l2`` / ``report_linf`` the radii the summary tabulates; ``sigmas`` the randomized
 smoothing noise levels; ``noise_training``: smooth models trained with Gaussian noise of the
-same σ (``noise_sigma``) instead of the clean models.
+same σ (``noise_sigma``) instead of the clean models. ``verify_method`` certifies a radius per
+image by bisection (``verify_steps`` halvings of [0, ``verify_hi_l2``] / [0, ``verify_hi_linf``]):
+``interval`` (the interval/gradient certificate) or the bound-propagation verifier's ``ibp``,
+``crown-ibp``, ``crown``, ``alpha-crown``; its certified-accuracy curve has ``curve_points`` ε.
 """
 
 import ml_collections
@@ -42,6 +45,11 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.radii_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3))
     c.report_l2 = p(smoke=(1e-6, 1e-3), cpu=(1e-5, 1e-4))
     c.report_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-6, 1e-5))
+    c.verify_method = p(smoke="crown-ibp", cpu="crown")
+    c.verify_hi_l2 = p(smoke=0.5, cpu=0.5)
+    c.verify_hi_linf = p(smoke=0.05, cpu=0.02)
+    c.verify_steps = p(smoke=4, cpu=10)
+    c.curve_points = p(smoke=5, cpu=20)
     c.sigmas = p(smoke=(0.25,), cpu=(0.12, 0.25, 0.5))
     c.noise_training = p(smoke=False, cpu=True)
     c.smoothing_examples = p(smoke=3, cpu=100)
