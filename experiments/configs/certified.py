@@ -45,7 +45,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.radii_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3))
     c.report_l2 = p(smoke=(1e-6, 1e-3), cpu=(1e-5, 1e-4))
     c.report_linf = p(smoke=(1e-8, 1e-5), cpu=(1e-6, 1e-5))
-    c.verify_method = p(smoke="crown-ibp", cpu="crown")
+    c.verify_method = p(smoke="ibp", cpu="crown")
     c.verify_hi_l2 = p(smoke=0.5, cpu=0.5)
     c.verify_hi_linf = p(smoke=0.05, cpu=0.02)
     c.verify_steps = p(smoke=4, cpu=10)
