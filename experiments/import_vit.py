@@ -3,7 +3,9 @@ for the analysis.
 
 Reads ``model.safetensors``, ``pytorch_model.bin`` or a ``torch.save`` ``.pt`` without torch,
 reads the architecture from the keys and shapes (timm ``VisionTransformer``: ViT, DeiT, DINOv2
-with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; Hugging Face
+with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; timm ``Eva``: EVA-02
+with its 2-D rotary positions, given by ``--rope-base``/``--rope-ref-grid`` or its hub
+config's ``model_args``; Hugging Face
 ``ViTForImageClassification``, ``Dinov2Model`` or ``SiglipVisionModel``), checks every key
 and shape, and writes ``OUT/config.json``, ``OUT/params/`` and ``OUT/conversion.json``
 (source, SHA-256, layout, the config). What the weights do not say comes from the flags and
@@ -50,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", type=pathlib.Path,
                         help="the checkpoint's config.json (default: the one beside the weights, "
                         "if any)")  # fmt: skip
+    parser.add_argument("--rope-base", type=float,
+                        help="timm EVA-02: θ of the 2-D rotary positions (its rope_temperature, "
+                        "10000); not in the weights")  # fmt: skip
+    parser.add_argument("--rope-ref-grid", type=int,
+                        help="timm EVA-02: its ref_feat_shape side (the pretraining patch grid, "
+                        "16 for the 224-px patch-14 models); default unscaled")  # fmt: skip
+    parser.add_argument("--no-rope", action="store_true",
+                        help="a timm EVA without rotary positions (EVA-01)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 
@@ -94,8 +104,7 @@ def config_hints(path: pathlib.Path | None) -> dict:
         hints["activation"] = "silu" if d.get("use_swiglu_ffn") else HF_ACTIVATIONS[act]
     architecture = str(d.get("architecture", ""))  # timm's hub config
     if architecture.startswith("eva"):
-        raise ValueError(f"{path}: architecture {architecture!r} is a timm EVA ViT, whose rotary "
-                         "position embeddings diffjax does not model")  # fmt: skip
+        hints |= eva_hints(path, d.get("model_args", {}))
     pretrained = d.get("pretrained_cfg", {})
     for key in ("mean", "std"):
         if key in pretrained:
@@ -113,6 +122,37 @@ def config_hints(path: pathlib.Path | None) -> dict:
         if pool not in TIMM_POOLS:
             raise ValueError(f"{path}: global_pool {pool!r} is not one of {sorted(TIMM_POOLS)}")
         hints["pool"] = TIMM_POOLS[pool]
+    return hints
+
+
+# timm Eva arguments diffjax does not model, with the value it does model.
+EVA_UNMODELLED_ARGS = {"use_post_norm": False, "scale_attn_inner": False, "gated_attn": False,
+                       "rope_type": "cat", "rope_rotate_half": False, "rope_grid_offset": 0,
+                       "rope_grid_indexing": "ij", "attn_type": "eva"}  # fmt: skip
+
+
+def eva_hints(path: pathlib.Path, args: dict) -> dict:
+    """The rotary fields of a timm EVA hub config's ``model_args`` (``use_rot_pos_emb``,
+    ``rope_temperature``, a square ``ref_feat_shape``); none when it does not say.
+
+    Raises:
+      ValueError: an argument of :data:`EVA_UNMODELLED_ARGS` at another value, or a
+        non-square ``ref_feat_shape``.
+    """
+    bad = [f"{k}={args[k]!r}" for k, v in EVA_UNMODELLED_ARGS.items() if args.get(k, v) != v]
+    if bad:
+        raise ValueError(f"{path}: a timm EVA with {', '.join(bad)}, which diffjax does not model")
+    if "use_rot_pos_emb" not in args:
+        return {}
+    if not args["use_rot_pos_emb"]:
+        return dict(rope_base=None)
+    hints = dict(rope_base=float(args.get("rope_temperature", 10000.0)))
+    ref = args.get("ref_feat_shape")
+    if ref is not None:
+        side = {int(ref)} if isinstance(ref, int) else {int(r) for r in ref}
+        if len(side) != 1:
+            raise ValueError(f"{path}: ref_feat_shape {ref!r} is not square")
+        hints["rope_ref_grid"] = side.pop()
     return hints
 
 
@@ -168,7 +208,14 @@ def run(args: argparse.Namespace) -> dict:
         args.weights.parent / "preprocessor_config.json"
     )
     flags = dict(num_heads=args.num_heads, activation=args.activation,
-                 layer_norm_eps=args.layer_norm_eps, mean=args.mean, std=args.std)  # fmt: skip
+                 layer_norm_eps=args.layer_norm_eps, mean=args.mean, std=args.std,
+                 rope_base=args.rope_base, rope_ref_grid=args.rope_ref_grid)  # fmt: skip
+    if args.no_rope:
+        if args.rope_base is not None or args.rope_ref_grid is not None:
+            raise ValueError("--no-rope contradicts --rope-base/--rope-ref-grid: give one")
+        if hints.get("rope_base") is not None:
+            raise ValueError("--no-rope contradicts the config file's use_rot_pos_emb")
+        hints = hints | dict(rope_base=None)
     fields = merge_hints(hints, flags)
     if "num_heads" not in fields:
         raise ValueError("--num-heads is required (the weights do not hold the head count)")
