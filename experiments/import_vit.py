@@ -103,8 +103,8 @@ def config_hints(path: pathlib.Path | None) -> dict:
         # A Dinov2 SwiGLU MLP is SiLU-gated whatever hidden_act says (transformers' own rule).
         hints["activation"] = "silu" if d.get("use_swiglu_ffn") else HF_ACTIVATIONS[act]
     architecture = str(d.get("architecture", ""))  # timm's hub config
-    if architecture.startswith("eva"):
-        hints |= eva_hints(path, d.get("model_args", {}))
+    if architecture.startswith(tuple(EVA_ARCHITECTURES)):
+        hints |= eva_hints(path, architecture, d.get("model_args", {}))
     pretrained = d.get("pretrained_cfg", {})
     for key in ("mean", "std"):
         if key in pretrained:
@@ -131,9 +131,18 @@ EVA_UNMODELLED_ARGS = {"use_post_norm": False, "scale_attn_inner": False, "gated
                        "rope_grid_indexing": "ij", "attn_type": "eva"}  # fmt: skip
 
 
-def eva_hints(path: pathlib.Path, args: dict) -> dict:
-    """The rotary fields of a timm EVA hub config's ``model_args`` (``use_rot_pos_emb``,
-    ``rope_temperature``, a square ``ref_feat_shape``); none when it does not say.
+# The rotary settings of timm's architectures by name prefix: every registered ``eva02_*``
+# has use_rot_pos_emb=True, rope_temperature 10000 and ref_feat_shape (16, 16); ``eva_*``
+# (EVA-01) has no RoPE. A hub config.json's ``model_args`` holds only the arguments given to
+# create_model, not these defaults, so they are restated here.
+EVA_ARCHITECTURES = {"eva02_": dict(rope_base=10000.0, rope_ref_grid=16),
+                     "eva_": dict(rope_base=None)}  # fmt: skip
+
+
+def eva_hints(path: pathlib.Path, architecture: str, args: dict) -> dict:
+    """The rotary fields of a timm EVA hub config: the architecture's
+    (:data:`EVA_ARCHITECTURES`), then what its ``model_args`` change (``use_rot_pos_emb``,
+    ``rope_temperature``, a square ``ref_feat_shape``).
 
     Raises:
       ValueError: an argument of :data:`EVA_UNMODELLED_ARGS` at another value, or a
@@ -142,11 +151,12 @@ def eva_hints(path: pathlib.Path, args: dict) -> dict:
     bad = [f"{k}={args[k]!r}" for k, v in EVA_UNMODELLED_ARGS.items() if args.get(k, v) != v]
     if bad:
         raise ValueError(f"{path}: a timm EVA with {', '.join(bad)}, which diffjax does not model")
-    if "use_rot_pos_emb" not in args:
-        return {}
-    if not args["use_rot_pos_emb"]:
+    hints = next(dict(h) for prefix, h in EVA_ARCHITECTURES.items()
+                 if architecture.startswith(prefix))  # fmt: skip
+    if args.get("use_rot_pos_emb") is False:
         return dict(rope_base=None)
-    hints = dict(rope_base=float(args.get("rope_temperature", 10000.0)))
+    if args.get("use_rot_pos_emb") or hints["rope_base"] is not None:
+        hints["rope_base"] = float(args.get("rope_temperature", 10000.0))
     ref = args.get("ref_feat_shape")
     if ref is not None:
         side = {int(ref)} if isinstance(ref, int) else {int(r) for r in ref}
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffjax.experiments.convert_clip import sha256
     from diffjax.torch_weights import read_weights
     from diffjax.vit import count_params
-    from diffjax.vit_import import convert_vit, detect_layout, infer_config
+    from diffjax.vit_import import convert_vit, detect_layout, infer_config, is_eva
 
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
@@ -232,6 +242,13 @@ def run(args: argparse.Namespace) -> dict:
             )
         fields = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD) | fields
     state = read_weights(args.weights, progress=True)
+    architecture = read_json(model_config).get("architecture") if model_config.is_file() else None
+    if is_eva(state) and architecture and not architecture.startswith(tuple(EVA_ARCHITECTURES)):
+        # timm's other Eva-class models (vit_*_rope_*, vit_pe_*) lay out their rotary grid
+        # otherwise (xy indexing, offset 1) by architecture defaults the weights do not show.
+        raise ValueError(f"{model_config}: architecture {architecture!r} is a timm Eva-class "
+                         "model whose rotary layout diffjax does not model (eva02_* and eva_* "
+                         "are)")  # fmt: skip
     config = infer_config(state, image_size=args.image_size, **fields)
     model = convert_vit(state, config)
     save_model(args.out, model)
