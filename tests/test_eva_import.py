@@ -140,7 +140,8 @@ def test_eva_without_its_rotary_settings_or_with_unmodelled_parts_is_refused(tmp
     with pytest.raises(ConversionError, match="scale_attn_inner"):
         infer_config(_state(inner), num_heads=2, rope_base=None, **LIBRARY_STATS["timm"])
     # A hub config of another Eva-class architecture (its grid is laid out otherwise).
-    save_for_hf(ref, tmp_path / "hub", safe_serialization=True)
+    hub = timm.create_model("eva02_tiny_patch14_224", pretrained=False, **TINY)
+    save_for_hf(hub, tmp_path / "hub", safe_serialization=True)
     cfg = tmp_path / "hub" / "config.json"
     cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"architecture": "vit_pe_core_base"}))
     weights = str(tmp_path / "hub" / "model.safetensors")
