@@ -170,3 +170,42 @@ def test_eva_switches_leave_saved_configs_unchanged():
     assert not {"rope_base", "rope_ref_grid", "mlp_norm"} & set(ViTConfig().to_dict())
     used = ViTConfig(width=32, num_heads=2, rope_base=1e4, rope_ref_grid=16, mlp_norm=True)
     assert ViTConfig(**used.to_dict()) == used
+
+
+def test_import_eva02_by_flags_then_analyse(tmp_path):
+    """The bare weights (no config.json) imported with the rotary settings as flags;
+    ``diffjax analyse``'s logits equal timm's float64 ones and its per-row cosines torch
+    autograd's of timm's attention maps, to 1e-12."""
+    from safetensors.torch import save_file
+
+    from diffjax.data import load_dataset
+    from tests.test_vit_import_families import _torch_cosines
+
+    torch.manual_seed(0)
+    ref = _randomise(timm.create_model("eva02_tiny_patch14_224", pretrained=False,
+                                       **{**TINY, "img_size": 32, "patch_size": 16}))  # fmt: skip
+    save_file(ref.state_dict(), tmp_path / "model.safetensors")
+    out = tmp_path / "eva"
+    stats = ["--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.25", "0.3"]
+    diffjax("import-vit", str(tmp_path / "model.safetensors"), str(out), "--num-heads", "2",
+            "--rope-base", "10000", "--rope-ref-grid", "16", *stats)  # fmt: skip
+    c = load_model(out).config
+    assert (c.rope_base, c.rope_ref_grid, c.num_tokens) == (10000.0, 16, 5)
+    diffjax(
+        "analyse", f"--config.checkpoint={out}", "--config.dataset=synthetic",
+        "--config.num_examples=1", "--config.batch_size=1", "--config.samples=4",
+        "--config.skip=depth,empirical,lipschitz", "--workdir", str(tmp_path / "an"),
+    )  # fmt: skip
+    images = load_dataset("synthetic", "test").images[:1].astype(np.float64) / 255.0
+    ref = ref.double()
+    ref.rope.pos_embed = _exact_table(ref)
+    x = (images - np.asarray(c.mean)) / np.asarray(c.std)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    rec = json.loads((tmp_path / "an" / "examples" / "000000.json").read_text())
+    np.testing.assert_allclose(rec["logits"], want[0], rtol=1e-12, atol=0)
+    for layer in range(2):
+        cos = _torch_cosines(ref, images[0], c.mean, c.std, layer)
+        got = np.asarray(rec["layers"][layer]["cos"], np.float64)
+        assert got.shape == cos.shape == (1, c.num_tokens)
+        np.testing.assert_allclose(got, cos, rtol=0, atol=1e-12)
