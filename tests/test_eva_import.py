@@ -85,15 +85,35 @@ def test_timm_float32_table_is_ours_rounded():
                                rtol=0, atol=1e-6)  # fmt: skip
 
 
-def _exact_table(ref):
-    """timm's rotary table built by timm with float64 frequencies (see the module docstring)."""
+def exact_double(ref):
+    """``ref`` cast to float64 in place, its rotary table rebuilt by timm with float64
+    frequencies (see the module docstring)."""
+    ref = ref.double()
     rope = ref.rope
     nb = rope.dim // 4
     bands = torch.from_numpy(float(rope.temperature) ** (-np.arange(nb) / nb))
     sin, cos = build_rotary_pos_embed(list(rope.feat_shape), bands=bands, in_pixels=False,
                                       ref_feat_shape=rope.ref_feat_shape,
                                       dtype=torch.float64)  # fmt: skip
-    return torch.cat([sin, cos], -1)
+    rope.pos_embed = torch.cat([sin, cos], -1)
+    return ref
+
+
+def eva_max_diffs(ref, model, images) -> tuple[float, float, float]:
+    """max |Δ logits| of ``model`` against timm's Eva ``ref`` in float32 (timm as it is) and
+    float64 (timm through :func:`exact_double`; ``ref`` is cast in place), and the largest
+    |float64 logit|."""
+    c = model.config
+    want32 = _torch_logits(ref, images, c.mean, c.std, torch.float32)
+    got32 = np.asarray(model(np.float32(images)))
+    ref = exact_double(ref)
+    x = (images - np.asarray(c.mean)) / np.asarray(c.std)
+    with torch.no_grad():
+        want64 = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    with jax.enable_x64():
+        got64 = np.asarray(with_dtype(model, "float64")(images))
+    return (float(np.abs(got32 - want32).max()), float(np.abs(got64 - want64).max()),
+            float(np.abs(want64).max()))  # fmt: skip
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -111,19 +131,8 @@ def test_eva02_import_command_line(family, tmp_path, capsys):
     assert (c.rope_base, c.rope_ref_grid, c.pool, c.num_heads) == (10000.0, 16, "mean", 2)
     for field, value in switches.items():
         assert getattr(c, field) == value, (field, getattr(c, field))
-    images = _images(size=28)
-    want32 = _torch_logits(ref, images, c.mean, c.std, torch.float32)
-    got32 = np.asarray(model(np.float32(images)))
-    scale = np.abs(want32).max()
-    assert np.abs(got32 - want32).max() / scale < 1e-5
-    ref = ref.double()
-    ref.rope.pos_embed = _exact_table(ref)
-    x = torch.from_numpy(((images - np.asarray(c.mean)) / np.asarray(c.std)).transpose(0, 3, 1, 2))
-    with torch.no_grad():
-        want64 = ref(x.contiguous()).numpy()
-    with jax.enable_x64():
-        got64 = np.asarray(with_dtype(model, "float64")(images))
-    assert np.abs(got64 - want64).max() / np.abs(want64).max() < 1e-12
+    d32, d64, scale = eva_max_diffs(ref, model, _images(size=28))
+    assert d32 / scale < 1e-5 and d64 / scale < 1e-12, (d32, d64, scale)
     # A flag that contradicts the architecture's rotary grid is refused.
     err = diffjax_error(capsys, "import-vit", weights, str(tmp_path / "x"), "--rope-ref-grid", "8")
     assert "rope_ref_grid: flag 8, file 16" in err
@@ -197,8 +206,7 @@ def test_import_eva02_by_flags_then_analyse(tmp_path):
         "--config.skip=depth,empirical,lipschitz", "--workdir", str(tmp_path / "an"),
     )  # fmt: skip
     images = load_dataset("synthetic", "test").images[:1].astype(np.float64) / 255.0
-    ref = ref.double()
-    ref.rope.pos_embed = _exact_table(ref)
+    ref = exact_double(ref)
     x = (images - np.asarray(c.mean)) / np.asarray(c.std)
     with torch.no_grad():
         want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
