@@ -13,6 +13,8 @@ Four key layouts are read (:func:`detect_layout`):
   attn.q_norm, attn.k_norm, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``, ``norm`` (or
   ``fc_norm`` with average pooling, ``attn_pool`` with MAP pooling), ``head`` (absent: a
   headless backbone); optionally ``norm_pre`` (→ ``ln_pre``), ``dist_token`` and ``head_dist``.
+  timm's ``Eva`` (EVA-02) is renamed into it (:func:`eva_as_timm`); its rotary positions are
+  not in the weights and are given to :func:`infer_config` (``rope_base``, ``rope_ref_grid``).
   The verification-friendly variant with BatchNorm in place of every LayerNorm
   (``norm="batchnorm"``) has ``{weight, bias, running_mean, running_var}`` under the same names
   (PyTorch's integer ``num_batches_tracked`` counters are dropped).
