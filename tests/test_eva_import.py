@@ -159,6 +159,35 @@ def test_eva_without_its_rotary_settings_or_with_unmodelled_parts_is_refused(tmp
 
 
 @pytest.mark.parametrize(
+    "name, kwargs, marker",
+    [
+        ("eva02_tiny_patch14_224", {}, "blocks.0.attn.q_bias"),
+        ("eva02_base_patch14_224", {}, "blocks.0.attn.k_proj.weight"),
+        # qkv_bias=False with a packed SwiGLU: the keys of a plain gated ViT (no marker)
+        ("eva02_small_patch14_224", dict(qkv_bias=False), None),
+    ],
+)
+def test_eva_rotary_settings_come_from_the_hub_config_or_flags(name, kwargs, marker, tmp_path,
+                                                               capsys):  # fmt: skip
+    """RoPE holds no weights: the hub config's architecture gives it (even to weights that look
+    like a plain gated ViT's); without the config, EVA-only keys and no flag are refused in
+    one line."""
+    ref = timm.create_model(name, pretrained=False, img_size=28, depth=1, embed_dim=32,
+                            num_heads=4, num_classes=5, **kwargs)  # fmt: skip
+    save_for_hf(ref, tmp_path / "hub")
+    argv = ["import-vit", str(tmp_path / "hub" / "pytorch_model.bin")]
+    diffjax(*argv, str(tmp_path / "out"))
+    c = load_model(tmp_path / "out").config
+    assert (c.rope_base, c.rope_ref_grid, c.qkv_bias) == (1e4, 16, "qkv_bias" not in kwargs)
+    if marker is not None:
+        (tmp_path / "hub" / "config.json").unlink()
+        err = diffjax_error(capsys, *argv, str(tmp_path / "x"), "--assume-imagenet-stats",
+                            "--num-heads", "4")  # fmt: skip
+        last = err.splitlines()[-1]  # after the reader's progress bar
+        assert last.startswith("diffjax import-vit: error: a timm EVA ViT: its rotary positions")
+
+
+@pytest.mark.parametrize(
     "changes, match",
     [
         (dict(rope_ref_grid=16), "needs rope_base"),
