@@ -216,8 +216,7 @@ def test_import_eva02_by_flags_then_analyse(tmp_path):
     autograd's of timm's attention maps, to 1e-12."""
     from safetensors.torch import save_file
 
-    from diffjax.data import load_dataset
-    from tests.test_vit_import_families import _torch_cosines
+    from tests.test_vit_import_families import check_analysis
 
     torch.manual_seed(0)
     ref = _randomise(timm.create_model("eva02_tiny_patch14_224", pretrained=False,
@@ -234,15 +233,4 @@ def test_import_eva02_by_flags_then_analyse(tmp_path):
         "--config.num_examples=1", "--config.batch_size=1", "--config.samples=4",
         "--config.skip=depth,empirical,lipschitz", "--workdir", str(tmp_path / "an"),
     )  # fmt: skip
-    images = load_dataset("synthetic", "test").images[:1].astype(np.float64) / 255.0
-    ref = exact_double(ref)
-    x = (images - np.asarray(c.mean)) / np.asarray(c.std)
-    with torch.no_grad():
-        want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    rec = json.loads((tmp_path / "an" / "examples" / "000000.json").read_text())
-    np.testing.assert_allclose(rec["logits"], want[0], rtol=1e-12, atol=0)
-    for layer in range(2):
-        cos = _torch_cosines(ref, images[0], c.mean, c.std, layer)
-        got = np.asarray(rec["layers"][layer]["cos"], np.float64)
-        assert got.shape == cos.shape == (1, c.num_tokens)
-        np.testing.assert_allclose(got, cos, rtol=0, atol=1e-12)
+    check_analysis(tmp_path / "an", exact_double(ref), c)
