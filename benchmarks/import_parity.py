@@ -1,7 +1,8 @@
 """Max |Δ| between imported models and the real libraries' (timm, transformers, open_clip) on
 shared random weights, float32 and float64: the parity tests' reduced models (including the
-DINOv2, DINOv2-with-registers, SigLIP-style, qk-norm and SwiGLU timm layouts, Hugging Face
-``Dinov2Model`` and ``SiglipVisionModel``, ``LlamaForCausalLM`` with grouped-query attention,
+DINOv2, DINOv2-with-registers, SigLIP-style, qk-norm, SwiGLU and EVA-02 timm layouts (EVA-02's
+float64 reference: timm with its float32 rotary table rebuilt from float64 frequencies), Hugging
+Face ``Dinov2Model`` and ``SiglipVisionModel``, ``LlamaForCausalLM`` with grouped-query attention,
 untied and tied, and the Differential Transformer layout against the tests' float64 torch
 re-implementation of its formulas); with ``--full`` the full-size timm
 ``vit_base_patch16_224`` and open_clip ``ViT-B-16-quickgelu`` / ``ViT-B-16`` (minutes on a
@@ -44,6 +45,7 @@ from diffjax.vit_import import LIBRARY_STATS, convert_vit, infer_config
 from tests import test_clip_huggingface as H
 from tests import test_clip_openclip as C
 from tests import test_diff_transformer_import as DT
+from tests import test_eva_import as E
 from tests import test_lm_import as LM
 from tests import test_siglip_import as S
 from tests import test_vit_import as T
@@ -86,6 +88,13 @@ def reduced() -> None:
         d = T._max_diffs(convert_vit(state, config), config, ref, images)
         output = "logits" if config.num_classes else "features"
         record(f"timm {case} ({name})", output, *d, _timm_scale(ref, config, images))
+    for case, (name, kwargs, _) in sorted(E.FAMILIES.items()):
+        ref = T._randomise(timm.create_model(name, pretrained=False, **E.TINY, **kwargs))
+        state = T._state(ref)
+        config = infer_config(state, num_heads=2, rope_base=1e4, rope_ref_grid=16,
+                              **LIBRARY_STATS["timm"])  # fmt: skip
+        record(f"timm {case} ({name})", "logits",
+               *E.eva_max_diffs(ref, convert_vit(state, config), T._images(size=28)))  # fmt: skip
     for swiglu in (False, True):
         ref = F._dinov2_reference(swiglu)
         state = T._state(ref)

@@ -44,6 +44,7 @@ reference path whatever ``impl`` says, so analyses always see them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -142,10 +143,28 @@ def rotary(x: Array, base: float, seq_axis: int, half: bool = False) -> Array:
     d = x.shape[-1]
     if d % 2:
         raise ValueError(f"rotary position embeddings need an even head dim, got {d}")
-    n = x.shape[seq_axis]
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     freqs = base ** (-jnp.arange(0, d, 2, dtype=dtype) / d)
-    angles = jnp.arange(n, dtype=dtype)[:, None] * freqs  # [N, d/2]
+    angles = jnp.arange(x.shape[seq_axis], dtype=dtype)[:, None] * freqs  # [N, d/2]
+    return rotate_pairs(x, angles, seq_axis, half)
+
+
+def rotate_pairs(x: Array, angles: Array, seq_axis: int, half: bool = False) -> Array:
+    """Turn each pair of ``x``'s last axis by its angle (the pairing of :func:`rotary`).
+
+    Args:
+      x: [..., d] with the N positions on ``seq_axis``.
+      angles: [N, d/2] radians, pair i of position p turned by angles[p, i]; a zero row leaves
+        its token exactly as it is (cos 0 = 1, sin 0 = 0).
+      seq_axis: the axis of the N positions.
+      half: the half-split pairing (x[i], x[i + d/2]) instead of (x[2i], x[2i+1]).
+
+    Returns:
+      the rotated array, same shape and dtype (computed in ``angles``' dtype or wider).
+    """
+    d = x.shape[-1]
+    n = x.shape[seq_axis]
+    dtype = jnp.promote_types(x.dtype, angles.dtype)
     shape = [1] * x.ndim
     shape[seq_axis], shape[-1] = n, d // 2
     cos, sin = jnp.cos(angles).reshape(shape), jnp.sin(angles).reshape(shape)
@@ -157,6 +176,46 @@ def rotary(x: Array, base: float, seq_axis: int, half: bool = False) -> Array:
     even, odd = pairs[..., 0], pairs[..., 1]
     out = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRotary:
+    """2-D rotary positions of a ViT's patch grid (timm EVA-02's ``RotaryEmbeddingCat``).
+
+    Attributes:
+      grid: patches per side; the patch tokens are in row-major order after the prefix.
+      num_prefix: tokens before the patches (CLS, registers), left unturned.
+      base: θ of the frequencies.
+      ref_grid: EVA's ``ref_feat_shape``: row and column scaled by ``ref_grid / grid``;
+        ``None``: unscaled.
+    """
+
+    grid: int
+    num_prefix: int
+    base: float
+    ref_grid: int | None = None
+
+    def angles(self, d: int, dtype) -> Array:
+        """[num_prefix + grid², d/2] angles for a head dim d (a multiple of 4): the prefix rows
+        zero; patch (r, c)'s pair j < d/4 at r·θ^(−j/(d/4)), pair d/4 + j at c·θ^(−j/(d/4))
+        (the interleaved layout of :func:`rotate_pairs`)."""
+        if d % 4:
+            raise ValueError(f"2-D rotary positions need a head dim divisible by 4, got {d}")
+        freqs = self.base ** (-jnp.arange(d // 4, dtype=dtype) / (d // 4))
+        pos = jnp.arange(self.grid, dtype=dtype)
+        if self.ref_grid is not None:
+            pos = pos / self.grid * self.ref_grid
+        rows = jnp.repeat(pos, self.grid)[:, None] * freqs
+        cols = jnp.tile(pos, self.grid)[:, None] * freqs
+        patches = jnp.concatenate([rows, cols], axis=-1)
+        return jnp.concatenate([jnp.zeros((self.num_prefix, d // 2), dtype), patches])
+
+
+def _grid_rotate(t: Array, grid: GridRotary | None, seq_axis: int) -> Array:
+    if grid is None:
+        return t
+    return rotate_pairs(t, grid.angles(t.shape[-1], jnp.promote_types(t.dtype, jnp.float32)),
+                        seq_axis)  # fmt: skip
 
 
 def head_norm(t: Array, p: Mapping[str, Array], eps: float) -> Array:
@@ -264,6 +323,7 @@ def softmax_attention(
     qk_norm_eps: float | None = None,
     rotary_half: bool = False,
     num_kv_heads: int | None = None,
+    grid_rotary: GridRotary | None = None,
 ):
     """Multi-head softmax self-attention.
 
@@ -283,6 +343,8 @@ def softmax_attention(
       num_kv_heads: grouped-query attention: k and v have this many heads ([D, kv·d]
         kernels), each shared by ``num_heads / num_kv_heads`` consecutive query heads;
         ``None``: ``num_heads``.
+      grid_rotary: the 2-D rotary positions of a ViT's patch grid on queries and keys (after
+        any qk-norm; :class:`GridRotary`); ``None``: none.
 
     Returns:
       [B, N, D] output, and the maps if ``return_maps``.
@@ -297,13 +359,15 @@ def softmax_attention(
         q = _tokens_heads(x, params["q"], num_heads)
         k, v = (_kv_heads(x, params[name], num_heads, kv, 2) for name in ("k", "v"))
         q, k = _qk_norm(q, k, params, qk_norm_eps)
-        q, k = (_rotate(t, rotary_base, 1, rotary_half) for t in (q, k))
+        q, k = (_grid_rotate(_rotate(t, rotary_base, 1, rotary_half), grid_rotary, 1)
+                for t in (q, k))  # fmt: skip
         o = fused_attention(q, k, v, d**-0.5, mask, formulation)
         return _dense(o.reshape(b, n, width), params["out"])
     q = _heads(x, params["q"], num_heads)
     k, v = (_kv_heads(x, params[name], num_heads, kv, 1) for name in ("k", "v"))
     q, k = _qk_norm(q, k, params, qk_norm_eps)
-    q, k = (_rotate(t, rotary_base, 2, rotary_half) for t in (q, k))
+    q, k = (_grid_rotate(_rotate(t, rotary_base, 2, rotary_half), grid_rotary, 2)
+            for t in (q, k))  # fmt: skip
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
     a = _softmax_wide(logits, mask)
     o = jnp.einsum("bhqk,bhkd->bhqd", a.astype(v.dtype), v)
@@ -468,7 +532,8 @@ class SoftmaxAttention(nnx.Module):
     ``out_bias`` says otherwise, on the output projection; ``qk_norm_eps`` (not ``None``) adds
     the per-head LayerNorm of queries and keys with that eps (:func:`head_norm`);
     ``rotary_half`` picks the half-split rotary pairing; ``num_kv_heads`` makes it
-    grouped-query attention (:func:`softmax_attention`).
+    grouped-query attention; ``grid_rotary`` turns the patch tokens' queries and keys by
+    their 2-D grid positions (:func:`softmax_attention`).
     """
 
     def __init__(
@@ -484,6 +549,7 @@ class SoftmaxAttention(nnx.Module):
         qk_norm_eps: float | None = None,
         rotary_half: bool = False,
         num_kv_heads: int | None = None,
+        grid_rotary: GridRotary | None = None,
         rngs: nnx.Rngs,
     ):
         if width % num_heads:
@@ -500,6 +566,7 @@ class SoftmaxAttention(nnx.Module):
         self.qk_norm_eps = qk_norm_eps
         self.rotary_half = rotary_half
         self.num_kv_heads = num_kv_heads
+        self.grid_rotary = grid_rotary
         self.q = _linear(width, use_bias, rngs)
         self.k, self.v = (_linear(width, use_bias, rngs, kv * (width // num_heads))
                           for _ in range(2))  # fmt: skip
@@ -523,7 +590,7 @@ class SoftmaxAttention(nnx.Module):
         mask = _with_causal(mask, x.shape[-2], self.causal)
         return softmax_attention(
             self.params(), x, self.num_heads, mask, return_maps, self.impl, self.rotary_base,
-            self.qk_norm_eps, self.rotary_half, self.num_kv_heads,
+            self.qk_norm_eps, self.rotary_half, self.num_kv_heads, self.grid_rotary,
         )  # fmt: skip
 
 

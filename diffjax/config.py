@@ -158,6 +158,17 @@ class ViTConfig:
         tokens, ``nnx.BatchNorm``: batch statistics in training, running statistics, i.e. a
         fixed affine map, in evaluation; the verification-friendly ViT of certified training).
         BatchNorm's epsilon is ``layer_norm_eps``.
+      rope_base: θ of the 2-D rotary position embeddings of the patch tokens' queries and keys
+        (timm EVA-02's ``RotaryEmbeddingCat``, its ``rope_temperature``, 10,000); ``None``:
+        none. The head dim d splits into d/2 interleaved pairs; pair j < d/4 turns by the
+        patch row r times θ^(−j/(d/4)), pair d/4 + j by the column c times the same
+        frequency; the prefix tokens (CLS, registers) are not turned. Softmax attention
+        only; d must be a multiple of 4.
+      rope_ref_grid: EVA's ``ref_feat_shape``: the patch coordinates (r, c) are scaled by
+        ``rope_ref_grid / grid`` (grid = ``image_size / patch_size``), the pretraining grid's
+        positions; ``None``: unscaled. Needs ``rope_base``.
+      mlp_norm: a LayerNorm (eps ``layer_norm_eps``) on the MLP's hidden activations before fc2
+        (timm EVA-02's ``scale_mlp``, the inner norm of its ``SwiGLU``).
 
     Fields added after runs were recorded (:data:`OPTIONAL_VIT_FIELDS`) are serialised
     (:meth:`to_dict`) only when they differ from their defaults, so the config files and run
@@ -197,6 +208,9 @@ class ViTConfig:
     proj_bias: bool | None = None
     mlp_gate: bool = False
     norm: Literal["layernorm", "batchnorm"] = "layernorm"
+    rope_base: float | None = None
+    rope_ref_grid: int | None = None
+    mlp_norm: bool = False
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "width", "depth"):
@@ -260,6 +274,7 @@ class ViTConfig:
             "layer_scale",
             "qk_norm",
             "mlp_gate",
+            "mlp_norm",
         ):
             check_bool(name, getattr(self, name))  # fmt: skip
         if self.proj_bias is not None:
@@ -284,6 +299,10 @@ class ViTConfig:
         if self.attention == "diff" and (self.qk_norm or self.proj_bias is not None):
             raise ValueError("qk_norm and proj_bias are softmax-attention switches (imported "
                              "ViTs); Differential Attention has neither")  # fmt: skip
+        self._check_rope()
+        if self.mlp_norm and self.norm != "layernorm":
+            raise ValueError("mlp_norm is the LayerNorm inside timm EVA-02's MLP: it needs "
+                             "norm='layernorm'")  # fmt: skip
         if self.scan_layers and self.attention == "diff":
             if self.diff_layers is not None and len(set(self.diff_layers)) < self.depth:
                 raise ValueError(
@@ -295,6 +314,21 @@ class ViTConfig:
                     "scan_layers=True needs identical layers; lambda_init='schedule' gives each "
                     "layer its own λ_init (use a constant lambda_init, or scan_layers=False)"
                 )
+
+    def _check_rope(self) -> None:
+        if self.rope_base is None:
+            if self.rope_ref_grid is not None:
+                raise ValueError("rope_ref_grid scales the 2-D rotary positions: needs rope_base")
+            return
+        check_number("rope_base", self.rope_base, 1, low_open=True)
+        if self.rope_ref_grid is not None:
+            check_int("rope_ref_grid", self.rope_ref_grid, 1)
+        if self.attention != "softmax":
+            raise ValueError("rope_base (2-D rotary positions, EVA-02) is a softmax-attention "
+                             "switch; Differential Attention has none")  # fmt: skip
+        if (self.width // self.num_heads) % 4:
+            raise ValueError(f"rope_base needs a head dim divisible by 4 (two axes of "
+                             f"interleaved pairs), got {self.width // self.num_heads}")  # fmt: skip
 
     @property
     def num_patches(self) -> int:
@@ -360,7 +394,7 @@ OPTIONAL_VIT_FIELDS: dict[str, Any] = {
     f.name: f.default
     for f in dataclasses.fields(ViTConfig)
     if f.name in ("class_token", "num_registers", "pos_embed_prefix", "layer_scale", "qk_norm",
-                  "proj_bias", "mlp_gate", "norm")
+                  "proj_bias", "mlp_gate", "norm", "rope_base", "rope_ref_grid", "mlp_norm")
 }  # fmt: skip
 
 

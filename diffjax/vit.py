@@ -4,8 +4,9 @@
 
 The config's switches (``activation``, ``ln_pre``, ``pool``, ``distillation``, ``patch_bias``,
 ``class_token``, ``num_registers``, ``pos_embed_prefix``, ``layer_scale``, ``qk_norm``,
-``proj_bias``, ``mlp_gate``, ``num_classes=0``) cover imported timm / Hugging Face ViTs, DINOv2,
-SigLIP-style towers and the CLIP image towers; their defaults are the above.
+``proj_bias``, ``mlp_gate``, ``num_classes=0``, and EVA-02's ``rope_base``, ``rope_ref_grid``,
+``mlp_norm``) cover imported timm / Hugging Face ViTs, DINOv2, SigLIP-style towers, EVA-02 and
+the CLIP image towers; their defaults are the above.
 ``norm="batchnorm"`` puts eval-mode BatchNorm (an affine map) wherever LN stands and
 ``activation="relu"`` ReLU MLPs: the verification-friendly ViT of certified training. A model is
 built in evaluation mode (BatchNorm reads its running statistics); the training step switches its
@@ -36,6 +37,7 @@ from diffjax.attention import (
     DENSE_INIT,
     AttentionMaps,
     DiffAttention,
+    GridRotary,
     SoftmaxAttention,
     diff_lambda,
     latent_attention,
@@ -123,15 +125,27 @@ def _tokens_dense(layer: nnx.Linear, x: Array) -> Array:
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
-def mlp(fc1: nnx.Linear, fc2: nnx.Linear, activation: str, gate: bool, x: Array) -> Array:
+def mlp(
+    fc1: nnx.Linear,
+    fc2: nnx.Linear,
+    activation: str,
+    gate: bool,
+    x: Array,
+    norm: nnx.LayerNorm | None = None,
+) -> Array:
     """fc2(act(fc1(x))) on [B, N, D] tokens; with ``gate`` the GLU fc2(act(g)·v), where fc1's
-    output is [g | v] (its two halves). Returns [B, N, D_out]."""
+    output is [g | v] (its two halves); ``norm`` (timm EVA-02's ``scale_mlp``) normalises the
+    hidden activations before fc2, in its own dtype. Returns [B, N, D_out]."""
     m = _tokens_dense(fc1, x)
     act = ACTIVATION_FUNCTIONS[activation]
     if gate:
         g, v = jnp.split(m, 2, axis=-1)
-        return _tokens_dense(fc2, act(g) * v)
-    return _tokens_dense(fc2, act(m))
+        hidden = act(g) * v
+    else:
+        hidden = act(m)
+    if norm is not None:
+        hidden = norm(hidden).astype(hidden.dtype)
+    return _tokens_dense(fc2, hidden)
 
 
 def _apply_block(block, h: Array, rngs: nnx.Rngs | None) -> Array:
@@ -185,15 +199,23 @@ class Block(nnx.Module):
             self.attn = DiffAttention(c.width, c.num_heads, c.layer_lambda_init(layer), **attn)
         else:
             qk_eps = c.layer_norm_eps if c.qk_norm else None
-            self.attn = SoftmaxAttention(
-                c.width, c.num_heads, out_bias=c.proj_bias, qk_norm_eps=qk_eps, **attn
-            )
+            grid = None
+            if c.rope_base is not None:
+                grid = GridRotary(c.image_size // c.patch_size, c.num_prefix_tokens,
+                                  c.rope_base, c.rope_ref_grid)  # fmt: skip
+            self.attn = SoftmaxAttention(c.width, c.num_heads, out_bias=c.proj_bias,
+                                         qk_norm_eps=qk_eps, grid_rotary=grid, **attn)  # fmt: skip
         self.norm2 = _norm(c, rngs)
         dense = dict(
             kernel_init=DENSE_INIT, bias_init=nnx.initializers.zeros_init(), dtype=self.dtype
         )
         self.fc1 = nnx.Linear(c.width, c.mlp_hidden * (1 + c.mlp_gate), rngs=rngs, **dense)
         self.fc2 = nnx.Linear(c.mlp_hidden, c.width, rngs=rngs, **dense)
+        self.mlp_norm = (
+            nnx.LayerNorm(c.mlp_hidden, epsilon=c.layer_norm_eps, dtype=c.accum_dtype, rngs=rngs)
+            if c.mlp_norm
+            else None
+        )
         self.ls1, self.ls2 = (
             (nnx.Param(jnp.ones((c.width,), jnp.float32)) for _ in range(2))
             if c.layer_scale
@@ -221,7 +243,7 @@ class Block(nnx.Module):
         a, maps = a if return_maps else (a, None)
         h = h + self._dropout(self._scale(a.astype(self.accum_dtype), self.ls1), rngs)
         m = mlp(self.fc1, self.fc2, self.activation, self.mlp_gate,
-                self.norm2(h).astype(self.dtype))  # fmt: skip
+                self.norm2(h).astype(self.dtype), self.mlp_norm)  # fmt: skip
         h = h + self._dropout(self._scale(m.astype(self.accum_dtype), self.ls2), rngs)
         return (h, maps) if return_maps else h
 

@@ -13,6 +13,8 @@ Four key layouts are read (:func:`detect_layout`):
   attn.q_norm, attn.k_norm, attn.proj, ls1, norm2, mlp.fc1, mlp.fc2, ls2}``, ``norm`` (or
   ``fc_norm`` with average pooling, ``attn_pool`` with MAP pooling), ``head`` (absent: a
   headless backbone); optionally ``norm_pre`` (→ ``ln_pre``), ``dist_token`` and ``head_dist``.
+  timm's ``Eva`` (EVA-02) is renamed into it (:func:`eva_as_timm`); its rotary positions are
+  not in the weights and are given to :func:`infer_config` (``rope_base``, ``rope_ref_grid``).
   The verification-friendly variant with BatchNorm in place of every LayerNorm
   (``norm="batchnorm"``) has ``{weight, bias, running_mean, running_var}`` under the same names
   (PyTorch's integer ``num_batches_tracked`` counters are dropped).
@@ -67,10 +69,16 @@ from diffjax.vit import ViT
 
 LAYOUTS = ("timm", "hf", "hf_dinov2")
 # Keys only timm's ``Eva`` (EVA, EVA-02) writes: split q/v biases, unfused q/k/v, the unpacked
-# SwiGLU and its inner norm. Its RoPE has no weights; an EVA-02 built with qkv_bias=False and a
-# packed SwiGLU has none of these keys either and is refused from its hub config.json instead
-# (experiments/import_vit.py).
-EVA_KEYS = r"^blocks\.\d+\.(attn\.(q_bias|v_bias|q_proj|k_proj|v_proj)|mlp\.(fc1_g|fc1_x|norm))\b"
+# SwiGLU and its inner norm, its LayerScale names, the attention's inner norm and gate.
+EVA_KEYS = (
+    r"^blocks\.\d+\.(attn\.(q_bias|v_bias|q_proj|k_proj|v_proj|norm|gate)|"
+    r"mlp\.(fc1_g|fc1_x|norm)|gamma_[12])\b"
+)
+# timm Eva keys with no diffjax counterpart: refused by name (canonical_state).
+_EVA_UNMODELLED = {
+    "attn.norm": "scale_attn_inner (a LayerNorm on the attention's output before proj)",
+    "attn.gate": "gated_attn (a sigmoid gate on the attention's output)",
+}
 # Read by renaming into another layout (:func:`canonical_state`): not a set of rules of its own.
 RENAMED_LAYOUTS = ("hf_siglip",)
 # Each library's defaults for what the weights do not hold (the statistics are not among them:
@@ -220,6 +228,61 @@ def siglip_as_timm(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out | _rename(s, patterns)
 
 
+def is_eva(state: Mapping[str, np.ndarray]) -> bool:
+    """Whether a timm state dict has keys only timm's ``Eva`` writes (:data:`EVA_KEYS`). An
+    EVA-02 with ``qkv_bias=False`` and a packed SwiGLU has none: its hub config.json says it."""
+    return any(re.match(EVA_KEYS, k) for k in state)
+
+
+def eva_as_timm(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A timm ``Eva`` state dict under the names of timm's ``VisionTransformer``, which compute
+    the same function once the config has EVA-02's rotary positions (``rope_base``) and
+    ``mlp_norm``: ``attn.q_bias``/``attn.v_bias`` (EVA has no k bias) → ``attn.qkv.bias`` with
+    zeros for k; unfused ``attn.{q,k,v}_proj`` → ``attn.qkv`` (k's bias zero); the unpacked
+    SwiGLU's ``mlp.fc1_g``, ``mlp.fc1_x`` → ``mlp.fc1`` rows [gate; value];
+    ``gamma_1``/``gamma_2`` → ``ls1.gamma``/``ls2.gamma``; ``mlp.norm`` kept.
+
+    Raises:
+      ConversionError: a switch diffjax does not model (:data:`_EVA_UNMODELLED`, named), or an
+        incomplete pair of keys.
+    """
+    for part, what in _EVA_UNMODELLED.items():
+        found = sorted(k for k in state if re.match(rf"^blocks\.\d+\.{re.escape(part)}\.", k))
+        if found:
+            raise ConversionError(f"a timm EVA ViT with {what}, {found[0]}: not modelled by "
+                                  "diffjax")  # fmt: skip
+    s = dict(state)
+
+    def take(key: str) -> np.ndarray:
+        if key not in s:
+            raise ConversionError(f"a timm EVA ViT without {key}")
+        return s.pop(key)
+
+    i = 0
+    while any(k.startswith(f"blocks.{i}.") for k in s):
+        b = f"blocks.{i}."
+        if b + "attn.q_bias" in s:
+            q = take(b + "attn.q_bias")
+            s[b + "attn.qkv.bias"] = np.concatenate([q, np.zeros_like(q), take(b + "attn.v_bias")])
+        if b + "attn.q_proj.weight" in s:
+            s[b + "attn.qkv.weight"] = np.concatenate(
+                [take(b + f"attn.{n}_proj.weight") for n in "qkv"]
+            )
+            if b + "attn.q_proj.bias" in s:
+                q = take(b + "attn.q_proj.bias")
+                v = take(b + "attn.v_proj.bias")
+                s[b + "attn.qkv.bias"] = np.concatenate([q, np.zeros_like(q), v])
+        for t in ("weight", "bias"):
+            if b + f"mlp.fc1_g.{t}" in s:
+                g = take(b + f"mlp.fc1_g.{t}")
+                s[b + f"mlp.fc1.{t}"] = np.concatenate([g, take(b + f"mlp.fc1_x.{t}")])
+        for n in "12":
+            if b + f"gamma_{n}" in s:
+                s[b + f"ls{n}.gamma"] = s.pop(b + f"gamma_{n}")
+        i += 1
+    return s
+
+
 def canonical_state(state: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
     """(the layout whose rules read it, ``state`` in that layout's released names): the
     layout of :func:`detect_layout`, with a Hugging Face SigLIP tower renamed to timm's and
@@ -228,13 +291,8 @@ def canonical_state(state: Mapping[str, np.ndarray]) -> tuple[str, dict[str, np.
     if layout == "hf_siglip":
         return "timm", siglip_as_timm(state)
     if layout == "timm":
-        eva = sorted(k for k in state if re.match(EVA_KEYS, k))
-        if eva:
-            raise ConversionError(
-                f"a timm EVA / EVA-02 ViT ({eva[0]}): its rotary position embeddings on the "
-                "patch tokens (not in the weights) are not modelled by diffjax"
-            )
-        return layout, drop_batch_counts(state)
+        state = drop_batch_counts(state)
+        return layout, eva_as_timm(state) if is_eva(state) else state
     return layout, released_hf_names(state)
 
 
@@ -338,6 +396,12 @@ def infer_config(
             "preprocessing config says them; LIBRARY_STATS has each library's usual ones)"
         )
     source = detect_layout(state)
+    if source == "timm" and is_eva(state) and "rope_base" not in overrides:
+        raise ConversionError(
+            "a timm EVA ViT: its rotary positions are not in the weights; give rope_base "
+            "(timm's rope_temperature, 10000 for EVA-02; None for EVA-01 without RoPE) and "
+            "rope_ref_grid (timm's ref_feat_shape side; None: unscaled)"
+        )
     layout, state = canonical_state(state)
     k = _keys(layout)
     width = int(state[k["patch"]].shape[0])
@@ -387,6 +451,7 @@ def infer_config(
         layer_scale=k.get("layer_scale") in state,
         qk_norm=k.get("qk_norm") in state,
         mlp_gate=bool(gate),
+        mlp_norm=timm and "blocks.0.mlp.norm.weight" in state,
         norm="batchnorm" if k["block"].format(0) + "norm1.running_mean" in state else "layernorm",
         **LIBRARY_DEFAULTS[source],
         **(dict(activation="silu") if gate else {}),
@@ -540,6 +605,8 @@ def _block_rules(src: str, dst: Path, layout: str, c: ViTConfig) -> dict[str, Ru
     rules.update(norms(src + names["norm2"], dst + ("norm2",), w))
     rules.update(linear_rules(src + names["fc1"], dst + ("fc1",), w, hidden * (1 + c.mlp_gate)))
     rules.update(linear_rules(src + names["fc2"], dst + ("fc2",), hidden, w))
+    if c.mlp_norm:
+        rules.update(norm_rules(src + "mlp.norm", dst + ("mlp_norm",), hidden))
     if c.layer_scale:
         if "ls1" not in names:
             raise ConversionError(f"the {layout} layout has no LayerScale: layer_scale=False")
@@ -558,8 +625,8 @@ def convert_vit(state: Mapping[str, np.ndarray], config: ViTConfig, seed: int = 
     for shape and dropped.
 
     Raises:
-      ConversionError: naming every missing, unexpected or wrong-shaped key (e.g. timm's EVA
-        SwiGLU ``mlp.fc1_g`` or rotary position embeddings, which diffjax does not model).
+      ConversionError: naming every missing, unexpected or wrong-shaped key (e.g. a timm EVA's
+        inner attention norm ``attn.norm``, which diffjax does not model).
     """
     source = detect_layout(state)
     layout, state = canonical_state(state)

@@ -3,7 +3,9 @@ for the analysis.
 
 Reads ``model.safetensors``, ``pytorch_model.bin`` or a ``torch.save`` ``.pt`` without torch,
 reads the architecture from the keys and shapes (timm ``VisionTransformer``: ViT, DeiT, DINOv2
-with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; Hugging Face
+with or without registers, SigLIP's attention-pool ViTs, qk-norm, SwiGLU; timm ``Eva``: EVA-02
+with its 2-D rotary positions, given by ``--rope-base``/``--rope-ref-grid`` or its hub
+config's ``model_args``; Hugging Face
 ``ViTForImageClassification``, ``Dinov2Model`` or ``SiglipVisionModel``), checks every key
 and shape, and writes ``OUT/config.json``, ``OUT/params/`` and ``OUT/conversion.json``
 (source, SHA-256, layout, the config). What the weights do not say comes from the flags and
@@ -50,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config", type=pathlib.Path,
                         help="the checkpoint's config.json (default: the one beside the weights, "
                         "if any)")  # fmt: skip
+    parser.add_argument("--rope-base", type=float,
+                        help="timm EVA-02: θ of the 2-D rotary positions (its rope_temperature, "
+                        "10000); not in the weights")  # fmt: skip
+    parser.add_argument("--rope-ref-grid", type=int,
+                        help="timm EVA-02: its ref_feat_shape side (the pretraining patch grid, "
+                        "16 for the 224-px patch-14 models); default unscaled")  # fmt: skip
+    parser.add_argument("--no-rope", action="store_true",
+                        help="a timm EVA without rotary positions (EVA-01)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 
@@ -93,9 +103,8 @@ def config_hints(path: pathlib.Path | None) -> dict:
         # A Dinov2 SwiGLU MLP is SiLU-gated whatever hidden_act says (transformers' own rule).
         hints["activation"] = "silu" if d.get("use_swiglu_ffn") else HF_ACTIVATIONS[act]
     architecture = str(d.get("architecture", ""))  # timm's hub config
-    if architecture.startswith("eva"):
-        raise ValueError(f"{path}: architecture {architecture!r} is a timm EVA ViT, whose rotary "
-                         "position embeddings diffjax does not model")  # fmt: skip
+    if architecture.startswith(tuple(EVA_ARCHITECTURES)):
+        hints |= eva_hints(path, architecture, d.get("model_args", {}))
     pretrained = d.get("pretrained_cfg", {})
     for key in ("mean", "std"):
         if key in pretrained:
@@ -113,6 +122,47 @@ def config_hints(path: pathlib.Path | None) -> dict:
         if pool not in TIMM_POOLS:
             raise ValueError(f"{path}: global_pool {pool!r} is not one of {sorted(TIMM_POOLS)}")
         hints["pool"] = TIMM_POOLS[pool]
+    return hints
+
+
+# timm Eva arguments diffjax does not model, with the value it does model.
+EVA_UNMODELLED_ARGS = {"use_post_norm": False, "scale_attn_inner": False, "gated_attn": False,
+                       "rope_type": "cat", "rope_rotate_half": False, "rope_grid_offset": 0,
+                       "rope_grid_indexing": "ij", "attn_type": "eva"}  # fmt: skip
+
+
+# The rotary settings of timm's architectures by name prefix: every registered ``eva02_*``
+# has use_rot_pos_emb=True, rope_temperature 10000 and ref_feat_shape (16, 16); ``eva_*``
+# (EVA-01) has no RoPE. A hub config.json's ``model_args`` holds only the arguments given to
+# create_model, not these defaults, so they are restated here.
+EVA_ARCHITECTURES = {"eva02_": dict(rope_base=10000.0, rope_ref_grid=16),
+                     "eva_": dict(rope_base=None)}  # fmt: skip
+
+
+def eva_hints(path: pathlib.Path, architecture: str, args: dict) -> dict:
+    """The rotary fields of a timm EVA hub config: the architecture's
+    (:data:`EVA_ARCHITECTURES`), then what its ``model_args`` change (``use_rot_pos_emb``,
+    ``rope_temperature``, a square ``ref_feat_shape``).
+
+    Raises:
+      ValueError: an argument of :data:`EVA_UNMODELLED_ARGS` at another value, or a
+        non-square ``ref_feat_shape``.
+    """
+    bad = [f"{k}={args[k]!r}" for k, v in EVA_UNMODELLED_ARGS.items() if args.get(k, v) != v]
+    if bad:
+        raise ValueError(f"{path}: a timm EVA with {', '.join(bad)}, which diffjax does not model")
+    hints = next(dict(h) for prefix, h in EVA_ARCHITECTURES.items()
+                 if architecture.startswith(prefix))  # fmt: skip
+    if args.get("use_rot_pos_emb") is False:
+        return dict(rope_base=None)
+    if args.get("use_rot_pos_emb") or hints["rope_base"] is not None:
+        hints["rope_base"] = float(args.get("rope_temperature", 10000.0))
+    ref = args.get("ref_feat_shape")
+    if ref is not None:
+        side = {int(ref)} if isinstance(ref, int) else {int(r) for r in ref}
+        if len(side) != 1:
+            raise ValueError(f"{path}: ref_feat_shape {ref!r} is not square")
+        hints["rope_ref_grid"] = side.pop()
     return hints
 
 
@@ -157,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffjax.experiments.convert_clip import sha256
     from diffjax.torch_weights import read_weights
     from diffjax.vit import count_params
-    from diffjax.vit_import import convert_vit, detect_layout, infer_config
+    from diffjax.vit_import import convert_vit, detect_layout, infer_config, is_eva
 
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
@@ -168,7 +218,14 @@ def run(args: argparse.Namespace) -> dict:
         args.weights.parent / "preprocessor_config.json"
     )
     flags = dict(num_heads=args.num_heads, activation=args.activation,
-                 layer_norm_eps=args.layer_norm_eps, mean=args.mean, std=args.std)  # fmt: skip
+                 layer_norm_eps=args.layer_norm_eps, mean=args.mean, std=args.std,
+                 rope_base=args.rope_base, rope_ref_grid=args.rope_ref_grid)  # fmt: skip
+    if args.no_rope:
+        if args.rope_base is not None or args.rope_ref_grid is not None:
+            raise ValueError("--no-rope contradicts --rope-base/--rope-ref-grid: give one")
+        if hints.get("rope_base") is not None:
+            raise ValueError("--no-rope contradicts the config file's use_rot_pos_emb")
+        hints = hints | dict(rope_base=None)
     fields = merge_hints(hints, flags)
     if "num_heads" not in fields:
         raise ValueError("--num-heads is required (the weights do not hold the head count)")
@@ -185,6 +242,13 @@ def run(args: argparse.Namespace) -> dict:
             )
         fields = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD) | fields
     state = read_weights(args.weights, progress=True)
+    architecture = read_json(model_config).get("architecture") if model_config.is_file() else None
+    if is_eva(state) and architecture and not architecture.startswith(tuple(EVA_ARCHITECTURES)):
+        # timm's other Eva-class models (vit_*_rope_*, vit_pe_*) lay out their rotary grid
+        # otherwise (xy indexing, offset 1) by architecture defaults the weights do not show.
+        raise ValueError(f"{model_config}: architecture {architecture!r} is a timm Eva-class "
+                         "model whose rotary layout diffjax does not model (eva02_* and eva_* "
+                         "are)")  # fmt: skip
     config = infer_config(state, image_size=args.image_size, **fields)
     model = convert_vit(state, config)
     save_model(args.out, model)

@@ -73,6 +73,7 @@ CASES = [
     (dict(layer_scale=True), "refused"),
     (dict(qk_norm=True, proj_bias=False), "refused"),
     (dict(num_classes=0), "refused"),
+    (dict(rope_base=100.0, rope_ref_grid=4, mlp_norm=True), "refused"),
 ]
 PARAMS = [pytest.param(changes, outcome, id="-".join(changes)) for changes, outcome in CASES]
 

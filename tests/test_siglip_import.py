@@ -2,9 +2,7 @@
 as transformers writes it): its pooled output against transformers on the same random weights,
 float32 (1e-5 relative) and float64 (1e-12), from the file ``save_pretrained`` writes and from
 the ``vision_model.``-prefixed names of transformers < 5; through ``diffjax import-vit`` with the
-config files beside the weights; what it does not model refused. timm's EVA / EVA-02 ViTs
-(2-D RoPE on the patch tokens, not modelled) refused in one line, from the hub config or from
-the keys only EVA writes.
+config files beside the weights; what it does not model refused.
 """
 
 import numpy as np
@@ -20,7 +18,7 @@ from diffjax.analysis import with_dtype  # noqa: E402
 from diffjax.checkpoint import load_model  # noqa: E402
 from diffjax.torch_weights import ConversionError, read_weights  # noqa: E402
 from diffjax.vit_import import LIBRARY_STATS, convert_vit, infer_config  # noqa: E402
-from tests.commandline import diffjax, diffjax_error  # noqa: E402
+from tests.commandline import diffjax  # noqa: E402
 from tests.test_vit_import import _images, _randomise  # noqa: E402
 
 SIZES = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -92,31 +90,3 @@ def test_what_siglip_import_does_not_model_is_refused(tmp_path):
     both["text_model.embeddings.token_embedding.weight"] = np.zeros((8, 32), np.float32)
     with pytest.raises(ConversionError, match="image and text towers"):
         infer_config(both, num_heads=4, **LIBRARY_STATS["hf_siglip"])
-
-
-@pytest.mark.parametrize(
-    "name, kwargs, marker",
-    [
-        ("eva02_tiny_patch14_224", {}, "blocks.0.attn.q_bias"),
-        ("eva02_base_patch14_224", {}, "blocks.0.attn.k_proj.weight"),
-        # qkv_bias=False with a packed SwiGLU: the keys of a plain gated ViT (no marker)
-        ("eva02_small_patch14_224", dict(qkv_bias=False), None),
-    ],
-)
-def test_timm_eva_is_refused_in_one_line(name, kwargs, marker, tmp_path, capsys):
-    """EVA-02's 2-D rotary position embeddings are not modelled (no weights hold them):
-    refused by the hub config's architecture, and by the keys only EVA writes without it."""
-    timm = pytest.importorskip("timm")
-    ref = timm.create_model(name, pretrained=False, img_size=28, depth=1, embed_dim=32,
-                            num_heads=4, num_classes=5, **kwargs)  # fmt: skip
-    timm.models.save_for_hf(ref, tmp_path / "hub")
-    argv = ["import-vit", str(tmp_path / "hub" / "pytorch_model.bin"), str(tmp_path / "out")]
-    err = diffjax_error(capsys, *argv)
-    assert f"architecture '{name}' is a timm EVA ViT, whose rotary position embeddings" in err
-    assert len(err.splitlines()) == 1
-    if marker is not None:
-        (tmp_path / "hub" / "config.json").unlink()
-        err = diffjax_error(capsys, *argv, "--assume-imagenet-stats", "--num-heads", "4")
-        last = err.splitlines()[-1]  # after the reader's progress bar
-        assert last.startswith("diffjax import-vit: error: a timm EVA / EVA-02 ViT ")
-        assert f"({marker}): its rotary position embeddings" in last

@@ -118,6 +118,9 @@ SWITCHES = {
     "proj_bias": dict(proj_bias=False),
     "mlp_gate": dict(mlp_gate=True, activation="silu"),
     "norm": dict(norm="batchnorm"),
+    "rope_base": dict(rope_base=100.0),
+    "rope_ref_grid": dict(rope_base=100.0, rope_ref_grid=4),
+    "mlp_norm": dict(mlp_norm=True),
 }
 EXTRA = {"activation=gelu_tanh": dict(activation="gelu_tanh"), "pool=map": dict(pool="map")}
 

@@ -214,20 +214,26 @@ def test_import_dinov2_with_registers_then_analyse(tmp_path):
         "--workdir", str(tmp_path / "an"),
     )  # fmt: skip
     assert summary["accuracy"] is None  # features, not class scores
-    ds = load_dataset("synthetic", "test")
-    images = ds.images[:1].astype(np.float64) / 255.0
-    ref = ref.double()
+    rec = check_analysis(tmp_path / "an", ref.double(), c)
+    assert rec["prediction"] is None
+
+
+def check_analysis(workdir, ref, c: ViTConfig) -> dict:
+    """The first example of ``diffjax analyse``'s ``workdir`` (synthetic data) against the
+    float64 timm model ``ref``: logits (or features) to 1e-12 relative, each layer's per-row
+    cosines to torch autograd's to 1e-12. Returns the example's record."""
+    images = load_dataset("synthetic", "test").images[:1].astype(np.float64) / 255.0
     x = (images - np.asarray(c.mean)) / np.asarray(c.std)
     with torch.no_grad():
         want = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    rec = json.loads((tmp_path / "an" / "examples" / "000000.json").read_text())
-    assert rec["prediction"] is None
+    rec = json.loads((workdir / "examples" / "000000.json").read_text())
     np.testing.assert_allclose(rec["logits"], want[0], rtol=1e-12, atol=0)
-    for layer in range(2):
+    for layer in range(c.depth):
         cos = _torch_cosines(ref, images[0], c.mean, c.std, layer)
         got = np.asarray(rec["layers"][layer]["cos"], np.float64)
         assert got.shape == cos.shape == (1, c.num_tokens)
         np.testing.assert_allclose(got, cos, rtol=0, atol=1e-12)
+    return rec
 
 
 def test_row_cls_needs_a_class_token():
