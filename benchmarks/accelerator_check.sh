@@ -33,7 +33,7 @@ stage() {  # stage NAME COMMAND...: run, log its wall seconds
 
 case "$SIZE" in
   gpu) PROBE=(--size paper); PRESET=gpu ;;
-  tiny) PROBE=(--size tiny --models DiffViT --batch 8); PRESET=smoke ;;
+  tiny) PROBE=(--size tiny --models DiffViT --batch 8); PRESET=mini ;;
   *) echo "ACCEL_CHECK_SIZE must be gpu or tiny, got $SIZE" >&2; exit 2 ;;
 esac
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.compile_cache --workdir /tmp/cc          # PGD and AutoAttack (minutes)
 
-Trains the ``smoke`` model once (``diffjax train``), then for each attack runs the same
+Trains the ``mini`` model once (``diffjax train``), then for each attack runs the same
 ``diffjax attack`` twice, each in a fresh process, sharing one new cache directory. A process
 reports its wall time and its compile time: the sum of JAX's
 ``/jax/core/compile/backend_compile_duration`` events (XLA compilation, or the cache read that
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     work = args.workdir.absolute()
     model = work / "model"
     if not (model / "results.json").is_file():
-        _process(["train", "--quiet", "--no-compilation-cache", "--config=train:smoke",
+        _process(["train", "--quiet", "--no-compilation-cache", "--config=train:mini",
                   "--workdir", str(model)])  # fmt: skip
     report = {}
     print("| attack | process | wall s | backend compile s | trace s | lower s |")

@@ -400,7 +400,7 @@ OPTIONAL_VIT_FIELDS: dict[str, Any] = {
 
 # Model sizes, big_vision style: name → (width D, default depth, softmax heads H_base, MLP ratio).
 # A variant "SIZE/PATCH" is a size at a patch side, on 32 px images unless changed. "S" is the
-# paper's CIFAR ViT; "Nano" the 2-core-CPU model; "Pico" the smallest (the smoke presets); "B" the
+# paper's CIFAR ViT; "Nano" the 2-core-CPU model; "Pico" the smallest (the mini presets); "B" the
 # ViT-B shape of the CLIP image towers.
 SIZES: dict[str, tuple[int, int, int, float]] = {
     "Pico": (16, 2, 2, 2.0),

@@ -3,7 +3,7 @@
     config = TrainConfig(model=ViTConfig(attention="diff"), epochs=10)
     model, metrics = train(config, "runs/cifar10_diffvit")   # resumes if the run exists
 
-Named recipes (``smoke``, ``cpu``, ``paper``) are experiment configs: ``experiments/configs``.
+Named recipes (``mini``, ``cpu``, ``paper``) are experiment configs: ``experiments/configs``.
 
 The run directory holds ``config.json`` (the resolved :class:`TrainConfig`; its ``"model"`` key
 is the ViT config), ``metrics.jsonl`` (one JSON record per log step and per evaluation),

@@ -1,6 +1,6 @@
 """Paper result (c): gradient alignment of the two attention branches, per layer, ViT vs DiffViT.
 
-    diffjax run alignment --config=alignment:smoke
+    diffjax run alignment --config=alignment:mini
     diffjax run alignment --config=alignment:cpu
 
 For each zoo model (ViT, DiffViT; every seed) and layer: cos θ between the Jacobians of the two

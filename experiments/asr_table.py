@@ -1,6 +1,6 @@
 """Paper result (a): the ASR table, ViT vs DiffViT, under PGD-ℓ∞, CW-ℓ2 and AutoAttack.
 
-    diffjax run asr_table --config=asr_table:smoke      # test size, synthetic data
+    diffjax run asr_table --config=asr_table:mini      # test size, synthetic data
     diffjax run asr_table --config=asr_table:cpu        # CIFAR-10, 2-core CPU
 
 For every dataset, model (ViT, DiffViT from the shared zoo) and seed: clean accuracy; PGD-ℓ∞

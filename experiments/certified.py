@@ -1,6 +1,6 @@
 """Certified robustness: ViT, DiffViT and the Lipschitz-regularised DiffViT (open question 2).
 
-    diffjax run certified --config=certified:smoke
+    diffjax run certified --config=certified:mini
     diffjax run certified --config=certified:cpu --data-dir DIR
 
 Three zoo models of one recipe (depth 1; same seed and data): the ViT, the DiffViT, and the

@@ -1,12 +1,12 @@
 """CLIP vs DiffCLIP: zero-shot accuracy and the paper's cosine-similarity PGD attack.
 
-    diffjax run clip_compare --config=clip_compare:smoke     # test size, synthetic data
+    diffjax run clip_compare --config=clip_compare:mini     # test size, synthetic data
     diffjax run clip_compare --config=clip_compare:cpu --data-dir ~/cifar
     diffjax run clip_compare --config=clip_compare:paper \
         --config.clip_checkpoint=models/clip_cc3m \
         --config.diffclip_checkpoint=models/diffclip_cc3m --config.class_names=classes.txt
 
-`smoke` and `cpu` train both models from scratch (contrastive, captions from the CIFAR templates,
+`mini` and `cpu` train both models from scratch (contrastive, captions from the CIFAR templates,
 identical seeds and data) because the released weights cannot be downloaded offline; `paper`
 loads checkpoints converted with `diffjax convert-clip`. Any preset evaluates a converted
 checkpoint instead of training when `clip_checkpoint` / `diffclip_checkpoint` names one (an

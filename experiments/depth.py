@@ -1,6 +1,6 @@
 """Paper result (e): the depth crossover; ASR and CW ℓ2 against depth, measured ᾱ and bound.
 
-    diffjax run depth --config=depth:smoke
+    diffjax run depth --config=depth:mini
     diffjax run depth --config=depth:cpu
 
 For D ∈ {1, 2, 4, 8, 12}, a ViT and a DiffViT of depth D from the shared zoo (same recipe, data

@@ -1,6 +1,6 @@
 """Paper result (b): the λ_init sweep, clean accuracy and PGD ASR of DiffViT against λ_init.
 
-    diffjax run lambda_sweep --config=lambda_sweep:smoke
+    diffjax run lambda_sweep --config=lambda_sweep:mini
     diffjax run lambda_sweep --config=lambda_sweep:cpu
 
 DiffViTs of depth ``depth`` (the paper's table is most likely for single-layer models) with a

@@ -1,7 +1,7 @@
 """Paper result (f), the paper's first open question: how λ evolves during training, and what
 local Lipschitz constants and ASR do along the way.
 
-    diffjax run lambda_training --config=lambda_training:smoke
+    diffjax run lambda_training --config=lambda_training:mini
     diffjax run lambda_training --config=lambda_training:cpu
 
 Reads the shared zoo's training runs (ViT and DiffViT at the default depth, every seed): λ of

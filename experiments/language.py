@@ -1,6 +1,6 @@
 """Language models: a Differential Transformer LM against its parameter-matched standard LM.
 
-    diffjax run language --config=language:smoke
+    diffjax run language --config=language:mini
     diffjax run language --config=language:cpu
 
 Trains both byte-level LMs (:mod:`diffjax.lm_train`: the offline Python-docs corpus plus the

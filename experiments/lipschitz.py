@@ -1,6 +1,6 @@
 """Paper result (d): local Lipschitz constants of every attention layer, ViT vs DiffViT.
 
-    diffjax run lipschitz --config=lipschitz:smoke
+    diffjax run lipschitz --config=lipschitz:mini
     diffjax run lipschitz --config=lipschitz:cpu
 
 For each zoo model (ViT, DiffViT; every seed), layer and test image, the attention layer's local

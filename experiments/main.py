@@ -1,7 +1,7 @@
 """The main job: the whole pipeline on the embedded CIFAR-10 sample in a few minutes on a CPU.
 
     diffjax run main                      # train ViT and DiffViT, attack, analyse, report
-    diffjax run main --config=main:smoke  # the test size (minutes: mostly compilation)
+    diffjax run main --config=main:mini  # the test size (minutes: mostly compilation)
 
 1. trains a ViT and a parameter-matched DiffViT (same seed, data and recipe: the ``embedded``
    recipe of ``experiments/configs/recipes.py``) on the 5,000 embedded training images;

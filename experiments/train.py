@@ -1,7 +1,7 @@
 """Train ViT or DiffViT on an image-classification dataset; resume an interrupted run.
 
     diffjax train --config=train:cpu --config.train.model.attention=diff --workdir runs/diffvit
-    diffjax train --config=train:smoke --workdir /tmp/smoke
+    diffjax train --config=train:mini --workdir /tmp/mini
     diffjax train --config=train:paper --config.train.dataset=tfds:imagenet2012 \
         --config.image_size=224 --config.train_split='train[:10%]' --config.test_split=validation
 

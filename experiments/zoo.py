@@ -27,7 +27,7 @@ from diffjax.train import TrainConfig, fit_to_data, train
 from diffjax.vit import relayout
 
 NAMES = {"softmax": "vit", "diff": "diffvit"}
-SYNTHETIC_IMAGES = 256  # per split of the smoke data
+SYNTHETIC_IMAGES = 256  # per split of the mini data
 
 
 class DataError(RuntimeError):

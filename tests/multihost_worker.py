@@ -6,7 +6,7 @@
 With ``JAX_COORDINATOR_ADDRESS`` set it joins the others through
 ``diffjax.sharding.initialize_distributed`` (what ``diffjax --distributed`` calls).
 
-Trains the ``smoke`` recipe data-parallel over every device of every process
+Trains the ``mini`` recipe data-parallel over every device of every process
 (:func:`diffjax.train.train`, resuming when ``RUN`` holds checkpoints), attacks a batch of
 training images sharded over all devices (:func:`diffjax.attacks.attack_dataset`, PGD), and
 writes (process 0) the final parameters and the attack records to ``RESULT.npz``.
@@ -32,7 +32,7 @@ def flat_params(model) -> dict[str, np.ndarray]:
 
 
 def run(workdir) -> dict[str, np.ndarray]:
-    """Train the smoke recipe into ``workdir``, attack a sharded batch; params and records.
+    """Train the mini recipe into ``workdir``, attack a sharded batch; params and records.
 
     When ``workdir`` already holds checkpoints, the latest is first loaded with
     :func:`diffjax.checkpoint.load_model` (keys ``loaded:…``) and training resumes from it.
@@ -51,7 +51,7 @@ def run(workdir) -> dict[str, np.ndarray]:
     if steps:
         loaded = flat_params(load_model(steps[-1]))
         out.update({"loaded:" + k: v for k, v in loaded.items()})
-    config = recipes.train_config(recipes.training("smoke"))
+    config = recipes.train_config(recipes.training("mini"))
     model, summary = train(config, workdir)
     data = load_dataset(config.dataset, "train")
     records = attacks.attack_dataset(

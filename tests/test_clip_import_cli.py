@@ -94,7 +94,7 @@ def test_convert_then_analyse_and_compare(open_clip_model, tmp_path, capsys):
     assert summary["attention_lipschitz"][0]["value"]["min"] > 0
     assert summary["logits_lipschitz"]["exact_local"]["min"] > 0
 
-    result = diffjax("run", "clip_compare", "--config=clip_compare:smoke",
+    result = diffjax("run", "clip_compare", "--config=clip_compare:mini",
                      "--config.models=clip", f"--config.clip_checkpoint={out}",
                      "--workdir", str(tmp_path / "cc"))  # fmt: skip
     (name, res), = result["models"].items()

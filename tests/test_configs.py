@@ -13,8 +13,8 @@ from diffjax.experiments import configs, zoo
 from diffjax.experiments.configs import recipes
 from diffjax.train import TrainConfig
 
-ARGS = {"main": ("embedded", "smoke", "gpu"), "attack": ("pgd", "cw", "autoattack"),
-        "analyse": ("",), "certified": ("smoke", "cpu"),
+ARGS = {"main": ("embedded", "mini", "gpu"), "attack": ("pgd", "cw", "autoattack"),
+        "analyse": ("",), "certified": ("mini", "cpu"),
         "train": tuple(recipes.RECIPES)}  # fmt: skip
 
 
@@ -73,7 +73,7 @@ def test_overrides_are_typed_checked_and_may_clear_a_field():
     for override, message in cases:
         with pytest.raises(configs.ConfigError, match=message):
             configs.load("asr_table:cpu", [override])
-    often = configs.load("train:smoke", ["--config.train.model.lambda_init=often"])
+    often = configs.load("train:mini", ["--config.train.model.lambda_init=often"])
     with pytest.raises(ValueError, match="lambda_init"):
         recipes.train_config(often.train)
 
@@ -95,7 +95,7 @@ def test_zoo_runs_are_named_by_the_sha256_of_the_resolved_config(tmp_path):
     from diffjax.data import synthetic
     from diffjax.experiments.common import Context
 
-    z = zoo.Zoo(recipes.train_config(recipes.training("smoke")), Context(workdir=tmp_path))
+    z = zoo.Zoo(recipes.train_config(recipes.training("mini")), Context(workdir=tmp_path))
     data = synthetic(4)
     config = z.config(data, "diff", seed=3, depth=1)
     text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -114,13 +114,13 @@ def test_unknown_fields_are_matched_by_their_nested_names():
     with pytest.raises(configs.ConfigError, match=r"did you mean 'params\.eps'\?"):
         configs.load("attack:pgd", ["--config.eps=0.01"])
     with pytest.raises(configs.ConfigError, match=r"did you mean 'train\.model\.depth'"):
-        configs.load("train:smoke", ["--config.train.depht=2"])
+        configs.load("train:mini", ["--config.train.depht=2"])
 
 
 @pytest.mark.parametrize("spec,override,field", [
     ("attack:pgd", "--config.params.eps=8", "params.eps"),
-    ("main:smoke", "--config.eps=(8,)", "eps"),
-    ("asr_table:smoke", "--config.autoattack_eps=(0.03,4)", "autoattack_eps"),
+    ("main:mini", "--config.eps=(8,)", "eps"),
+    ("asr_table:mini", "--config.autoattack_eps=(0.03,4)", "autoattack_eps"),
 ])  # fmt: skip
 def test_linf_budgets_on_the_255_scale_are_refused(spec, override, field):
     budget = override.rpartition("=")[2].strip("(,)").split(",")[-1]

@@ -1,4 +1,4 @@
-"""`diffjax run certified` at its smoke config end to end: three models, every certificate and
+"""`diffjax run certified` at its mini config end to end: three models, every certificate and
 rate consistent with its definition, the saved results equal to the returned ones, the figure."""
 
 import json
@@ -9,9 +9,9 @@ from diffjax.experiments import configs
 from tests.commandline import diffjax
 
 
-def test_certified_smoke_runs_and_its_numbers_add_up(tmp_path):
-    out = diffjax("run", "certified", "--config=certified:smoke", "--workdir", str(tmp_path))
-    config = configs.load("certified:smoke")
+def test_certified_mini_runs_and_its_numbers_add_up(tmp_path):
+    out = diffjax("run", "certified", "--config=certified:mini", "--workdir", str(tmp_path))
+    config = configs.load("certified:mini")
     assert set(out["models"]) == {"vit", "diffvit", "diffvit_reg"}
     runs = {m["run"] for m in out["models"].values()}
     assert len(runs) == 3  # the regularised DiffViT is its own zoo model (another config hash)
@@ -51,7 +51,7 @@ def test_certified_smoke_runs_and_its_numbers_add_up(tmp_path):
         stats["predicted"],
         np.asarray(stats["gamma"]) * (1 + np.asarray(stats["lam"]) * np.asarray(stats["rho"])),
     )
-    saved = json.loads((tmp_path / "results/certified/smoke/results.json").read_text())
+    saved = json.loads((tmp_path / "results/certified/mini/results.json").read_text())
     assert saved == json.loads(json.dumps(out))
     for ext in ("png", "pdf"):
-        assert (tmp_path / f"figures/certified_smoke.{ext}").stat().st_size > 0
+        assert (tmp_path / f"figures/certified_mini.{ext}").stat().st_size > 0

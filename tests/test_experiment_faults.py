@@ -15,12 +15,12 @@ import jax
 
 from tests.commandline import diffjax
 
-ARGS = ["run", "lambda_sweep", "--config=lambda_sweep:smoke", "--config.lambdas=(0.5,)",
+ARGS = ["run", "lambda_sweep", "--config=lambda_sweep:mini", "--config.lambdas=(0.5,)",
         "--offline"]  # fmt: skip
 
 
 def _results(workdir):
-    saved = json.loads((workdir / "results/lambda_sweep/smoke/results.json").read_text())
+    saved = json.loads((workdir / "results/lambda_sweep/mini/results.json").read_text())
     del saved["environment"]  # the time stamp and devices of the run
     for runs in saved["runs"].values():
         for part in runs:
@@ -48,7 +48,7 @@ def test_a_killed_experiment_resumes_to_the_uninterrupted_results(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "results/lambda_sweep/smoke/results.json").exists()
+    assert not (killed / "results/lambda_sweep/mini/results.json").exists()
 
     diffjax(*ARGS, "--workdir", str(killed))
     diffjax(*ARGS, "--workdir", str(tmp_path / "whole"))

@@ -1,4 +1,4 @@
-"""`diffjax run language` at its smoke config end to end: both LMs trained, matched in size,
+"""`diffjax run language` at its mini config end to end: both LMs trained, matched in size,
 every attack's numbers consistent with its counts and no unconfirmed success, one analysis row per
 layer, the saved results equal to the returned ones, and the figure drawn."""
 
@@ -10,9 +10,9 @@ from diffjax.experiments import configs
 from tests.commandline import diffjax
 
 
-def test_language_smoke_runs_and_its_numbers_add_up(tmp_path):
-    out = diffjax("run", "language", "--config=language:smoke", "--workdir", str(tmp_path))
-    config = configs.load("language:smoke")
+def test_language_mini_runs_and_its_numbers_add_up(tmp_path):
+    out = diffjax("run", "language", "--config=language:mini", "--workdir", str(tmp_path))
+    config = configs.load("language:mini")
     assert set(out["models"]) == {"transformer", "diff_transformer"}
     params = [m["params"] for m in out["models"].values()]
     assert abs(params[0] - params[1]) / max(params) < 0.01  # parameter-matched (twice the heads)
@@ -30,7 +30,7 @@ def test_language_smoke_runs_and_its_numbers_add_up(tmp_path):
         layers = model["layers"]
         assert [r["layer"] for r in layers] == list(range(config.lm_train.model.depth))
         assert all(0 <= r["negative_alignment"] <= 1 and r["sigma_max_mean"] > 0 for r in layers)
-    saved = json.loads((tmp_path / "results/language/smoke/results.json").read_text())
+    saved = json.loads((tmp_path / "results/language/mini/results.json").read_text())
     assert saved == json.loads(json.dumps(out))
     for ext in ("png", "pdf"):
-        assert (tmp_path / f"figures/language_smoke.{ext}").stat().st_size > 0
+        assert (tmp_path / f"figures/language_mini.{ext}").stat().st_size > 0

@@ -1,4 +1,4 @@
-"""The main job end to end at its smoke size: summary, re-checked attacks, per-layer analysis."""
+"""The main job end to end at its mini size: summary, re-checked attacks, per-layer analysis."""
 
 import numpy as np
 
@@ -7,7 +7,7 @@ from tests.commandline import diffjax
 
 
 def test_main_job_runs_and_reports(tmp_path, capsys):
-    out = diffjax("run", "main", "--config=main:smoke", "--workdir", str(tmp_path))
+    out = diffjax("run", "main", "--config=main:mini", "--workdir", str(tmp_path))
     depth = configs.load("main").train.model.depth
     assert set(out["models"]) == {"vit", "diffvit"}
     for res in out["models"].values():
@@ -18,5 +18,5 @@ def test_main_job_runs_and_reports(tmp_path, capsys):
             assert a["summary"]["fooled"] == np.sum(clean & ~adv.astype(bool))
         assert len(res["layers"]) == depth
     assert "clean accuracy" in capsys.readouterr().out
-    assert (tmp_path / "figures" / "main_smoke.png").is_file()
-    assert (tmp_path / "figures" / "main_smoke.pdf").is_file()
+    assert (tmp_path / "figures" / "main_mini.png").is_file()
+    assert (tmp_path / "figures" / "main_mini.pdf").is_file()

@@ -1,4 +1,4 @@
-"""The six paper experiments at their smoke configs, run as `diffjax run NAME`: outputs,
+"""The six paper experiments at their mini configs, run as `diffjax run NAME`: outputs,
 independent re-checks of the reported numbers from the per-example records, shared zoo models,
 resume, overrides in the resolved config, figures, bad input."""
 
@@ -35,39 +35,39 @@ SCRIPTS = {
 
 
 def command(name, root, *extra):
-    return ["run", name, f"--config={name}:smoke", "--workdir", str(root), "--offline", *extra]
+    return ["run", name, f"--config={name}:mini", "--workdir", str(root), "--offline", *extra]
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     out = {name: diffjax(*command(name, root)) for name in SCRIPTS}
     return root, out
 
 
 def _saved(root, name):
-    result = json.loads((root / "results" / name / "smoke" / "results.json").read_text())
-    with open(root / "results" / name / "smoke" / "summary.csv") as f:
+    result = json.loads((root / "results" / name / "mini" / "results.json").read_text())
+    with open(root / "results" / name / "mini" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     return result, rows
 
 
-def test_every_script_writes_results_config_environment_and_csv(smoke):
-    root, out = smoke
+def test_every_script_writes_results_config_environment_and_csv(mini):
+    root, out = mini
     for name in SCRIPTS:
         result, rows = _saved(root, name)
-        assert result["experiment"] == name and result["preset"] == "smoke"
-        assert result["config"] == configs.to_dict(configs.load(f"{name}:smoke"))
+        assert result["experiment"] == name and result["preset"] == "mini"
+        assert result["config"] == configs.to_dict(configs.load(f"{name}:mini"))
         assert result["environment"]["packages"]["jax"]
         assert rows, name
         # What main() returned is what it wrote (JSON round trip).
         assert json.loads(json.dumps(out[name])) == result
 
 
-def test_asr_table_numbers_recomputed_from_the_example_records(smoke):
-    root, _ = smoke
+def test_asr_table_numbers_recomputed_from_the_example_records(mini):
+    root, _ = mini
     result, _ = _saved(root, "asr_table")
-    preset = configs.load("asr_table:smoke")
+    preset = configs.load("asr_table:mini")
     for t in result["tables"]["synthetic"].values():
         seed_parts = t["per_seed"]
         for i, eps in enumerate(preset.eps):
@@ -109,8 +109,8 @@ def test_depth_l2_for_full_asr_is_defined_only_when_every_correct_example_falls(
     assert depth.l2_for_full_asr(one_left) is None
 
 
-def test_zoo_models_are_shared_between_scripts(smoke):
-    root, _ = smoke
+def test_zoo_models_are_shared_between_scripts(mini):
+    root, _ = mini
     runs = sorted(p.name for p in (root / "runs" / "zoo" / "synthetic").iterdir())
     # asr_table trains the D=2 pair; alignment, lipschitz and lambda_training reuse it; depth
     # reuses the λ sweep's D=1 models (λ_init 0.8 is the recipe's own, so no variant). Each run
@@ -123,8 +123,8 @@ def test_zoo_models_are_shared_between_scripts(smoke):
         assert run.endswith("-" + zoo.config_hash(saved))
 
 
-def test_alignment_and_lipschitz_summaries_match_their_parts(smoke):
-    root, _ = smoke
+def test_alignment_and_lipschitz_summaries_match_their_parts(mini):
+    root, _ = mini
     result, _ = _saved(root, "alignment")
     for name, m in result["models"].items():
         for layer in m["layers"]:
@@ -144,8 +144,8 @@ def test_alignment_and_lipschitz_summaries_match_their_parts(smoke):
                                    for v, d in zip(vit, diff, strict=True)])  # fmt: skip
 
 
-def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(smoke):
-    root, _ = smoke
+def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(mini):
+    root, _ = mini
     result, rows = _saved(root, "lambda_training")
     run = result["models"]["diffvit"][0]
     assert [p["step"] for p in run["checkpoints"]] == [4, 8]  # 2 epochs of 4 steps
@@ -161,8 +161,8 @@ def test_lambda_training_reads_every_checkpoint_and_the_logged_lambdas(smoke):
     assert len(rows) == 4
 
 
-def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(smoke):
-    root, _ = smoke
+def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(mini):
+    root, _ = mini
     result, _ = _saved(root, "lambda_sweep")
     rows = {r["lambda_init"]: r for r in result["rows"]}
     assert rows[0.8]["paper_asr"] == 0.8498 and rows[None]["paper_asr"] is None
@@ -172,9 +172,9 @@ def test_lambda_sweep_sets_lambda_init_and_reports_the_paper_row(smoke):
         assert len(final) == 1 and abs(final[0] - lam) < 0.3
 
 
-def test_a_rerun_resumes_from_the_parts_and_computes_nothing(smoke, monkeypatch):
-    root, out = smoke
-    parts = sorted((root / "results").glob("*/smoke/parts/*.json"))
+def test_a_rerun_resumes_from_the_parts_and_computes_nothing(mini, monkeypatch):
+    root, out = mini
+    parts = sorted((root / "results").glob("*/mini/parts/*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}
 
     def fail(*a, **k):
@@ -189,15 +189,15 @@ def test_a_rerun_resumes_from_the_parts_and_computes_nothing(smoke, monkeypatch)
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
 
 
-def test_figures_are_drawn_from_saved_results_alone(smoke, tmp_path):
-    root, _ = smoke
+def test_figures_are_drawn_from_saved_results_alone(mini, tmp_path):
+    root, _ = mini
     # `diffjax run` drew them already; `diffjax figures` redraws them from the results alone.
     assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(
-        f"{name}_smoke.{ext}" for name in SCRIPTS for ext in ("png", "pdf"))
+        f"{name}_mini.{ext}" for name in SCRIPTS for ext in ("png", "pdf"))
     drawn = {p: p.read_bytes() for p in (root / "figures").iterdir()}
     (root / "runs").rename(tmp_path / "runs_away")  # no model can be read
     try:
-        written = diffjax("figures", "--workdir", str(root), "--preset", "smoke")
+        written = diffjax("figures", "--workdir", str(root), "--preset", "mini")
     finally:
         (tmp_path / "runs_away").rename(root / "runs")
     assert sorted(written) == sorted(str(p) for p in (root / "figures").iterdir())

@@ -67,7 +67,7 @@ def test_language_presets_convert_to_validated_training_configs():
     from diffjax.experiments import configs
     from diffjax.experiments.configs import recipes
 
-    for preset in ("smoke", "cpu", "paper", "gpu"):
+    for preset in ("mini", "cpu", "paper", "gpu"):
         config = recipes.lm_train_config(configs.load(f"language:{preset}").lm_train)
         assert isinstance(config, LMTrainConfig) and config.model.attention == "diff"
 
@@ -75,7 +75,7 @@ def test_language_presets_convert_to_validated_training_configs():
 def test_language_command_rejects_bad_configs(capsys):
     assert "language takes one of" in diffjax_error(capsys, "run", "language",
                                                     "--config=language:tiny")  # fmt: skip
-    err = diffjax_error(capsys, "run", "language", "--config=language:smoke",
+    err = diffjax_error(capsys, "run", "language", "--config=language:mini",
                         "--config.lm_train.retrieval.pairs=30",
                         "--workdir", "/tmp/unused")  # fmt: skip
     assert "pairs must be <= 26" in err

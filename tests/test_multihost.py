@@ -1,6 +1,6 @@
 """Many devices and many hosts, for real on CPU: two processes joined by ``jax.distributed``.
 
-Two local processes (2 CPU devices each, coordinator on 127.0.0.1) train the smoke recipe
+Two local processes (2 CPU devices each, coordinator on 127.0.0.1) train the mini recipe
 data-parallel over the 4 devices and attack a batch sharded over them; this test process, one
 process with 4 devices, runs the same (``tests/multihost_worker.py``). Then the checkpoints
 cross topologies: the two-process run's checkpoint is loaded and resumed in a 1-device process,

@@ -57,8 +57,8 @@ def test_certified_radius_ratio_statistics_are_the_saved_ones():
     )
 
 
-def test_smoke_preset_times_are_the_saved_measurements():
-    saved = records.read_json(ROOT / "results" / "smoke_times" / "times.json")
+def test_mini_preset_times_are_the_saved_measurements():
+    saved = records.read_json(ROOT / "results" / "mini_times" / "times.json")
     rows = ["| preset | model | wall (s) | CPU (s) | load average, start → end | compile cache |",
             "|---|---|---|---|---|---|"]  # fmt: skip
     rows += [f"| `{r['preset']}` | {r['model']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "

@@ -32,7 +32,7 @@ fault_table = table_fixture(outcome, "test_stopping")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 25 epochs of 4 steps: still running when it is stopped after its first checkpoint
-TRAIN = ["train", "--config=train:smoke", "--config.train.epochs=25", "--offline"]
+TRAIN = ["train", "--config=train:mini", "--config.train.epochs=25", "--offline"]
 
 
 def test_a_stale_lock_of_a_killed_process_is_taken_over(tmp_path):

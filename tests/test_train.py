@@ -1,4 +1,4 @@
-"""Training: loss and schedule against closed forms, sharded step, smoke run, exact resume."""
+"""Training: loss and schedule against closed forms, sharded step, mini run, exact resume."""
 
 from __future__ import annotations
 
@@ -63,14 +63,14 @@ def assert_trees_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke")
+def mini_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("mini")
     model, summary = train(CONFIG, run_dir)
     return run_dir, model, summary
 
 
-def test_smoke_run_lowers_the_loss(smoke_run):
-    run_dir, model, summary = smoke_run
+def test_mini_run_lowers_the_loss(mini_run):
+    run_dir, model, summary = mini_run
     records = read_metrics(run_dir)
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, STEPS + 1))
@@ -94,10 +94,10 @@ def test_smoke_run_lowers_the_loss(smoke_run):
     assert json.loads((run_dir / "config.json").read_text())["model"]["attention"] == "diff"
 
 
-def test_tensorboard_events_hold_the_metrics(smoke_run):
+def test_tensorboard_events_hold_the_metrics(mini_run):
     # Read back by TensorBoard's own event reader: each number of metrics.jsonl, at its step.
     ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    run_dir, _, _ = smoke_run
+    run_dir, _, _ = mini_run
     events = ea.EventAccumulator(str(run_dir))
     events.Reload()
     logged = read_metrics(run_dir)
@@ -114,8 +114,8 @@ def init_model(config: TrainConfig):
     return ViT(config.model, rngs=nnx.Rngs(config.seed))
 
 
-def test_resume_after_kill_equals_uninterrupted_run(smoke_run, tmp_path):
-    run_dir, model, summary = smoke_run
+def test_resume_after_kill_equals_uninterrupted_run(mini_run, tmp_path):
+    run_dir, model, summary = mini_run
 
     def kill_at_step_14(record):
         if record["kind"] == "train" and record["step"] == 14:
@@ -143,11 +143,11 @@ def test_resume_after_kill_equals_uninterrupted_run(smoke_run, tmp_path):
 
 # Two different programs equal to the bit: a claim about the code XLA generates by default.
 @pytest.mark.default_compiler
-def test_resident_data_trains_exactly_as_the_host_fed_path(smoke_run, tmp_path):
-    # The smoke run kept its 256 training images on the 4 devices (they fit the budget) and
+def test_resident_data_trains_exactly_as_the_host_fed_path(mini_run, tmp_path):
+    # The mini run kept its 256 training images on the 4 devices (they fit the budget) and
     # gathered each batch in the step; fed from the host, the same run sees the same batches and
     # runs the same arithmetic on the same shardings: parameters and metrics equal to the bit.
-    run_dir, model, summary = smoke_run
+    run_dir, model, summary = mini_run
     assert summary["resident_data"] is True
     host, host_summary = train(CONFIG.replace(resident_data=False, checkpoint_every_steps=0),
                                tmp_path)  # fmt: skip
@@ -171,8 +171,8 @@ def test_resident_data_is_used_where_it_fits_and_is_not_the_runs_identity(monkey
         CONFIG.replace(resident_data=1)
 
 
-def test_resume_refuses_a_different_config(smoke_run):
-    run_dir, _, _ = smoke_run
+def test_resume_refuses_a_different_config(mini_run):
+    run_dir, _, _ = mini_run
     with pytest.raises(CheckpointError, match="learning_rate"):
         train(CONFIG.replace(learning_rate=1e-2), run_dir)
 

@@ -40,10 +40,10 @@ def test_overrides_reach_the_validated_config():
         model=config.model)  # fmt: skip
 
 
-def test_a_smoke_training_run_writes_the_resolved_config(tmp_path):
+def test_a_mini_training_run_writes_the_resolved_config(tmp_path):
     summary = diffjax(
         "train",
-        "--config=train:smoke",
+        "--config=train:mini",
         "--config.train.epochs=1",
         "--config.train.model.attention=diff",
         "--workdir",
@@ -64,7 +64,7 @@ def test_a_smoke_training_run_writes_the_resolved_config(tmp_path):
     ],
 )
 def test_bad_training_configs_name_the_field(tmp_path, capsys, extra, message):
-    err = diffjax_error(capsys, "train", "--config=train:smoke", "--workdir", str(tmp_path),
+    err = diffjax_error(capsys, "train", "--config=train:mini", "--workdir", str(tmp_path),
                         *extra)  # fmt: skip
     assert message in err
 
@@ -76,5 +76,5 @@ def test_offline_dataset_exits_with_the_advice(tmp_path, capsys):
 
 
 def test_a_config_of_another_experiment_is_refused(tmp_path, capsys):
-    err = diffjax_error(capsys, "train", "--config=asr_table:smoke", "--workdir", str(tmp_path))
+    err = diffjax_error(capsys, "train", "--config=asr_table:mini", "--workdir", str(tmp_path))
     assert "not of 'train'" in err

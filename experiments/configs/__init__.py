@@ -1,10 +1,10 @@
 """Experiment configs: one file per experiment, each with ``get_config(arg)``.
 
     config = configs.load("asr_table:cpu", ["--config.seeds=(0,)"])
-    config = configs.load("experiments/configs/asr_table.py:smoke")
+    config = configs.load("experiments/configs/asr_table.py:mini")
 
 A spec is a config file path or the name of a file in this folder, optionally followed by
-``:ARG`` (the preset: ``smoke``, ``cpu``, ``paper``, …). Overrides are ``--config.FIELD=VALUE``
+``:ARG`` (the preset: ``mini``, ``cpu``, ``paper``, …). Overrides are ``--config.FIELD=VALUE``
 flags parsed by ``ml_collections.config_flags`` (the big_vision convention): the value is read as
 a Python literal of the field's type (``(0, 1)`` or ``0,1`` for tuples, ``true`` for booleans);
 ``None`` clears any field (e.g. ``--config.train.train_examples=None``: all images); an unknown

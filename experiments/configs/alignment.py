@@ -11,8 +11,8 @@ from diffjax.experiments.configs import recipes
 
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c = recipes.experiment("alignment", arg)
-    c.examples = recipes.by_preset(arg, smoke=4, cpu=64, paper=1000)
+    c.examples = recipes.by_preset(arg, mini=4, cpu=64, paper=1000)
     c.row = 0
     c.wrt = "image"
-    c.batch_size = recipes.by_preset(arg, smoke=4, cpu=8, paper=50)
+    c.batch_size = recipes.by_preset(arg, mini=4, cpu=8, paper=50)
     return c

@@ -14,23 +14,23 @@ EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c = recipes.experiment("asr_table", arg)
     p = lambda **v: recipes.by_preset(arg, **v)  # noqa: E731
-    c.datasets = p(smoke=("synthetic",), cpu=("cifar10",),
+    c.datasets = p(mini=("synthetic",), cpu=("cifar10",),
                    paper=("cifar10", "cifar100", "tiny_imagenet"))  # fmt: skip
-    c.attack_examples = p(smoke=8, cpu=300, paper=1000)
-    c.eps = p(smoke=(1 / 255, 8 / 255), cpu=EPS, paper=EPS)
-    c.pgd_steps = p(smoke=2, cpu=20, paper=50)
-    c.cw_examples = p(smoke=4, cpu=50, paper=1000)
+    c.attack_examples = p(mini=8, cpu=300, paper=1000)
+    c.eps = p(mini=(1 / 255, 8 / 255), cpu=EPS, paper=EPS)
+    c.pgd_steps = p(mini=2, cpu=20, paper=50)
+    c.cw_examples = p(mini=4, cpu=50, paper=1000)
     c.cw = p(
-        smoke=dict(binary_search_steps=2, max_iterations=5, initial_const=1.0),
+        mini=dict(binary_search_steps=2, max_iterations=5, initial_const=1.0),
         cpu=dict(binary_search_steps=4, max_iterations=50, initial_const=0.1, learning_rate=0.02),
         paper=dict(binary_search_steps=9, max_iterations=1000, initial_const=1e-3),
     )
-    c.l2_budgets = p(smoke=(0.1, 1.0), cpu=(0.05, 0.1, 0.2, 0.5), paper=(0.05, 0.1, 0.2, 0.5))
-    c.autoattack_examples = p(smoke=4, cpu=50, paper=1000)
-    c.autoattack_eps = p(smoke=(8 / 255,), cpu=(1 / 255, 4 / 255), paper=(1 / 255, 4 / 255))
+    c.l2_budgets = p(mini=(0.1, 1.0), cpu=(0.05, 0.1, 0.2, 0.5), paper=(0.05, 0.1, 0.2, 0.5))
+    c.autoattack_examples = p(mini=4, cpu=50, paper=1000)
+    c.autoattack_eps = p(mini=(8 / 255,), cpu=(1 / 255, 4 / 255), paper=(1 / 255, 4 / 255))
     # cpu: all four stages with fewer iterations, targets and queries (experiments/README.md).
     c.autoattack = p(
-        smoke=dict(steps=2, num_targets=3, square_queries=4),
+        mini=dict(steps=2, num_targets=3, square_queries=4),
         cpu=dict(steps=25, num_targets=3, square_queries=300),
         paper=dict(),
     )

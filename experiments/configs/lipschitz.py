@@ -12,10 +12,10 @@ from diffjax.experiments.configs import recipes
 def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c = recipes.experiment("lipschitz", arg)
     p = lambda **v: recipes.by_preset(arg, **v)  # noqa: E731
-    c.examples = p(smoke=4, cpu=32, paper=500)
+    c.examples = p(mini=4, cpu=32, paper=500)
     c.radius = 1e-3
-    c.samples = p(smoke=4, cpu=64, paper=1000)
-    c.pgd_steps = p(smoke=3, cpu=20, paper=50)
-    c.max_iters = p(smoke=20, cpu=60, paper=60)
-    c.batch_size = p(smoke=4, cpu=8, paper=50)
+    c.samples = p(mini=4, cpu=64, paper=1000)
+    c.pgd_steps = p(mini=3, cpu=20, paper=50)
+    c.max_iters = p(mini=20, cpu=60, paper=60)
+    c.batch_size = p(mini=4, cpu=8, paper=50)
     return c

@@ -1,7 +1,7 @@
 """The main job: ViT and DiffViT trained on the embedded CIFAR-10 sample, attacked, analysed.
 
     diffjax run main                       # the embedded default (a few minutes on 2 CPU cores)
-    diffjax run main --config=main:smoke   # the test size (minutes: mostly compilation)
+    diffjax run main --config=main:mini   # the test size (minutes: mostly compilation)
     diffjax run main --config=main:gpu --config.seed=1   # one H100/H200 (docs/accelerators.md)
 """
 
@@ -11,8 +11,8 @@ from diffjax.experiments.configs import recipes
 
 
 def get_config(arg: str = "embedded") -> ml_collections.ConfigDict:
-    if arg not in ("embedded", "smoke", "gpu"):
-        raise ValueError(f"main takes 'embedded' (default), 'smoke' or 'gpu', got {arg!r}")
+    if arg not in ("embedded", "mini", "gpu"):
+        raise ValueError(f"main takes 'embedded' (default), 'mini' or 'gpu', got {arg!r}")
     c = ml_collections.ConfigDict()
     c.experiment = "main"
     c.preset = arg
@@ -25,7 +25,7 @@ def get_config(arg: str = "embedded") -> ml_collections.ConfigDict:
     if arg == "gpu":  # the paper shape on full CIFAR-10: 1,000 attacked, 64 analysed images
         c.attack_examples = 1000
         c.analysis_examples = 64
-    if arg == "smoke":
+    if arg == "mini":
         c.train.epochs = 1
         c.train.warmup_epochs = 0.5
         c.train.train_examples = 256

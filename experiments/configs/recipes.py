@@ -11,7 +11,7 @@ recipe does not set keep the dataclasses' defaults.
 
 | preset     | model              | data                          | epochs | wall (2-core CPU)  |
 |------------|--------------------|-------------------------------|--------|--------------------|
-| `smoke`    | Pico/16, depth 2   | 128 synthetic images          | 2      | compile-bound      |
+| `mini`    | Pico/16, depth 2   | 128 synthetic images          | 2      | compile-bound      |
 | `embedded` | Nano/4, depth 3    | the 5,000 embedded images     | 12     | ~1 min per model   |
 | `cpu`      | Nano/4, depth 4    | 10,000 CIFAR-10 images        | 4      | ~2 min per model   |
 | `paper`    | S/4 (dropout 0.1)  | all 50,000 CIFAR-10 images    | 200    | GPU                |
@@ -30,7 +30,7 @@ from diffjax.experiments import configs
 from diffjax.lm_config import LMConfig, LMTrainConfig, RetrievalTask
 
 RECIPES: dict[str, dict] = {
-    "smoke": dict(
+    "mini": dict(
         model=("Pico/16", {}),
         dataset="synthetic",
         epochs=2,
@@ -99,7 +99,7 @@ RECIPES: dict[str, dict] = {
 
 
 def training(preset: str, **changes) -> ml_collections.ConfigDict:
-    """The training recipe ``preset`` (``smoke``, ``embedded``, ``cpu``, ``paper``, ``gpu``).
+    """The training recipe ``preset`` (``mini``, ``embedded``, ``cpu``, ``paper``, ``gpu``).
 
     Args:
       preset: the recipe's name.
@@ -136,13 +136,13 @@ def train_config(cd: ml_collections.ConfigDict) -> TrainConfig:
     return TrainConfig(**{**d, "model": model_config(cd.model)})
 
 
-PAPER_PRESETS = ("smoke", "cpu", "paper", "gpu")
+PAPER_PRESETS = ("mini", "cpu", "paper", "gpu")
 
 
 def experiment(name: str, preset: str) -> ml_collections.ConfigDict:
     """The fields every paper experiment shares: its name, preset and zoo training recipe.
 
-    ``smoke`` runs on synthetic data (the tests); ``cpu``, ``paper`` and ``gpu`` on CIFAR-10.
+    ``mini`` runs on synthetic data (the tests); ``cpu``, ``paper`` and ``gpu`` on CIFAR-10.
     ``gpu`` trains 2 seeds (the 10-minute budget of docs/accelerators.md), the others 3.
     """
     if preset not in PAPER_PRESETS:
@@ -151,8 +151,8 @@ def experiment(name: str, preset: str) -> ml_collections.ConfigDict:
     c.experiment = name
     c.preset = preset
     c.train = training(preset)
-    c.seeds = {"smoke": (0,), "gpu": (0, 1)}.get(preset, (0, 1, 2))
-    c.batch_size = {"smoke": 8, "cpu": 100, "paper": 250, "gpu": 1000}[preset]
+    c.seeds = {"mini": (0,), "gpu": (0, 1)}.get(preset, (0, 1, 2))
+    c.batch_size = {"mini": 8, "cpu": 100, "paper": 250, "gpu": 1000}[preset]
     return c
 
 
@@ -170,7 +170,7 @@ def by_preset(preset: str, **values):
 # recipe; ``attention`` is set per model by the experiment. Steps are sized from a measured
 # ~10 steps/s of the cpu shape on the loaded 2-core CPU (both models in about 6 minutes).
 LM_RECIPES: dict[str, dict] = {
-    "smoke": dict(
+    "mini": dict(
         model=dict(width=16, depth=1, num_heads=2, max_len=64),
         seq_len=32, retrieval=dict(pairs=2, filler=4), steps=6, batch_size=8,
         warmup_steps=2, eval_every_steps=6, eval_windows=16, eval_retrieval=16,
@@ -193,7 +193,7 @@ LM_RECIPES: dict[str, dict] = {
 
 
 def lm_training(preset: str) -> ml_collections.ConfigDict:
-    """The language-model recipe ``preset`` (``smoke``, ``cpu``, ``paper``; ``gpu`` = paper)
+    """The language-model recipe ``preset`` (``mini``, ``cpu``, ``paper``; ``gpu`` = paper)
     as a ConfigDict of every :class:`~diffjax.lm_config.LMTrainConfig` field."""
     preset = "paper" if preset == "gpu" else preset
     if preset not in LM_RECIPES:

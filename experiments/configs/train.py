@@ -18,7 +18,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.experiment = "train"
     c.preset = arg
     c.train = recipes.training(arg)
-    if arg == "smoke":
+    if arg == "mini":
         c.train.checkpoint_every_steps = 4
     c.train_split = "train"
     c.test_split = "test"
