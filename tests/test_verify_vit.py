@@ -9,8 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+import diffjax as dj
 from diffjax import verify
+from diffjax.analysis import with_dtype
 from tests.analysis_models import tiny
 
 EPS = {"linf": 2e-3, "l2": 1e-2}
@@ -153,3 +156,51 @@ def test_float32_path_is_close_at_a_point_and_below_the_adversary():
                                             precision="float32")  # fmt: skip
     np.testing.assert_allclose(np.asarray(at0), margins, atol=1e-4)
     assert np.all(np.asarray(at_eps) <= found + 1e-6)
+
+
+def test_bisect_traces_its_certificate_once_and_reaches_the_grid_point_below_each_threshold():
+    hi, steps = 0.05, 9
+    h = hi / 2**steps
+    t = np.array([0.0, 7 * h, 0.0123, 0.0371, hi, 2 * hi, -1.0])
+    calls = []
+
+    def radius(threshold):
+        def certified(eps):
+            calls.append(eps)
+            return eps <= threshold
+
+        return verify.bisect(certified, jnp.asarray(hi), steps)
+
+    with jax.enable_x64():
+        r = np.asarray(jax.jit(jax.vmap(radius))(jnp.asarray(t)))
+    # One call site: one copy of the certificate's program for XLA to compile.
+    assert len(calls) == 1
+    # In closed form: the largest multiple of h that is ≤ t below hi; hi where t ≥ hi; 0 where
+    # not even ε = 0 is certified.
+    expected = np.where(t < 0, 0.0, np.where(t >= hi, hi, np.floor(t / h) * h))
+    np.testing.assert_allclose(r, expected, rtol=1e-12, atol=0)
+
+
+def test_compiled_programs_are_cached_per_parameters_and_the_options_they_read(monkeypatch):
+    built = []
+
+    def build(model, kind, **options):
+        built.append((kind, options["method"], options["alpha_steps"]))
+        return lambda images, *_: jnp.zeros(images.shape[0])
+
+    monkeypatch.setattr(verify, "_build", build)
+    with jax.enable_x64():
+        model = with_dtype(dj.ViT(dj.preset("tiny", depth=1), rngs=nnx.Rngs(0)), "float64")
+        x, y = jnp.zeros((1, 8, 8, 3)), jnp.zeros(1, int)
+        for steps in (8, 20):  # CROWN reads no alpha options: one program
+            verify.margin_lower_bounds(model, x, y, 0.0, method="crown", alpha_steps=steps)
+        verify.certified_radius(model, x, y, method="crown")
+        verify.margin_lower_bounds(model, x, y, 0.0, method="crown")  # still cached
+        for steps in (8, 20):  # alpha-CROWN does: two
+            verify.margin_lower_bounds(model, x, y, 0.0, method="alpha-crown", alpha_steps=steps)
+        assert built == [("margins", "crown", 8), ("radius", "crown", 20),
+                         ("margins", "alpha-crown", 8), ("margins", "alpha-crown", 20)]  # fmt: skip
+        head = model.head
+        head.kernel[...] = head.kernel[...] + 1.0  # new parameters: rebuilt, the old ones dropped
+        verify.margin_lower_bounds(model, x, y, 0.0, method="crown")
+        assert built[4:] == [("margins", "crown", 20)] and len(verify._CACHE[model]) == 1
