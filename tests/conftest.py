@@ -8,10 +8,8 @@ pytest at XLA's default optimisation level instead.
 
 import gc
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import jax
 import pytest
@@ -30,28 +28,6 @@ if OPT_FLAG not in os.environ.get("XLA_FLAGS", ""):
 
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("DIFFJAX_TEST_DEVICES", "4")))
 jax.config.update("jax_default_matmul_precision", "highest")
-
-# Many tests compile the same programs: the mini experiments train and attack the same small
-# models, each CLI run jits fresh closures, and the in-memory cache is dropped after every module
-# (below). One persistent compilation cache per test session, made by the first process (pytest
-# itself, before it starts its xdist workers) and inherited through the environment by the
-# workers and every process a test starts, compiles each program once. A compiled program is the
-# same executable whether compiled or read back (the key holds the XLA flags and the devices).
-CACHE = "JAX_COMPILATION_CACHE_DIR"
-MADE_CACHE = not os.environ.get(CACHE)
-if MADE_CACHE:
-    os.environ[CACHE] = tempfile.mkdtemp(prefix="diffjax-test-xla-cache-")
-# Programs that compile in under half a second are not worth a file each.
-MIN_TIME = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-os.environ.setdefault(MIN_TIME, "0.5")
-jax.config.update("jax_compilation_cache_dir", os.environ[CACHE])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ[MIN_TIME]))
-
-
-def pytest_unconfigure(config):
-    if MADE_CACHE:
-        shutil.rmtree(os.environ[CACHE], ignore_errors=True)
-
 
 # The files that take a minute or more on 2 cores (--durations), slowest first. They start
 # before all others: with --dist loadfile a file runs on one worker, and xdist hands out files in
