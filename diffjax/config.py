@@ -416,9 +416,11 @@ SIZES: dict[str, tuple[int, int, int, float]] = {
 NOT_IDENTITY = ("resident_data",)
 # TrainConfig fields added after the first release: serialised only when they differ from their
 # defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
-OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples",
-                   "robust_training", "robust_eps", "robust_warmup_epochs", "robust_ramp_epochs",
-                   "robust_kappa_start", "robust_kappa_end", "pgd_steps", "pgd_step_size")  # fmt: skip
+OPTIONAL_FIELDS = (
+    "noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples",
+    "robust_training", "robust_eps", "robust_warmup_epochs", "robust_ramp_epochs",
+    "robust_kappa_start", "robust_kappa_end", "pgd_steps", "pgd_step_size",
+)  # fmt: skip
 # TrainConfig.robust_training: natural, adversarial (Madry et al. 2018) or certified training
 # (Gowal et al. 2018's IBP, Zhang et al. 2020's CROWN-IBP).
 ROBUST_TRAINING = ("none", "pgd", "ibp", "crown-ibp")
@@ -492,9 +494,10 @@ class TrainConfig:
       pgd_step_size: PGD's step α; ``None``: 2.5·ε/steps at the step's ε (Madry et al.).
 
     Fields added after the first release (``noise_sigma``, the ``lipschitz_*``, ``robust_*``
-    and ``pgd_*`` ones, :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at their defaults, so a
-    config that does not use them serialises, and hashes (``experiments/zoo.py``), exactly
-    as before they existed, and old ``config.json`` files load.
+    and ``pgd_*`` ones, :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at
+    their defaults, so a config that does not use them serialises, and hashes
+    (``experiments/zoo.py``), exactly as before they existed, and old ``config.json`` files
+    load.
     """
 
     model: ViTConfig = ViTConfig()

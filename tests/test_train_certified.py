@@ -130,6 +130,12 @@ def numpy_ibp_margins(model, x, label, eps):
     return low
 
 
+def numpy_ibp_batch(model, images, labels, eps):
+    """[B, K]: :func:`numpy_ibp_margins` of every image."""
+    pairs = zip(np.asarray(images), np.asarray(labels), strict=True)
+    return np.stack([numpy_ibp_margins(model, x, int(c), eps) for x, c in pairs])
+
+
 def _ce(logits, labels, smoothing):
     k = logits.shape[-1]
     targets = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
@@ -147,7 +153,7 @@ def test_ibp_margins_equal_a_numpy_interval_computation():
         x = _images()
         labels = _labels(model, x)
         low = np.asarray(verify.training_margins(model, x, labels, EPS))
-    want = np.stack([numpy_ibp_margins(model, xi, int(c), EPS) for xi, c in zip(x, labels)])
+    want = numpy_ibp_batch(model, x, labels, EPS)
     assert np.all(np.isfinite(want)) and np.any(want < 0)  # a bound, not the clean margin
     # The verifier widens every interval by its rounding slack, 2⁻⁴⁰ relative.
     np.testing.assert_allclose(low, want, rtol=1e-9, atol=1e-12)
@@ -171,9 +177,9 @@ def test_bound_gradient_matches_central_finite_differences(beta):
         leaves, tree = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(3), len(leaves))
         v = jax.tree.unflatten(tree, [jax.random.normal(k, a.shape, a.dtype)
-                                      for k, a in zip(keys, leaves)])  # fmt: skip
+                                      for k, a in zip(keys, leaves, strict=True)])  # fmt: skip
         grad = jax.jit(jax.grad(total))(params)
-        slope = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v)))
+        slope = sum(map(jnp.vdot, jax.tree.leaves(grad), jax.tree.leaves(v)))
         h = 1e-6
         f = jax.jit(lambda t: total(jax.tree.map(lambda a, d: a + t * d, params, v)))
         fd = (f(h) - f(-h)) / (2 * h)
@@ -248,7 +254,7 @@ def test_ibp_step_loss_equals_the_numpy_interval_loss():
     _, metrics = train_step(state, images, labels, config=config, steps_per_epoch=SPE)
     x = np.asarray(to_unit_range(images), np.float64)
     y = np.asarray(labels)
-    robust = -np.stack([numpy_ibp_margins(model, xi, int(c), EPS) for xi, c in zip(x, y)])
+    robust = -numpy_ibp_batch(model, x, y, EPS)
     want = _ce(robust, y, 0.1)
     np.testing.assert_allclose(metrics["robust_loss"], want, rtol=1e-4)
     model = nnx.merge(nnx.graphdef(model), jax.tree.map(jnp.asarray, nnx.state(model)))
