@@ -357,7 +357,10 @@ def train_step(
       (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
       batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
       With ``lipschitz_penalty`` also ``attention_sigma``, the mean σ̂ of
-      :func:`attention_sigmas` (the objective is loss + β · attention_sigma).
+      :func:`attention_sigmas` (the objective is loss + β · attention_sigma). With
+      ``robust_training``, ``loss`` is κ·CE(natural) + (1 − κ)·CE(robust) and the metrics add
+      ``robust_loss``, ``robust_accuracy`` (argmax of the robust logits is the label),
+      ``robust_eps``, ``kappa`` and (CROWN-IBP) ``beta`` of :func:`robust_schedule`.
     """
     return _step(state, images, labels, config, steps_per_epoch)
 

@@ -155,11 +155,15 @@ def _is_gelu(eqn) -> bool:
         return False
     if not all(map(_concrete, consts)):
         return False
-    x = np.linspace(-8.0, 8.0, 1601)
+    # On the grid in the body's own dtype (a float32 model's, in training), to its precision.
+    dtype = body.invars[0].aval.dtype
+    eps = float(np.finfo(dtype).eps)
     with jax.ensure_compile_time_eval(), jax.enable_x64():
-        (y,) = core.jaxpr_as_fun(core.ClosedJaxpr(body, consts))(jnp.asarray(x))
-        want = ops.Gelu().f(jnp.asarray(x))
-    return bool(np.allclose(np.asarray(y), np.asarray(want), rtol=1e-12, atol=1e-14))
+        x = jnp.linspace(-8.0, 8.0, 1601, dtype=dtype)
+        (y,) = core.jaxpr_as_fun(core.ClosedJaxpr(body, consts))(x)
+        want = ops.Gelu().f(x.astype(jnp.float64))
+    return bool(np.allclose(np.asarray(y, np.float64), np.asarray(want), rtol=1e4 * eps,
+                            atol=1e2 * eps))  # fmt: skip
 
 
 class _Tracer:
