@@ -12,6 +12,8 @@ import math
 import numbers
 from typing import Any, Literal
 
+from diffjax.attack_config import check_eps
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -414,7 +416,14 @@ SIZES: dict[str, tuple[int, int, int, float]] = {
 NOT_IDENTITY = ("resident_data",)
 # TrainConfig fields added after the first release: serialised only when they differ from their
 # defaults, so the configs (and zoo hashes) of runs that do not use them are unchanged.
-OPTIONAL_FIELDS = ("noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples")
+OPTIONAL_FIELDS = (
+    "noise_sigma", "lipschitz_penalty", "lipschitz_iters", "lipschitz_examples",
+    "robust_training", "robust_eps", "robust_warmup_epochs", "robust_ramp_epochs",
+    "robust_kappa_start", "robust_kappa_end", "pgd_steps", "pgd_step_size",
+)  # fmt: skip
+# TrainConfig.robust_training: natural, adversarial (Madry et al. 2018) or certified training
+# (Gowal et al. 2018's IBP, Zhang et al. 2020's CROWN-IBP).
+ROBUST_TRAINING = ("none", "pgd", "ibp", "crown-ibp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,11 +472,32 @@ class TrainConfig:
         from the step's key every step; the vector used has ``lipschitz_iters − 1``
         refinements).
       lipschitz_examples: images of the batch whose layers are penalised (≤ batch_size).
+      robust_training: ``"none"``; ``"pgd"`` (Madry et al. 2018: the robust logits are the
+        model's at the PGD example of :func:`diffjax.attacks.pgd`, random start, cross-entropy
+        loss); ``"ibp"`` (Gowal et al. 2018) or ``"crown-ibp"`` (Zhang et al. 2020): the robust
+        logits are −(lower bounds of z_c − z_j) over the ℓ∞ ball ∩ [0, 1]^d (0 at the label),
+        from :func:`diffjax.verify.training_margins` on the model in evaluation mode (BatchNorm's
+        running statistics), differentiated through. The loss is
+        κ·CE(natural logits) + (1 − κ)·CE(robust logits) (both with ``label_smoothing``).
+        The bounds need a model the verifier models (ReLU, BatchNorm and mean pooling keep them
+        tight: LayerNorm's 1/σ is unbounded near σ = 0) and the per-layer layout.
+      robust_eps: the ℓ∞ radius trained for, on the [0, 1] pixel scale (≤ 1: 2/255, not 2).
+      robust_warmup_epochs: epochs at ε = 0 first (natural training, the step of
+        ``robust_training="none"`` exactly).
+      robust_ramp_epochs: then ε grows linearly from 0 to ``robust_eps`` over these epochs
+        (κ from ``robust_kappa_start`` to ``robust_kappa_end`` and CROWN-IBP's β from 1 to 0
+        alongside, as in Zhang et al. 2020), and stays there to the end. The step's ε, κ and β
+        are functions of the step number (:func:`diffjax.train.robust_schedule`).
+      robust_kappa_start, robust_kappa_end: the natural loss's weight κ in [0, 1] before and
+        after the ramp (Gowal et al.: 1 → 0.5; Zhang et al.: 1 → 0 (CIFAR-10)).
+      pgd_steps: PGD steps per training example (``robust_training="pgd"``).
+      pgd_step_size: PGD's step α; ``None``: 2.5·ε/steps at the step's ε (Madry et al.).
 
-    Fields added after the first release (``noise_sigma`` and the ``lipschitz_*`` ones,
-    :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at their defaults, so a
-    config that does not use them serialises, and hashes (``experiments/zoo.py``), exactly
-    as before they existed, and old ``config.json`` files load.
+    Fields added after the first release (``noise_sigma``, the ``lipschitz_*``, ``robust_*``
+    and ``pgd_*`` ones, :data:`OPTIONAL_FIELDS`) are left out of :meth:`to_dict` while at
+    their defaults, so a config that does not use them serialises, and hashes
+    (``experiments/zoo.py``), exactly as before they existed, and old ``config.json`` files
+    load.
     """
 
     model: ViTConfig = ViTConfig()
@@ -497,6 +527,14 @@ class TrainConfig:
     lipschitz_penalty: float = 0.0
     lipschitz_iters: int = 3
     lipschitz_examples: int = 4
+    robust_training: str = "none"
+    robust_eps: float = 0.0
+    robust_warmup_epochs: float = 0.0
+    robust_ramp_epochs: float = 0.0
+    robust_kappa_start: float = 1.0
+    robust_kappa_end: float = 0.0
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, ViTConfig):
@@ -560,6 +598,46 @@ class TrainConfig:
                     f"{self.model.norm!r}): BatchNorm's batch statistics couple the penalised "
                     "images and its running statistics would be updated twice per step"
                 )
+        self._check_robust()
+
+    def _check_robust(self) -> None:
+        if self.robust_training not in ROBUST_TRAINING:
+            raise ValueError(
+                f"robust_training must be one of {ROBUST_TRAINING}, got {self.robust_training!r}"
+            )
+        check_number("robust_eps", self.robust_eps, 0)
+        try:
+            check_eps(self.robust_eps, "linf")
+        except ValueError as e:  # its message names ε, not the field
+            raise ValueError(f"robust_eps: {e}") from None
+        check_number("robust_warmup_epochs", self.robust_warmup_epochs, 0, self.epochs)
+        check_number("robust_ramp_epochs", self.robust_ramp_epochs, 0)
+        if self.robust_warmup_epochs + self.robust_ramp_epochs > self.epochs:
+            raise ValueError(
+                f"robust_warmup_epochs + robust_ramp_epochs ({self.robust_warmup_epochs} + "
+                f"{self.robust_ramp_epochs}) exceed epochs ({self.epochs}): the ramp would not "
+                "reach robust_eps"
+            )
+        check_number("robust_kappa_start", self.robust_kappa_start, 0, 1)
+        check_number("robust_kappa_end", self.robust_kappa_end, 0, 1)
+        check_int("pgd_steps", self.pgd_steps, 1)
+        if self.pgd_step_size is not None:
+            check_number("pgd_step_size", self.pgd_step_size, 0, low_open=True)
+        if self.robust_training == "none":
+            return
+        if self.noise_sigma > 0:
+            raise ValueError(
+                f"robust_training={self.robust_training!r} trains for the ε-ball ∩ [0, 1]^d "
+                "around each image; noise_sigma > 0 moves the images out of [0, 1]: use one"
+            )
+        if self.robust_training in ("ibp", "crown-ibp") and (
+            self.model.scan_layers or self.model.remat
+        ):
+            raise ValueError(
+                f"robust_training={self.robust_training!r} bounds the per-layer model without "
+                "remat (the verifier traces it): set model.scan_layers=False and "
+                "model.remat=False"
+            )
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -40,8 +40,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from diffjax import records, sharding
+from diffjax import records, sharding, verify
 from diffjax.analysis.lipschitz import top_singular_values
+from diffjax.attack_config import PGDConfig
+from diffjax.attacks import pgd
+from diffjax.attacks.interface import model_function
 from diffjax.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -76,7 +79,7 @@ RESIDENT_DATA_BYTES = 1 << 30
 # fold_in tags of the step key's extra streams (the augmentation/dropout split is unchanged).
 # Not 0 or 1: with JAX's partitionable threefry, fold_in(key, i) is split(key)[i], so tag 1
 # would be the dropout key itself.
-NOISE_STREAM, POWER_STREAM = 3, 2
+NOISE_STREAM, POWER_STREAM, PGD_STREAM = 3, 2, 4
 
 
 def fit_to_data(config: TrainConfig, dataset: Dataset) -> TrainConfig:
@@ -216,6 +219,46 @@ def attention_sigmas(model: ViT, x: jax.Array, key: jax.Array, iters: int) -> ja
     return jnp.stack(sigmas)
 
 
+def robust_schedule(config: TrainConfig, steps_per_epoch: int, step: jax.Array):
+    """(ε, κ, β) of the step that starts at ``step`` (0-based; may be traced).
+
+    ε = 0 for the first ``robust_warmup_epochs``, then grows linearly to ``robust_eps`` over
+    ``robust_ramp_epochs`` and stays there; κ (the natural loss's weight) goes from
+    ``robust_kappa_start`` to ``robust_kappa_end`` and CROWN-IBP's β from 1 to 0 over the
+    same ramp (Zhang et al. 2020). Functions of the step alone, so a resumed run trains
+    exactly as an uninterrupted one. Float32 scalars.
+    """
+    warmup = config.robust_warmup_epochs * steps_per_epoch
+    ramp = config.robust_ramp_epochs * steps_per_epoch
+    t = jnp.asarray(step, jnp.float32) - warmup
+    progress = jnp.clip(t / ramp, 0.0, 1.0) if ramp > 0 else (t >= 0).astype(jnp.float32)
+    eps = jnp.where(t >= 0, config.robust_eps * progress, 0.0)
+    kappa = config.robust_kappa_start + (config.robust_kappa_end - config.robust_kappa_start) * (
+        progress
+    )
+    return eps, kappa, 1.0 - progress
+
+
+def robust_logits(model: ViT, x: jax.Array, labels: jax.Array, eps: jax.Array, beta: jax.Array,
+                  key: jax.Array, config: TrainConfig) -> jax.Array:  # fmt: skip
+    """The logits the robust loss reads, [B, K], for ``config.robust_training``.
+
+    ``"pgd"``: the model's logits at the PGD example (gradient-stopped parameters for the
+    attack, then the logits with gradients); ``"ibp"``/``"crown-ibp"``: −(lower bounds of
+    z_c − z_j) over B∞(x, ε) ∩ [0, 1]^d, 0 at the label (CE of these is an upper bound of the
+    worst-case CE over the ball). ``model`` is in evaluation mode.
+    """
+    if config.robust_training == "pgd":
+        attack = PGDConfig(eps=config.robust_eps, steps=config.pgd_steps,
+                           step_size=config.pgd_step_size)  # fmt: skip
+        fn = model_function(_frozen(model))
+        eps_b = jnp.full(x.shape[0], eps, jnp.float32)
+        adv = pgd(fn, x, labels, key, attack, eps=eps_b, compact=False).adv_images
+        return model(jax.lax.stop_gradient(adv))
+    beta = beta if config.robust_training == "crown-ibp" else None
+    return -verify.training_margins(model, x, labels, eps, beta)
+
+
 def _step(
     state: TrainState,
     images: jax.Array,
@@ -236,6 +279,26 @@ def _step(
     # without BatchNorm) are what the training-mode forward pass leaves in the model.
     params, stats = state.params.filter(nnx.Param), state.params.filter(nnx.BatchStat)
 
+    def robust_loss(params, logits, natural):
+        """κ·natural + (1 − κ)·CE(robust logits) and the metrics; at ε = 0 the natural loss
+        and logits themselves (the natural step exactly, no bound computed)."""
+        eps, kappa, beta = robust_schedule(config, steps_per_epoch, state.step)
+
+        def robust():
+            model = nnx.merge(graphdef, params, stats, copy=True)
+            model.eval()  # the bounds are of the model as certified: running statistics
+            z = robust_logits(model, x, labels, eps, beta,
+                              jax.random.fold_in(key, PGD_STREAM), config)  # fmt: skip
+            ce = smoothed_cross_entropy(z, labels, config.label_smoothing).mean()
+            return kappa * natural + (1 - kappa) * ce, ce, z
+
+        loss, ce, z = jax.lax.cond(eps > 0, robust, lambda: (natural, natural, logits))
+        metrics = {"robust_loss": ce, "robust_accuracy": jnp.mean(jnp.argmax(z, -1) == labels),
+                   "robust_eps": eps, "kappa": kappa}  # fmt: skip
+        if config.robust_training == "crown-ibp":
+            metrics["beta"] = beta
+        return loss, metrics
+
     def loss_fn(params):
         # copy: the statistics' variables are made inside this trace, where BatchNorm sets them.
         model = nnx.merge(graphdef, params, stats, copy=True)
@@ -244,6 +307,8 @@ def _step(
         logits = model(x, rngs=rngs)
         loss = smoothed_cross_entropy(logits, labels, config.label_smoothing).mean()
         aux = {"logits": logits, "stats": nnx.state(model, nnx.BatchStat)}
+        if config.robust_training != "none":
+            loss, aux["robust"] = robust_loss(params, logits, loss)
         objective = loss
         if config.lipschitz_penalty > 0:
             sigma = attention_sigmas(
@@ -256,6 +321,7 @@ def _step(
 
     (_, (loss, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     logits, stats = aux.pop("logits"), aux.pop("stats")
+    aux.update(aux.pop("robust", {}))
     tx = make_optimizer(config, steps_per_epoch)
     updates, opt_state = tx.update(grads, state.opt_state, params)
     params = nnx.merge_state(optax.apply_updates(params, updates), stats)
@@ -291,7 +357,10 @@ def train_step(
       (new state, metrics): ``loss`` (smoothed cross-entropy), ``accuracy`` (on the augmented
       batch), ``grad_norm`` (before clipping), ``learning_rate`` (used by this step); scalars.
       With ``lipschitz_penalty`` also ``attention_sigma``, the mean σ̂ of
-      :func:`attention_sigmas` (the objective is loss + β · attention_sigma).
+      :func:`attention_sigmas` (the objective is loss + β · attention_sigma). With
+      ``robust_training``, ``loss`` is κ·CE(natural) + (1 − κ)·CE(robust) and the metrics add
+      ``robust_loss``, ``robust_accuracy`` (argmax of the robust logits is the label),
+      ``robust_eps``, ``kappa`` and (CROWN-IBP) ``beta`` of :func:`robust_schedule`.
     """
     return _step(state, images, labels, config, steps_per_epoch)
 
@@ -526,6 +595,8 @@ def train(
     if config.test_examples is not None:
         test_data = test_data.take(config.test_examples)
     _check_data(config, train_data, test_data)
+    if config.robust_training in ("ibp", "crown-ibp"):
+        verify.check_trainable(config.model)  # the verifier's own refusal, before any step
     mesh = sharding.data_mesh(devices)
     rows = sharding.process_rows(config.batch_size, mesh)
     sharding.local_batch_size(config.eval_batch_size, mesh)

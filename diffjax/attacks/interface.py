@@ -34,7 +34,6 @@ from diffjax.attack_config import (  # noqa: F401 (the attacks validate with itf
     check_norm,
     check_positive,
 )
-from diffjax.vit import functional
 
 Array = jax.Array
 ModelFn = Callable[[Array], Array]
@@ -70,10 +69,16 @@ class AttackResult:
 
 
 def model_function(model: nnx.Module) -> jax.tree_util.Partial:
-    """An NNX classifier as a model function whose parameters are pytree leaves (not constants
-    baked into the compiled attack), in evaluation mode (no dropout)."""
-    apply, params = functional(model)
-    return jax.tree_util.Partial(apply, params)
+    """An NNX classifier as a model function whose state (parameters, BatchNorm's statistics)
+    is pytree leaves, not constants baked into the compiled attack (inside a caller's jit, such
+    as adversarial training's step, they are that trace's values); in evaluation mode (no
+    dropout)."""
+    graphdef, state = nnx.split(model)
+
+    def apply(state, images):
+        return nnx.merge(graphdef, state)(images)
+
+    return jax.tree_util.Partial(apply, state)
 
 
 def succeeded(logits: Array, label: Array, target: Array, targeted: bool) -> Array:

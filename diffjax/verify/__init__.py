@@ -30,6 +30,19 @@ PRECISIONS = ("float64", "float32")
 
 
 def _check_model(model) -> None:
+    _check_layout(model)
+    c = model.config
+    if c.dtype != "float64":
+        raise ValueError(
+            f"diffjax.verify bounds the float64 model, this one computes in {c.dtype}: use "
+            "diffjax.analysis.with_dtype(model, 'float64') (inside jax.enable_x64)"
+        )
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("diffjax.verify needs jax_enable_x64 (e.g. `with jax.enable_x64():`)")
+
+
+def _check_layout(model) -> None:
+    """A diffjax ViT whose program can be traced: the per-layer model, without remat."""
     from diffjax.vit import ViT
 
     if not isinstance(model, ViT):
@@ -46,13 +59,6 @@ def _check_model(model) -> None:
             "run under jax.make_jaxpr); remat changes no value: verify the same parameters in a "
             "model built with remat=False"
         )
-    if c.dtype != "float64":
-        raise ValueError(
-            f"diffjax.verify bounds the float64 model, this one computes in {c.dtype}: use "
-            "diffjax.analysis.with_dtype(model, 'float64') (inside jax.enable_x64)"
-        )
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError("diffjax.verify needs jax_enable_x64 (e.g. `with jax.enable_x64():`)")
 
 
 def _check_options(norm, method, precision, alpha_steps, alpha_lr) -> None:
@@ -239,8 +245,81 @@ def certified_radius(model, images, labels, norm: str = "linf", method: str = "c
     )
 
 
+def training_program(model) -> Program:
+    """The :class:`~diffjax.verify.program.Program` of ``model`` in its own dtype (float32),
+    traced where it is called: inside a ``jit``/``grad`` over the parameters it closes over
+    their tracers, so bounds computed from it are differentiable in the parameters.
+
+    Raises the verifier's ValueError for anything it does not model (a primitive, a
+    ``scan_layers`` or ``remat`` model, a bfloat16 conversion).
+    """
+    _check_layout(model)
+    c = model.config
+    dtype = jnp.dtype(c.accum_dtype)
+    return trace(image_fn(model), jnp.zeros((c.image_size, c.image_size, c.channels), dtype),
+                 dtype)  # fmt: skip
+
+
+def check_trainable(config) -> None:
+    """Raise the verifier's own error if it refuses the model of ``config`` (a ViTConfig).
+
+    Traces a model of that config abstractly (``jax.eval_shape``: no parameter is made), in
+    evaluation mode, as certified training bounds it.
+    """
+    from flax import nnx
+
+    from diffjax.vit import ViT
+
+    def probe():
+        model = ViT(config, rngs=nnx.Rngs(0))
+        model.eval()
+        training_program(model)
+        return jnp.zeros(())
+
+    jax.eval_shape(probe)
+
+
+def training_margins(model, images, labels, eps, beta=None):
+    """Lower bounds of the logit margins over B∞(x, eps) ∩ [0, 1]^d for certified training:
+    IBP (``beta`` None) or β·CROWN-IBP + (1 − β)·IBP (Zhang et al. 2020).
+
+    Differentiable in the model's parameters (call it inside the training step's jit), in the
+    model's dtype and without rounding slack: the numbers a loss needs, not certificates
+    (certify with :func:`margin_lower_bounds`). ``beta == 0`` skips the CROWN-IBP pass.
+
+    Args:
+      model: a per-layer float32 :class:`diffjax.vit.ViT` in evaluation mode.
+      images: [B, H, W, C] pixels in [0, 1].
+      labels: [B] integer classes c.
+      eps: scalar ℓ∞ radius (pixel units), may be traced.
+      beta: None, or a scalar in [0, 1] (may be traced).
+
+    Returns:
+      [B, K]: lower bounds of z_c − z_j (column c is 0).
+    """
+    prog = training_program(model)
+    dtype = jnp.dtype(model.config.accum_dtype)
+    eps = jnp.asarray(eps, dtype)
+
+    def sets(x):
+        return engine.input_set(x.astype(dtype), eps, "linf")
+
+    def ibp(x, label):
+        return engine.margin_bounds(prog, sets(x), label, "ibp", 0.0)
+
+    if beta is None:
+        return jax.vmap(ibp)(images, labels)
+
+    def mixed(x, label):
+        low_ibp, low_crown = engine.ibp_and_crown_ibp(prog, sets(x), label, 0.0)
+        return beta * low_crown + (1 - beta) * low_ibp
+
+    return jax.lax.cond(beta > 0, jax.vmap(mixed), jax.vmap(ibp), images, labels)
+
+
 # The Lipschitz bounds use the checks and the cache above.
 from diffjax.verify.lipschitz import attention_lipschitz_bound, margin_gradient_bounds  # noqa: E402
 
 __all__ = ["METHODS", "NORMS", "attention_lipschitz_bound", "bisect", "certified_radius",
-           "margin_gradient_bounds", "margin_lower_bounds", "program"]  # fmt: skip
+           "check_trainable", "margin_gradient_bounds", "margin_lower_bounds", "program",
+           "training_margins", "training_program"]  # fmt: skip
