@@ -179,3 +179,45 @@ def test_linear_backward_is_the_exact_transpose_and_interval_contains():
             y = ly + rng.uniform(0, 1, ly.shape) * (uy - ly)
             z = np.asarray(fn(x, y))
             assert np.all(z >= ilo) and np.all(z <= ihi)
+
+
+def _sum_exp_diff_case(rng, rows=5, heads=2, n=4):
+    """Boxes of z [heads, n] (the softmax axis last), t's bounds from them, points, Λ."""
+    centre = rng.normal(0, 2, (heads, n))
+    width = 10.0 ** rng.uniform(-6, 0.5, (heads, n))
+    zlo, zhi = centre - width, centre + width
+    tlo = zlo[:, None, :] - zhi[:, :, None]  # t[h, i, j] = z_j − z_i
+    thi = zhi[:, None, :] - zlo[:, :, None]
+    pts = zlo + rng.uniform(0, 1, (64, heads, n)) * (zhi - zlo)
+    lam = rng.normal(size=(rows, heads, n))
+    return (zlo, zhi), (tlo, thi), pts, lam
+
+
+def test_sum_exp_diff_holds_and_equals_its_three_step_composition():
+    """S_i = Σ_j exp(z_j − z_i): Λ·S ≥ coeff·z + b at sampled z (CROWN's and random alpha
+    planes), the interval contains S, and CROWN's step equals exp's step on the pairwise
+    differences followed by their transpose, term by term."""
+    rng = np.random.default_rng(4)
+    with jax.enable_x64():
+        for _ in range(5):
+            zb, tb, pts, lam = _sum_exp_diff_case(rng)
+            zb, tb = [tuple(map(jnp.asarray, b)) for b in (zb, tb)]
+            op = ops.SumExpDiff(1, jnp.zeros(tb[0].shape))
+            s_ref = np.exp(pts[:, :, None, :] - pts[:, :, :, None]).sum(-1)  # [P, h, i]
+            lo, hi = map(np.asarray, op.interval(zb, tb))
+            assert np.all(s_ref >= lo) and np.all(s_ref <= hi)
+            for param in (None, jnp.asarray(rng.normal(0, 3, op.init_param(5, (2, 4)).shape))):
+                (coeff,), _, bias, _ = op.backward(jnp.asarray(lam), jnp.abs(jnp.asarray(lam)),
+                                                   [zb, tb], param)  # fmt: skip
+                lin = np.einsum("shn,phn->ps", np.asarray(coeff), pts) + np.asarray(bias)
+                exact = np.einsum("shn,phn->ps", lam, s_ref)
+                assert np.all(exact >= lin - 1e-9 * np.abs(exact))
+            # The composition: exp's planes per (i, j), Λ_i broadcast over j, then t → z.
+            lam_t = jnp.broadcast_to(jnp.asarray(lam)[..., None], (5, 2, 4, 4))
+            (ct,), (ct_abs,), b_t, ba_t = ops.Exp().backward(lam_t, jnp.abs(lam_t), [tb])
+            (cz,), (cz_abs,), b, ba = op.backward(jnp.asarray(lam), jnp.abs(jnp.asarray(lam)),
+                                                  [zb, tb])  # fmt: skip
+            np.testing.assert_allclose(cz, ct.sum(-2) - ct.sum(-1), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(cz_abs, ct_abs.sum(-2) + ct_abs.sum(-1), rtol=1e-12)
+            np.testing.assert_allclose(b, b_t, rtol=1e-12)
+            np.testing.assert_allclose(ba, ba_t, rtol=1e-12)

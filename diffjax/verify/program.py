@@ -58,12 +58,15 @@ MAX_CONTRACTION = 2**12
 
 @dataclasses.dataclass(frozen=True)
 class Node:
-    """``out`` = op(*ins): ``ins`` and ``out`` are variable ids, ``where`` the model's line."""
+    """``out`` = op(*ins): ``ins`` and ``out`` are variable ids, ``where`` the model's line;
+    ``reads``: more variables whose bounds the op's relaxation uses (softmax's pairwise
+    differences), through which no coefficient flows."""
 
     op: ops.Op
     ins: tuple[int, ...]
     out: int
     where: str
+    reads: tuple[int, ...] = ()  # variables whose bounds the op reads without depending on them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -540,12 +543,9 @@ class _Builder:
         t = self.fresh(moved + (n,))
         self.emit(ops.Linear(pairdiff, pairsum, [self.zeros(z)]), [z], t, r.where)
         self.pairdiff[t] = (z, axis)
-        e = self.fresh(moved + (n,))
-        self.emit(ops.Exp(), [t], e, r.where)
         s = self.fresh(moved)
         self.contraction = max(self.contraction, n)
-        total = ops.Linear(lambda x: jnp.sum(x, -1), lambda x: jnp.sum(x, -1), [self.zeros(e)])
-        self.emit(total, [e], s, r.where)
+        self.nodes.append(Node(ops.SumExpDiff(axis, self.zeros(t)), (z,), s, r.where, (t,)))
         inv = self.fresh(moved)
         self.emit(ops.Reciprocal(), [s], inv, r.where)
         back = ops.Linear(lambda x: jnp.moveaxis(x, -1, axis), lambda x: jnp.moveaxis(x, -1, axis),

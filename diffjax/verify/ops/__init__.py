@@ -12,7 +12,9 @@ from diffjax.verify.ops.bilinear import Bilinear
 from diffjax.verify.ops.convex import Exp, InverseSquare, MaxConst, Reciprocal, Rsqrt, Square
 from diffjax.verify.ops.linear import Linear
 from diffjax.verify.ops.smooth import Erf, Gelu, Logistic, Tanh
+from diffjax.verify.ops.softmax import SumExpDiff
 from diffjax.verify.ops.step import Step
 
 __all__ = ["DELTA", "Bilinear", "Erf", "Exp", "Gelu", "InverseSquare", "Linear", "Logistic",
-           "MaxConst", "Op", "Reciprocal", "Rsqrt", "Square", "Step", "Tanh"]  # fmt: skip
+           "MaxConst", "Op", "Reciprocal", "Rsqrt", "Square", "Step", "SumExpDiff",
+           "Tanh"]  # fmt: skip
