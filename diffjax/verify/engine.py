@@ -303,6 +303,14 @@ def interval_spec(interval, spec):
     return jnp.where(jnp.isnan(low), -jnp.inf, low)
 
 
+def crown_pass(prog: Program, s, spec, bounds, factor: float, params=None):
+    """Lower bounds [S] of spec·output over the input set by one backward pass from the output
+    with the given intermediate ``bounds`` (and alpha ``params``)."""
+    base = affine_base(prog)
+    res = backward(prog, prog.output, spec, bounds, params, base=base)
+    return concretize(to_input(prog, res, base, bounds), s, factor)
+
+
 def spec_bounds(prog: Program, s: InputSet | ProductSet, spec, method: str, factor: float,
                 alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
     """Lower bounds [S] of spec·output over the input set (``spec`` [S, *output shape])."""
@@ -310,11 +318,8 @@ def spec_bounds(prog: Program, s: InputSet | ProductSet, spec, method: str, fact
     if method == "ibp":
         return interval_spec(bounds[prog.output], spec)
 
-    base = affine_base(prog)
-
     def bound(params):
-        res = backward(prog, prog.output, spec, bounds, params, base=base)
-        return concretize(to_input(prog, res, base, bounds), s, factor)
+        return crown_pass(prog, s, spec, bounds, factor, params)
 
     low = bound(None)
     if method == "alpha-crown":
@@ -339,7 +344,7 @@ def ibp_and_crown_ibp(prog: Program, s: InputSet, label, factor: float):
     spec = margin_spec(label, classes, s.lo.dtype)
     bounds = intermediate_bounds(prog, s, "ibp", factor)
     ibp = interval_spec(bounds[prog.output], spec)
-    crown = concretize(backward(prog, prog.output, spec, bounds), s, factor)
+    crown = crown_pass(prog, s, spec, bounds, factor)
     at_label = jnp.arange(classes) == label
     return jnp.where(at_label, 0.0, ibp), jnp.where(at_label, 0.0, crown)
 
