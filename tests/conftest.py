@@ -32,12 +32,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # The files that take a minute or more on 2 cores (--durations), slowest first. They start
 # before all others: with --dist loadfile a file runs on one worker, and xdist hands out files in
 # collection order, so one of them collected last would run alone while the other worker idles.
-SLOW_FILES = ("test_verify_vit.py", "test_experiments_paper.py", "test_doc_examples.py",
+SLOW_FILES = ("test_verify_vit.py", "test_experiments_paper.py", "test_train_certified.py",
+              "test_doc_examples.py",
               "test_experiment_certified.py", "test_multihost.py", "test_analyse_cli.py",
               "test_experiment_main.py", "test_experiment_clip.py", "test_verify_lipschitz.py",
               "test_experiment_faults.py", "test_train.py", "test_verify_radii.py",
               "test_stopping.py", "test_experiment_language.py", "test_certified_scope.py",
-              "test_verify_lirpa.py")  # fmt: skip
+              "test_verify_lirpa.py", "test_verify_engine.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):
