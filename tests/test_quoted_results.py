@@ -11,10 +11,11 @@ so a change of the recipe or the job's settings fails here until the results are
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 from diffjax import records
-from diffjax.config import OPTIONAL_VIT_FIELDS
+from diffjax.config import OPTIONAL_FIELDS, OPTIONAL_VIT_FIELDS, TrainConfig
 from diffjax.experiments import configs, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,6 +38,11 @@ def test_saved_main_results_are_of_the_default_config():
     for name, default in OPTIONAL_VIT_FIELDS.items():
         if name not in saved["config"]["train"]["model"] and model.get(name) == default:
             del model[name]
+    # So do training fields added after them (TrainConfig.OPTIONAL_FIELDS), at their defaults.
+    train, defaults = current["train"], {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in OPTIONAL_FIELDS:
+        if name not in saved["config"]["train"] and train.get(name) == defaults[name]:
+            del train[name]
     assert saved["config"] == current
 
 
