@@ -624,6 +624,11 @@ class TrainConfig:
         if self.pgd_step_size is not None:
             check_number("pgd_step_size", self.pgd_step_size, 0, low_open=True)
         if self.robust_training == "none":
+            if self.robust_eps > 0:
+                raise ValueError(
+                    f"robust_eps={self.robust_eps} with robust_training='none' would be ignored: "
+                    "choose 'pgd', 'ibp' or 'crown-ibp', or leave robust_eps at 0"
+                )
             return
         if self.noise_sigma > 0:
             raise ValueError(

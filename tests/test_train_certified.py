@@ -341,6 +341,7 @@ def test_killed_ibp_run_resumes_exactly(ibp_run, tmp_path):
         (dict(robust_training="ibpp"), "robust_training"),
         (dict(robust_eps=2.0), r"robust_eps.*did you mean 2/255"),
         (dict(robust_eps=-0.1), "robust_eps"),
+        (dict(robust_training="none", robust_eps=0.01), "robust_eps.*ignored"),
         (dict(robust_kappa_start=1.5), "robust_kappa_start"),
         (dict(robust_kappa_end=-0.1), "robust_kappa_end"),
         (dict(robust_warmup_epochs=3.0), "robust_warmup_epochs"),

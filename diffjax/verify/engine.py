@@ -268,7 +268,7 @@ def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
         elif node.out in need or node.out in keep:
             shape = prog.shapes[node.out]
             # Variables of the affine prefix (before ``base``) are bounded in input coordinates.
-            at = base if prog.producer(node.out) >= prog.producer(base or node.out) else 0
+            at = base if base and prog.producer(node.out) >= prog.producer(base) else 0
             res = backward(prog, node.out, _identity_spec(shape, dtype), bounds, stop=stored,
                            base=at)  # fmt: skip
             if node.out in keep and at == base:

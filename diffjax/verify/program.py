@@ -11,8 +11,9 @@ rule per primitive:
   traced (the model's parameters inside a training step's ``jit``/``grad``);
 * the softmax that ``jax.nn.softmax`` writes out (exp(z − s) / Σ exp(z − s) with a shift s
   constant along the axis) is recognised from its equations and replaced by the direct form
-  softmax_i = 1 / Σ_j exp(z_j − z_i): a linear map to the pairwise differences, exp, a sum and a
-  reciprocal, so that the noise shared by the logits of a row cancels;
+  softmax_i = 1 / Σ_j exp(z_j − z_i): the pairwise differences (a linear map, kept for their
+  bounds), the denominators (:class:`~diffjax.verify.ops.SumExpDiff`, which reads those bounds)
+  and a reciprocal, so that the noise shared by the logits of a row cancels;
 * every other primitive maps to a relaxation of :mod:`diffjax.verify.ops`, or is refused with
   a ValueError naming the primitive and the line of the model it comes from.
 
@@ -456,8 +457,8 @@ class _Builder:
         self.shapes[self.tracer.count] = tuple(shape)
         return self.tracer.count
 
-    def emit(self, op, ins, out, where):
-        self.nodes.append(Node(op, tuple(ins), out, where))
+    def emit(self, op, ins, out, where, reads=()):
+        self.nodes.append(Node(op, tuple(ins), out, where, tuple(reads)))
 
     def _max_step(self, r: _Raw) -> tuple[ops.Step, int] | None:
         """eq(x, max(x, c)) ⇔ x ≥ c, eq(c, max(x, c)) ⇔ x ≤ c (the JVP of max): (step, x)."""
@@ -545,7 +546,7 @@ class _Builder:
         self.pairdiff[t] = (z, axis)
         s = self.fresh(moved)
         self.contraction = max(self.contraction, n)
-        self.nodes.append(Node(ops.SumExpDiff(axis, self.zeros(t)), (z,), s, r.where, (t,)))
+        self.emit(ops.SumExpDiff(axis, self.zeros(t)), [z], s, r.where, reads=[t])
         inv = self.fresh(moved)
         self.emit(ops.Reciprocal(), [s], inv, r.where)
         back = ops.Linear(lambda x: jnp.moveaxis(x, -1, axis), lambda x: jnp.moveaxis(x, -1, axis),
