@@ -16,7 +16,9 @@ bound over the ball. Contenders:
   only, which is a larger set: still a valid certificate of the intersection.
 * diffjax ``interval`` (:mod:`diffjax.analysis.certified`: value and Jacobian enclosures, the
   margin or mean-value certificate at ε) and ``diffjax.verify``'s ``ibp``, ``crown-ibp``,
-  ``crown``, ``alpha-crown`` (``verify.certified_radius``, one jitted call for all images).
+  ``crown``, ``crown-full`` (CROWN with ``intermediate="full"``: every intermediate pass back
+  to the input, as auto_LiRPA's CROWN), ``alpha-crown`` (``verify.certified_radius``, one
+  jitted call for all images).
 
 Time per image is the wall time of the whole bisection of all ``--n`` images divided by ``--n``:
 *cold* includes diffjax's compilation (the first call) and auto_LiRPA's ``BoundedModule``
@@ -48,6 +50,7 @@ environment's Python from the repository root::
     python3 -c "import site; print(site.getsitepackages()[0])" \\
         > lirpa-venv/lib/python3.11/site-packages/project.pth   # with the project's venv active
     lirpa-venv/bin/pip install --no-deps ./auto_LiRPA appdirs sortedcontainers graphviz
+    lirpa-venv/bin/pip install --no-deps -e .   # diffjax, with its experiments package
     lirpa-venv/bin/python -m benchmarks.verify_lirpa [--depths 1 2] [--n 10] [--norms linf l2]
     python -m benchmarks.verify_lirpa --render [--docs]  # the saved results' table [into the docs]
 
@@ -65,8 +68,9 @@ import sys
 import time
 
 LIRPA_METHODS = ("IBP", "CROWN", "alpha-CROWN")
-# diffjax.verify.radii.METHODS (not imported: --render needs no JAX).
-DIFFJAX_METHODS = ("interval", "ibp", "crown-ibp", "crown", "alpha-crown")
+# diffjax.verify.radii.METHODS (not imported: --render needs no JAX), and "crown-full": CROWN
+# with every intermediate pass back to the input (``intermediate="full"``), as auto_LiRPA's.
+DIFFJAX_METHODS = ("interval", "ibp", "crown-ibp", "crown", "crown-full", "alpha-crown")
 NORMS = ("linf", "l2")
 ATTENTIONS = ("softmax", "diff")
 MODEL_NAMES = {"softmax": "ViT", "diff": "DiffViT"}
@@ -166,9 +170,10 @@ def render(results: list[dict]) -> str:
                 cells.append("fails")
             else:
                 load = f", load {e['load']:.1f}" if "load" in e else ""
+                failed = f", {e['failed_calls']} bounds failed" if e.get("failed_calls") else ""
                 cells.append(
                     f"{_g(statistics.median(e['radii']))} "
-                    f"({_g(e['cold_s'])} / {_g(e['warm_s'])} s{load})"
+                    f"({_g(e['cold_s'])} / {_g(e['warm_s'])} s{load}{failed})"
                 )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -288,7 +293,8 @@ def twin(model):
 
 
 def lirpa_radii(bounded, images, labels, norm: str, method: str, args):
-    """auto_LiRPA's certified radii [n] by :func:`bisect`, and the bisection's wall time."""
+    """auto_LiRPA's certified radii [n] by :func:`bisect`, the bisection's wall time and the
+    number of (image, ε) bounds it could not compute (its assertion: not certified there)."""
     import numpy as np
     import torch
     from auto_LiRPA import BoundedTensor, PerturbationLpNorm
@@ -296,10 +302,19 @@ def lirpa_radii(bounded, images, labels, norm: str, method: str, args):
     x = torch.from_numpy(np.asarray(images))
     spec = margin_spec(labels, args.num_classes)
 
+    failed = []
+
     def positive(xs, ptb, c):
-        lb, _ = bounded.compute_bounds(
-            x=(BoundedTensor(xs, ptb),), C=c, method=method, bound_upper=False
-        )
+        try:
+            lb, _ = bounded.compute_bounds(
+                x=(BoundedTensor(xs, ptb),), C=c, method=method, bound_upper=False
+            )
+        except AssertionError:
+            # Its sqrt relaxation asserts that the input's lower bound is ≥ 0 (RMSNorm's and
+            # LayerNorm's mean of squares, whose linear lower bound goes negative at larger ε):
+            # no bound at this ε, so nothing is certified there; the bisection goes on below.
+            failed.append(len(xs))
+            return np.zeros(len(xs), bool)
         return (lb > 0).all(1).numpy()
 
     def ptb(i, j, eps):
@@ -324,7 +339,7 @@ def lirpa_radii(bounded, images, labels, norm: str, method: str, args):
 
     t0 = time.perf_counter()
     radii = bisect(certified, len(x), args.hi, args.steps)
-    return radii, time.perf_counter() - t0
+    return radii, time.perf_counter() - t0, sum(failed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +414,9 @@ def run_model(model, attention: str, depth: int, test, args) -> None:
                 build_s = time.perf_counter() - t0
             try:
                 load = os.getloadavg()[0]
-                radii, wall = lirpa_radii(bounded, x, y, norm, method, args)
-                result["methods"][name] = _entry(radii, build_s + wall, wall, len(x), _load(load))
+                radii, wall, failed = lirpa_radii(bounded, x, y, norm, method, args)
+                entry = _entry(radii, build_s + wall, wall, len(x), _load(load))
+                result["methods"][name] = {**entry, "failed_calls": failed}
             except Exception as e:  # auto_LiRPA's own failures are results, recorded as such
                 result["methods"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(f"{path.stem} {name}: {result['methods'][name]}", flush=True)
@@ -412,8 +428,10 @@ def run_model(model, attention: str, depth: int, test, args) -> None:
             times, radii, load = [], None, os.getloadavg()[0]
             for _ in range(2):  # cold, then warm
                 t0 = time.perf_counter()
-                radii = certified_radii(model, x, y, norm=norm, method=method, hi=args.hi,
-                                        steps=args.steps)  # fmt: skip
+                full = method == "crown-full"
+                radii = certified_radii(model, x, y, norm=norm, hi=args.hi, steps=args.steps,
+                                        method="crown" if full else method,
+                                        intermediate="full" if full else "checkpoint")  # fmt: skip
                 times.append(time.perf_counter() - t0)
             result["methods"][name] = _entry(radii, times[0], times[1], len(x), _load(load))
             print(f"{path.stem} {name}: {result['methods'][name]}", flush=True)

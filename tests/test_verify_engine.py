@@ -77,3 +77,15 @@ def test_bad_batch_size_is_refused(bad):
         model, x, labels = _setup("softmax")
         with pytest.raises(ValueError, match="batch_size"):
             verify.margin_lower_bounds(model, x, labels, 0.01, batch_size=bad)
+
+
+@pytest.mark.parametrize(
+    "method, intermediate",
+    [("crown", "fast"), ("crown", None), ("ibp", "full"), ("crown-ibp", "full")],
+)
+def test_bad_intermediate_is_refused(method, intermediate):
+    with jax.enable_x64():
+        model, x, labels = _setup("softmax")
+        with pytest.raises(ValueError, match="intermediate"):
+            verify.margin_lower_bounds(model, x, labels, 0.01, method=method,
+                                       intermediate=intermediate)  # fmt: skip

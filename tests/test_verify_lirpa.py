@@ -112,7 +112,7 @@ def test_render_ratios_against_auto_lirpas_best_method():
 
     result = _fake_result("diff", 2, "l2", {
         "auto_LiRPA IBP": m([0.0, 0.0, 0.0], 0.5),
-        "auto_LiRPA CROWN": m([1e-3, 2e-3, 4e-3], 20.0),
+        "auto_LiRPA CROWN": {**m([1e-3, 2e-3, 4e-3], 20.0), "failed_calls": 4},
         "auto_LiRPA alpha-CROWN": {"error": "AssertionError: sqrt"},
         "diffjax crown": m([2e-3, 2e-3, 2e-3], 0.5),
     })  # fmt: skip
@@ -122,6 +122,8 @@ def test_render_ratios_against_auto_lirpas_best_method():
     # diffjax ÷ CROWN per image: 2, 1, 0.5; auto_LiRPA's warm time ÷ diffjax's: 40.
     assert row.endswith("| CROWN | 1 [0.5, 2], 40 |")
     assert "fails" in table
+    # The (image, ε) bounds auto_LiRPA could not compute are counted beside its time.
+    assert "(9 / 20 s, 4 bounds failed)" in table
 
 
 def _saved():

@@ -80,12 +80,12 @@ def _found(attention, norm):
 
 
 @functools.cache
-def _bounds(attention, method, norm):
+def _bounds(attention, method, norm, intermediate="checkpoint"):
     model, x, labels, _ = _batch(attention)
     with jax.enable_x64():
-        at0 = verify.margin_lower_bounds(model, x, labels, 0.0, norm, method, alpha_steps=8)
-        at_eps = verify.margin_lower_bounds(model, x, labels, EPS[norm], norm, method,
-                                            alpha_steps=8)  # fmt: skip
+        at0, at_eps = (verify.margin_lower_bounds(model, x, labels, e, norm, method,
+                                                  alpha_steps=8, intermediate=intermediate)
+                       for e in (0.0, EPS[norm]))  # fmt: skip
     return np.asarray(at0), np.asarray(at_eps)
 
 
@@ -118,6 +118,21 @@ def test_bounds_are_sound_and_exact_at_a_point(attention, method, norm):
     else:
         np.testing.assert_allclose(at0, margins, atol=1e-3, rtol=0)
     assert np.all(at0[~off] == 0) and np.all(at_eps[~off] == 0)
+
+
+def test_full_intermediate_passes_are_sound_and_at_least_as_tight():
+    """CROWN with every intermediate pass back to the input: below the adversary, exact at a
+    point, and never looser than with the checkpoints substituted (a substituted checkpoint's
+    linear bounds are one choice of the planes a full pass combines, row by row)."""
+    _, _, labels, margins = _batch("diff")
+    at0, full = _bounds("diff", "crown", "l2", "full")
+    _, checkpoint = _bounds("diff", "crown", "l2")
+    off = np.ones_like(margins, bool)
+    off[np.arange(len(labels)), np.asarray(labels)] = False
+    assert np.all(full[off] <= _found("diff", "l2")[off])
+    np.testing.assert_allclose(at0, margins, atol=SLACK, rtol=0)
+    assert np.all(full >= checkpoint - SLACK)
+    assert np.sum(full - checkpoint) > 1e-6  # the substitution costs tightness here
 
 
 def test_tighter_methods_are_tighter():

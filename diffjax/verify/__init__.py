@@ -27,6 +27,9 @@ from diffjax.verify.program import Program, trace
 NORMS = ("linf", "l2")
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 PRECISIONS = ("float64", "float32")
+# How CROWN bounds the intermediate variables (engine.intermediate_bounds): substituting the
+# linear bounds kept at checkpoints (linear in depth), or full passes to the input (tighter).
+INTERMEDIATE = ("checkpoint", "full")
 
 
 def _check_model(model) -> None:
@@ -61,7 +64,9 @@ def _check_layout(model) -> None:
         )
 
 
-def _check_options(norm, method, precision, alpha_steps, alpha_lr) -> None:
+def _check_options(
+    norm, method, precision, alpha_steps, alpha_lr, intermediate="checkpoint"
+) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if method not in METHODS:
@@ -72,6 +77,13 @@ def _check_options(norm, method, precision, alpha_steps, alpha_lr) -> None:
         raise ValueError(f"alpha_steps must be a positive integer, got {alpha_steps!r}")
     if not (isinstance(alpha_lr, numbers.Real) and np.isfinite(alpha_lr) and alpha_lr > 0):
         raise ValueError(f"alpha_lr must be a finite positive number, got {alpha_lr!r}")
+    if intermediate not in INTERMEDIATE:
+        raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {intermediate!r}")
+    if intermediate != "checkpoint" and method not in ("crown", "alpha-crown"):
+        raise ValueError(
+            f"intermediate={intermediate!r} would be ignored by method={method!r}: "
+            "only 'crown' and 'alpha-crown' compute intermediate bounds by CROWN"
+        )
 
 
 def _check_steps(steps) -> None:
@@ -151,12 +163,13 @@ def image_fn(model):
 BATCH_SIZES = {"ibp": 64, "crown-ibp": 4, "crown": 1, "alpha-crown": 1}
 
 
-def _build(model, kind, norm, method, precision, alpha_steps, alpha_lr, batch_size):
+def _build(model, kind, norm, method, precision, alpha_steps, alpha_lr, batch_size, intermediate):
     prog = program(model, precision)
     dtype = jnp.dtype(precision)
     factor = engine.slack_factor(prog, precision == "float64", int(np.prod(prog.shapes[0])))
     margins = functools.partial(engine.margin_bounds, prog, method=method, factor=factor,
-                                alpha_steps=alpha_steps, alpha_lr=alpha_lr)  # fmt: skip
+                                alpha_steps=alpha_steps, alpha_lr=alpha_lr,
+                                full=intermediate == "full")  # fmt: skip
 
     def one(x, label, eps):
         return margins(engine.input_set(x.astype(dtype), eps.astype(dtype), norm), label)
@@ -214,7 +227,8 @@ def _all_positive(low, label):
 
 def margin_lower_bounds(model, images, labels, eps, norm: str = "linf", method: str = "crown",
                         *, precision: str = "float64", alpha_steps: int = 20,
-                        alpha_lr: float = 0.1, batch_size: int | None = None):  # fmt: skip
+                        alpha_lr: float = 0.1, batch_size: int | None = None,
+                        intermediate: str = "checkpoint"):  # fmt: skip
     """Certified lower bounds of the logit margins over B_norm(x, eps) ∩ [0, 1]^d.
 
     Args:
@@ -229,17 +243,22 @@ def margin_lower_bounds(model, images, labels, eps, norm: str = "linf", method: 
       alpha_steps, alpha_lr: Adam steps and learning rate of alpha-CROWN.
       batch_size: examples bounded at once (the rest wait their turn: memory grows with it,
         not with B); ``None``: :data:`BATCH_SIZES` of the method.
+      intermediate: CROWN's intermediate bounds (``crown``/``alpha-crown`` only):
+        ``"checkpoint"`` substitutes the linear bounds kept at the residual stream and the
+        other checkpoints (linear in depth); ``"full"`` takes every pass back to the input, as
+        auto_LiRPA does (tighter, quadratic in depth, several times slower and longer to
+        compile).
 
     Returns:
       [B, K] float64: lower bounds of z_c − z_j for every x in the set (column c is 0). The image
       is certified iff every other column is > 0.
     """
     _check_model(model)
-    _check_options(norm, method, precision, alpha_steps, alpha_lr)
+    _check_options(norm, method, precision, alpha_steps, alpha_lr, intermediate)
     images, labels = _check_batch(model, images, labels)
     eps = _check_eps(eps, images.shape[0])
     fn = _compiled(model, "margins", norm=norm, method=method, precision=precision,
-                   alpha_steps=alpha_steps, alpha_lr=alpha_lr,
+                   alpha_steps=alpha_steps, alpha_lr=alpha_lr, intermediate=intermediate,
                    batch_size=_check_batch_size(batch_size, method))  # fmt: skip
     return fn(images, labels, eps).astype(jnp.float64)
 
@@ -247,23 +266,23 @@ def margin_lower_bounds(model, images, labels, eps, norm: str = "linf", method: 
 def certified_radius(model, images, labels, norm: str = "linf", method: str = "crown", *,
                      hi: float | None = None, steps: int = 12, precision: str = "float64",
                      alpha_steps: int = 20, alpha_lr: float = 0.1,
-                     batch_size: int | None = None):  # fmt: skip
+                     batch_size: int | None = None, intermediate: str = "checkpoint"):  # fmt: skip
     """The largest certified radius per example, by bisection on [0, hi] (``steps`` halvings).
 
     Returns [B]: a radius at which :func:`margin_lower_bounds` certifies the example (within
     hi·2^-steps of the largest such radius, or ``hi`` itself), 0 if not even ε = 0 is certified
     (a misclassified image) or if no bisection point above 0 is (a radius below hi·2^-steps:
     choose ``hi`` near the expected radius). One jitted call, ``batch_size`` examples at a
-    time (as in :func:`margin_lower_bounds`).
+    time, ``intermediate`` as in :func:`margin_lower_bounds`.
     """
     _check_model(model)
-    _check_options(norm, method, precision, alpha_steps, alpha_lr)
+    _check_options(norm, method, precision, alpha_steps, alpha_lr, intermediate)
     images, labels = _check_batch(model, images, labels)
     hi = (0.1 if norm == "linf" else 1.0) if hi is None else hi
     _check_eps(hi, images.shape[0], "hi")
     _check_steps(steps)
     fn = _compiled(model, "radius", norm=norm, method=method, precision=precision,
-                   alpha_steps=alpha_steps, alpha_lr=alpha_lr,
+                   alpha_steps=alpha_steps, alpha_lr=alpha_lr, intermediate=intermediate,
                    batch_size=_check_batch_size(batch_size, method))  # fmt: skip
     return fn(images, labels, jnp.asarray(float(hi), jnp.dtype(precision)), steps).astype(
         jnp.float64
@@ -345,6 +364,6 @@ def training_margins(model, images, labels, eps, beta=None):
 # The Lipschitz bounds use the checks and the cache above.
 from diffjax.verify.lipschitz import attention_lipschitz_bound, margin_gradient_bounds  # noqa: E402
 
-__all__ = ["BATCH_SIZES", "METHODS", "NORMS", "attention_lipschitz_bound", "bisect",
+__all__ = ["BATCH_SIZES", "INTERMEDIATE", "METHODS", "NORMS", "attention_lipschitz_bound", "bisect",
            "certified_radius", "check_trainable", "margin_gradient_bounds",
            "margin_lower_bounds", "program", "training_margins", "training_program"]  # fmt: skip

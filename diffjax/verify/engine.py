@@ -240,7 +240,7 @@ def pairdiff_bounds(res, zshape, axis: int, s: InputSet, factor: float):
     return lo.reshape(moved), hi.reshape(moved)
 
 
-def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
+def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float, full: bool = False):
     """Every variable's interval: IBP, intersected with CROWN's where a relaxation needs it
     (``method`` ``"crown"``/``"alpha-crown"``).
 
@@ -250,11 +250,17 @@ def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
     program linear in depth (a full backward pass per variable is quadratic). Softmax's pairwise
     differences z_j − z_i are bounded from the logits' linear bounds (:func:`pairdiff_bounds`),
     so the noise shared by a row cancels; its denominator and output then by intervals.
+
+    ``full``: every pass goes back to the input through every relaxation (no substitution at
+    the checkpoints), and softmax's denominators and outputs get CROWN passes too, as
+    auto_LiRPA's CROWN does: tighter (a substituted checkpoint bounds each of its neurons
+    alone, so the signs of later coefficients cannot cancel across them), quadratic in depth.
     """
     bounds = {0: (s.lo, s.hi)}
     crown = method in ("crown", "alpha-crown")
-    need = relaxed_inputs(prog) - prog.interval_only if crown else set()
-    keep = checkpoints(prog) | {z for z, _ in prog.pairdiff.values()} if crown else set()
+    need = relaxed_inputs(prog) - (set() if full else prog.interval_only) if crown else set()
+    keep = (set() if full else checkpoints(prog)) | {z for z, _ in prog.pairdiff.values()}
+    keep = keep if crown else set()
     stored: dict[int, tuple] = {}  # in the coordinates of ``base``
     dtype = s.lo.dtype
     base = affine_base(prog) if crown else 0
@@ -269,8 +275,8 @@ def intermediate_bounds(prog: Program, s: InputSet, method: str, factor: float):
             shape = prog.shapes[node.out]
             # Variables of the affine prefix (before ``base``) are bounded in input coordinates.
             at = base if base and prog.producer(node.out) >= prog.producer(base) else 0
-            res = backward(prog, node.out, _identity_spec(shape, dtype), bounds, stop=stored,
-                           base=at)  # fmt: skip
+            res = backward(prog, node.out, _identity_spec(shape, dtype), bounds,
+                           stop=None if full else stored, base=at)  # fmt: skip
             if node.out in keep and at == base:
                 stored[node.out] = res
             low = concretize(to_input(prog, res, at, bounds), s, factor)
@@ -312,9 +318,10 @@ def crown_pass(prog: Program, s, spec, bounds, factor: float, params=None):
 
 
 def spec_bounds(prog: Program, s: InputSet | ProductSet, spec, method: str, factor: float,
-                alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
-    """Lower bounds [S] of spec·output over the input set (``spec`` [S, *output shape])."""
-    bounds = intermediate_bounds(prog, s, method, factor)
+                alpha_steps: int = 20, alpha_lr: float = 0.1, full: bool = False):  # fmt: skip
+    """Lower bounds [S] of spec·output over the input set (``spec`` [S, *output shape]);
+    ``full``: CROWN's intermediate bounds by :func:`intermediate_bounds`' full passes."""
+    bounds = intermediate_bounds(prog, s, method, factor, full)
     if method == "ibp":
         return interval_spec(bounds[prog.output], spec)
 
@@ -328,11 +335,11 @@ def spec_bounds(prog: Program, s: InputSet | ProductSet, spec, method: str, fact
 
 
 def margin_bounds(prog: Program, s: InputSet, label, method: str, factor: float,
-                  alpha_steps: int = 20, alpha_lr: float = 0.1):  # fmt: skip
+                  alpha_steps: int = 20, alpha_lr: float = 0.1, full: bool = False):  # fmt: skip
     """Lower bounds [K] of z_c − z_j over the input set (0 at j = c)."""
     classes = prog.shapes[prog.output][0]
     spec = margin_spec(label, classes, s.lo.dtype)
-    low = spec_bounds(prog, s, spec, method, factor, alpha_steps, alpha_lr)
+    low = spec_bounds(prog, s, spec, method, factor, alpha_steps, alpha_lr, full)
     return jnp.where(jnp.arange(classes) == label, 0.0, low)
 
 

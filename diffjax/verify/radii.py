@@ -51,7 +51,17 @@ def _interval_radii(model, images, labels, hi, norm: str, steps: int):
     return jax.lax.map(one, (images, labels))
 
 
-def certified_radii(model, images, labels, *, norm: str, method: str, hi: float, steps: int):
+def certified_radii(
+    model,
+    images,
+    labels,
+    *,
+    norm: str,
+    method: str,
+    hi: float,
+    steps: int,
+    intermediate: str = "checkpoint",
+):
     """Per example, the largest certified radius found by ``steps`` halvings of [0, hi].
 
     Args:
@@ -61,6 +71,7 @@ def certified_radii(model, images, labels, *, norm: str, method: str, hi: float,
       norm: ``"linf"`` or ``"l2"`` (radii in pixel units of that norm).
       method: one of :data:`METHODS`.
       hi, steps: the bisection interval's upper end (> 0) and number of halvings (≥ 1).
+      intermediate: CROWN's intermediate bounds (:func:`diffjax.verify.margin_lower_bounds`).
 
     Returns:
       [B] float64 NumPy: certified radii, 0 for a misclassified example or one whose radius is
@@ -71,12 +82,19 @@ def certified_radii(model, images, labels, *, norm: str, method: str, hi: float,
         raise ValueError(f"hi must be a finite number > 0, got {hi!r}")
     if method != "interval":
         radii = verify.certified_radius(
-            model, images, labels, norm=norm, method=method, hi=hi, steps=steps
+            model,
+            images,
+            labels,
+            norm=norm,
+            method=method,
+            hi=hi,
+            steps=steps,
+            intermediate=intermediate,
         )
         return np.asarray(radii, np.float64)
     # verify.certified_radius validates these itself; the interval path does it here.
     verify._check_model(model)
-    verify._check_options(norm, "ibp", "float64", 1, 1.0)
+    verify._check_options(norm, "ibp", "float64", 1, 1.0, intermediate)
     images, labels = verify._check_batch(model, images, labels)
     verify._check_steps(steps)
     radii = _interval_radii(model, images, labels, jnp.asarray(float(hi)), norm, steps)
