@@ -537,6 +537,16 @@ def check_finite(metrics: list[dict], last_step: int) -> None:
     for i, m in enumerate(metrics):
         if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
             step = last_step - len(metrics) + 1 + i
+            if "robust_loss" in m and not np.isfinite(m["robust_loss"]):
+                # Interval bounds of a naturally trained model can be vacuous even at a tiny ε
+                # (in a DiffViT the per-head RMSNorm divides by a mean of squares whose lower
+                # bound nears 0), and an infinite bound has no gradient.
+                raise FloatingPointError(
+                    f"training diverged at step {step}: the robust loss is {m['robust_loss']} "
+                    f"at robust_eps {m.get('robust_eps')} (the certified bounds of the margins "
+                    "overflowed); start the ε ramp from the first step (robust_warmup_epochs=0) "
+                    "or ramp more slowly. The run directory keeps the last finite checkpoint."
+                )
             raise FloatingPointError(
                 f"training diverged at step {step}: loss {m['loss']}, gradient norm "
                 f"{m['grad_norm']}; lower the learning rate or set grad_clip. The run "

@@ -208,6 +208,11 @@ def test_divergence_is_an_error():
         check_finite([ok, {"loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}, ok], 7)
     with pytest.raises(FloatingPointError, match="step 7"):
         check_finite([ok, {"loss": np.float32(2.0), "grad_norm": np.float32(np.inf)}], 7)
+    # Certified training: an overflowed bound says so, and what to change.
+    bounds = {"loss": np.float32(np.inf), "grad_norm": np.float32(np.nan),
+              "robust_loss": np.float32(np.inf), "robust_eps": np.float32(3e-5)}  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"step 7: the robust loss is inf.*warmup_epochs=0"):
+        check_finite([ok, bounds], 7)
 
 
 def test_smoothed_cross_entropy_matches_formula():
