@@ -224,13 +224,15 @@ def diffjax_config(row: dict):
     return AutoAttackConfig(row["eps"], row["norm"], stages=stages)
 
 
-def run_diffjax(model, x, y, row: dict, seed: int = 0):
-    """(seconds, result) of one AutoAttack call, blocked until done."""
+def run_diffjax(model_fn, x, y, row: dict, seed: int = 0):
+    """(seconds, result) of one AutoAttack call, blocked until done.
+
+    ``model_fn`` is built once by the caller: each ``attacks.model_function`` call makes a new
+    function, which the attack's jitted programs see as a new static argument and re-trace."""
     import jax
 
     from diffjax import attacks
 
-    model_fn = attacks.model_function(model)
     start = time.perf_counter()
     result = attacks.autoattack(model_fn, x, y, jax.random.key(seed), diffjax_config(row))
     result = jax.block_until_ready(result)
@@ -319,15 +321,16 @@ def worker(args) -> None:
         compiling[0] += duration if event in EVENTS else 0.0
 
     jax.monitoring.register_event_duration_secs_listener(listen)
+    from diffjax import attacks
     from diffjax.checkpoint import load_model
 
-    model = load_model(pathlib.Path(args.workdir) / "model")
+    model_fn = attacks.model_function(load_model(pathlib.Path(args.workdir) / "model"))
     x, y = test_images(args.num_examples)
     row = parse_row(args.worker)
     seconds, compile_seconds = [], []
     for _ in range(args.repeat):
         compiling[0] = 0.0
-        s, result = run_diffjax(model, x, y, row)
+        s, result = run_diffjax(model_fn, x, y, row)
         seconds.append(s)
         compile_seconds.append(compiling[0])
     np.savez(args.out, adv=np.asarray(result.adv_images), success=np.asarray(result.success))
