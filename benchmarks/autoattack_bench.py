@@ -477,7 +477,7 @@ def profile(args, model, x, y, net) -> list[dict]:
                     "compile_s": sum(events.values()), "trace_s": events["trace_s"],
                     "lower_s": events["lower_s"], "backend_s": events["compile_s"],
                     "programs": sum(k for k, _ in programs.values()),
-                    "programs_by_function": dict(programs),
+                    "programs_by_function": {k: list(v) for k, v in programs.items()},
                     "diffjax_calls_per_example": per_example(int(calls.sum()), int(members.sum())),
                     "diffjax_fooled": int(new.sum())})  # fmt: skip
         print(json.dumps(out[-1]), flush=True)
