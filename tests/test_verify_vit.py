@@ -122,8 +122,10 @@ def test_bounds_are_sound_and_exact_at_a_point(attention, method, norm):
 
 def test_full_intermediate_passes_are_sound_and_at_least_as_tight():
     """CROWN with every intermediate pass back to the input: below the adversary, exact at a
-    point, and never looser than with the checkpoints substituted (a substituted checkpoint's
-    linear bounds are one choice of the planes a full pass combines, row by row)."""
+    point, and not looser than with the checkpoints substituted. With the same planes a full
+    pass is at least as tight (substituting a checkpoint bounds its neurons one by one); its
+    intermediate bounds are tighter, which changes CROWN's planes, so "not looser" is checked
+    on this model, not implied."""
     _, _, labels, margins = _batch("diff")
     at0, full = _bounds("diff", "crown", "l2", "full")
     _, checkpoint = _bounds("diff", "crown", "l2")
