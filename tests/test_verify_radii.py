@@ -72,7 +72,8 @@ def test_certified_accuracy_counts_radii():
     "kwargs,message",
     [(dict(method="deepz"), "method must be one of ('interval', 'ibp'"),
      (dict(norm="l1"), "norm must be one of"), (dict(hi=0.0), "hi"),
-     (dict(steps=0), "steps must be a positive integer")],
+     (dict(steps=0), "steps must be a positive integer"),
+     (dict(intermediate="full"), "ignored by method='interval'")],
 )  # fmt: skip
 def test_bad_input_is_refused(kwargs, message):
     model, x, labels = _batch("softmax")

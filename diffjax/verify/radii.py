@@ -94,7 +94,10 @@ def certified_radii(
         return np.asarray(radii, np.float64)
     # verify.certified_radius validates these itself; the interval path does it here.
     verify._check_model(model)
-    verify._check_options(norm, "ibp", "float64", 1, 1.0, intermediate)
+    verify._check_options(norm, "ibp", "float64", 1, 1.0)
+    if intermediate != "checkpoint":  # named here: the check above would name method 'ibp'
+        raise ValueError(f"intermediate={intermediate!r} would be ignored by method='interval': "
+                         "only 'crown' and 'alpha-crown' compute intermediate bounds by CROWN")
     images, labels = verify._check_batch(model, images, labels)
     verify._check_steps(steps)
     radii = _interval_radii(model, images, labels, jnp.asarray(float(hi)), norm, steps)
