@@ -29,10 +29,13 @@ compile + first step + evaluation 29 / 41 / 136 CPU-s. With 5,000 images × 6 ep
 steps, step cost ∝ depth (depths 1 + 2 + 4 = 1.75 × depth 4), DiffViT = ViT (not measured) and
 compiles paid once (the compilation cache serves the second seed): training ≈ 2 seeds × 2
 models × (234 × 1.75 × (0.06 + 0.41 + 1.89)) + 2 models × 3 depths × (29 + 41 + 136) ≈ 3,900
-+ 1,240 ≈ 5,100 CPU-s ≈ 43 min wall. Not yet measured: CROWN certification per image at
-depths 1–4 (100 images × 4 ε × 36 models), PGD/AutoAttack evaluation and smoothing; so the
-whole preset is expected to exceed one hour unless ``examples`` (or ``seeds``) is cut once the
-certification cost is known.
++ 1,240 ≈ 5,100 CPU-s ≈ 43 min wall. Certification dominates: CROWN (``margin_lower_bounds``,
+float64, 2 images per call) of the depth-4 ViT took 95 CPU-s for the first (compiling) call and
+then 59 CPU-s per image per ε (ℓ∞ 1/255, 2 images), so 100 images × 4 ε × 12 depth-4 models
+alone ≈ 280,000 CPU-s (days). As configured (``verify_method="crown"``, ``examples=100``) the
+cpu preset therefore does not fit one hour; not yet measured: CROWN at depths 1 and 2, IBP /
+CROWN-IBP certification, PGD/AutoAttack evaluation and smoothing, from which ``examples``
+and ``verify_method`` are to be sized.
 """
 
 import ml_collections
