@@ -1,99 +1,212 @@
-"""Certified robustness: ViT, DiffViT and the Lipschitz-regularised DiffViT (open question 2).
+"""Certified robustness: ViT vs DiffViT, naturally, PGD- and certifiably trained, by depth.
 
     diffjax run certified --config=certified:mini
     diffjax run certified --config=certified:cpu --data-dir DIR
 
-Three zoo models of one recipe (depth 1; same seed and data): the ViT, the DiffViT, and the
-DiffViT trained with the attention-Lipschitz penalty (``TrainConfig.lipschitz_penalty`` = the
-config's ``penalty``). For each:
+Zoo models of one recipe (``experiments/configs/certified.py``): every depth of ``depths`` ×
+{ViT, parameter-matched DiffViT} × ``trainings`` (``none``, ``pgd``, ``ibp``/``crown-ibp``) ×
+``seeds``, all of one architecture (``friendly``: ReLU, BatchNorm, mean pooling) in the
+per-layer layout the verifier traces. On the first ``examples`` test images of each model:
 
-* clean accuracy, PGD-ℓ∞ ASR, negative-alignment frequency and exact σmax of the attention
-  layer (:func:`diffjax.analysis.layer_summary`);
-* certified accuracy versus radius by the interval/gradient certificate
-  (:func:`diffjax.analysis.certified.certified_radius`, float64), ℓ2 and ℓ∞ balls in pixels;
-* the certified radius per image by bisection with the config's ``verify_method`` (``interval``
-  or a :mod:`diffjax.verify` method: ``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``;
-  :func:`diffjax.verify.radii.certified_radii`) and its certified-accuracy curve, ℓ2 and ℓ∞;
-* randomized smoothing (:func:`diffjax.analysis.smoothing.certify`) at every σ of ``sigmas``,
-  smoothing the model trained with Gaussian noise of that σ when ``noise_training``;
-* per image, the ratio of certified ℓ2 radii ViT / DiffViT next to the paper's predicted factor
-  γ(1 + λρ) (γ, ρ, λ of the DA layer's CLS row w.r.t. the image, ``docs/definitions.md``).
+* clean accuracy; PGD robust accuracy at every ε of ``eps_linf`` (ℓ∞) and ``eps_l2`` (ℓ2);
+  AutoAttack robust accuracy at ``eps_linf`` (first ``autoattack_examples`` images);
+* certified accuracy at the same ε by :func:`diffjax.verify.margin_lower_bounds` with
+  ``verify_method`` (float64): an image is certified iff it is correctly classified and every
+  margin lower bound z_c − z_j (j ≠ c) over B_p(x, ε) ∩ [0, 1]^d is > 0;
+* every rate with its Wilson 95 % interval, per seed and pooled over seeds (images summed);
+* on the certified models (first seed): negative-alignment frequency, exact σmax of each
+  attention layer and λ (:func:`diffjax.analysis.layer_summary`);
+* randomized smoothing (:func:`diffjax.analysis.smoothing.certify`, the ℓ2 baseline) of the
+  natural models (first seed) at every σ of ``sigmas``, certified accuracy at ``eps_l2``.
 
-Writes results/certified/<preset>/results.json and summary.csv (resumable parts).
+Writes results/certified/<preset>/results.json and summary.csv; each model's measures and each
+smoothing run is a part under parts/ (a rerun computes only the missing ones).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from diffjax import analysis as an
-from diffjax import attacks, records
-from diffjax.analysis import certified as C
+from diffjax import attacks, records, verify
 from diffjax.analysis import smoothing as S
-from diffjax.experiments.common import Context, fmt, pgd_asr, write_results
-from diffjax.experiments.configs import recipes
-from diffjax.experiments.zoo import Zoo
-from diffjax.train import evaluate
+from diffjax.attacks.accounting import wilson_interval
+from diffjax.config import ROBUST_TRAINING
+from diffjax.experiments.common import Context, fmt, pgd_asr, run_attack, write_results
+from diffjax.experiments.configs import ConfigError, recipes
+from diffjax.experiments.zoo import NAMES, Zoo
 from diffjax.verify import radii as R
 
-# name → (attention, regularised)
-MODELS = {"vit": ("softmax", False), "diffvit": ("diff", False), "diffvit_reg": ("diff", True)}
-LABELS = {"vit": "ViT", "diffvit": "DiffViT", "diffvit_reg": "DiffViT+reg"}
-NORMS = ("l2", "linf")
+ATTENTIONS = ("softmax", "diff")
+LABELS = {"softmax": "ViT", "diff": "DiffViT"}
+NORMS = ("linf", "l2")
+# The verification-friendly ViT (docs/certified.md): ReLU and BatchNorm have tight linear
+# relaxations, and mean pooling avoids bounding one token alone; LayerNorm's 1/σ is unbounded.
+FRIENDLY = dict(activation="relu", norm="batchnorm", pool="mean")
+CERTIFIED_TRAINING = ("ibp", "crown-ibp")
 
 
-@functools.partial(jax.jit, static_argnames=("norm", "radii"))
-def _certify(model, images, labels, norm, radii):
-    def one(xy):
-        x, y = xy
-        c = C.certified_radius(model, x, y, norm, radii=np.array(radii))
-        # The first-order radius min_j g_j(x)/‖∇g_j(x)‖_q: what the certificate tends to as
-        # the ball shrinks; a local estimate, not a certificate (it ignores curvature).
-        g = lambda z: an.logits(model, z)[y] - an.logits(model, z)  # noqa: E731
-        grads = jax.jacrev(g)(x).reshape(g(x).shape[0], -1)
-        dual = jnp.linalg.norm(grads, 2 if norm == "l2" else 1, axis=1)
-        others = jnp.arange(grads.shape[0]) != y
-        first = jnp.min(jnp.where(others, g(x) / jnp.where(others, dual, 1.0), jnp.inf))
-        return {"radius": c.radius, "by_interval": c.by_interval,
-                "by_gradient": c.by_gradient, "margin": c.margin,
-                "first_order": jnp.where(c.margin > 0, first, 0.0)}  # fmt: skip
-
-    return jax.lax.map(one, (images, labels))
+def eps_label(norm: str, eps: float) -> str:
+    """ε as the summary names it: ℓ∞ in 1/255 units (``2`` = 2/255), ℓ2 as is."""
+    return f"{eps * 255:g}" if norm == "linf" else f"{eps:g}"
 
 
-def certificates(model, images, labels, norm: str, radii) -> dict:
-    """Per-image interval/gradient certificates over the grid ``radii`` (float64): lists."""
+def check(config) -> None:
+    """Refuse a bad value of the experiment's own fields, naming the field, before any data,
+    model or compilation (the recipe is checked when the config is loaded).
+
+    Raises:
+      ConfigError: ``--config.FIELD: what is wrong``.
+    """
+
+    def bad(field, message):
+        raise ConfigError(f"--config.{field}: {message}")
+
+    def ints(field, low, allow_empty=False):
+        values = tuple(config[field])
+        if not values and not allow_empty:
+            bad(field, "must not be empty")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                bad(field, f"must hold integers >= {low}, got {v!r}")
+        if len(set(values)) != len(values):
+            bad(field, f"has a repeated value: {values}")
+
+    ints("depths", 1)
+    ints("seeds", 0)
+    trainings = tuple(config.trainings)
+    if not trainings or any(t not in ROBUST_TRAINING for t in trainings):
+        bad("trainings", f"must be a non-empty tuple of {ROBUST_TRAINING}, got {trainings}")
+    if len(set(trainings)) != len(trainings):
+        bad("trainings", f"has a repeated value: {trainings}")
+    for norm in NORMS:
+        field = f"eps_{norm}"
+        values = tuple(config[field])
+        if not values or any(not (isinstance(e, int | float) and 0 < e) for e in values):
+            bad(field, f"must be a non-empty tuple of radii > 0, got {values}")
+        if len(set(values)) != len(values):
+            bad(field, f"has a repeated value: {values}")
+    try:
+        R.check_method(config.verify_method, "verify_method", verify.METHODS)
+    except ValueError as e:
+        raise ConfigError(f"--config.{e}") from None
+    for field, low in (("examples", 1), ("verify_batch", 1), ("analysis_examples", 1),
+                       ("pgd_steps", 1), ("pgd_restarts", 1), ("autoattack_examples", 0),
+                       ("smoothing_examples", 0), ("train_pgd_steps", 1)):  # fmt: skip
+        v = config[field]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            bad(field, f"must be an integer >= {low}, got {v!r}")
+    for field in ("autoattack_examples", "analysis_examples", "smoothing_examples"):
+        if config[field] > config.examples:
+            bad(field, f"{config[field]} exceeds examples ({config.examples})")
+    for training in trainings:  # every model's training config is valid (TrainConfig's checks)
+        try:
+            recipe(config, training)
+        except ValueError as e:
+            raise ConfigError(f"--config (the {training!r} models): {e}") from None
+
+
+def recipe(config, training: str):
+    """The zoo recipe of the ``training`` models: :class:`~diffjax.config.TrainConfig`."""
+    base = recipes.train_config(config.train)
+    model = base.model.replace(scan_layers=False, remat=False,
+                               **(FRIENDLY if config.friendly else {}))  # fmt: skip
+    if training == "none":
+        return base.replace(model=model)
+    robust = dict(robust_training=training, robust_eps=float(config.train_eps),
+                  robust_warmup_epochs=0.0, robust_ramp_epochs=float(config.ramp_epochs),
+                  robust_kappa_start=1.0, robust_kappa_end=float(config.kappa_end))  # fmt: skip
+    if training == "pgd":
+        robust["pgd_steps"] = config.train_pgd_steps
+    return base.replace(model=model, **robust)
+
+
+def share(flags) -> dict:
+    """A rate of per-image 0/1 ``flags``: ``{"k", "n", "rate", "ci95"}`` (Wilson 95 %)."""
+    flags = np.asarray(flags, dtype=int)
+    k, n = int(flags.sum()), int(flags.size)
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": wilson_interval(k, n)}
+
+
+def certify(model, data, eps_list, norm: str, config) -> list[dict]:
+    """Per ε: the smallest margin lower bound min_{j≠c} lb(z_c − z_j) of each image over
+    B_norm(x, ε) ∩ [0, 1]^d (pixels in [0, 1]; float64 model and images): ``{"eps",
+    "margin_bound": [n]}``. The image is certified at ε iff correct and its bound is > 0."""
+    labels = np.asarray(data.labels)
+    out = []
     with jax.enable_x64(True):
         m = an.with_dtype(model, "float64")
-        x = jnp.asarray(images, jnp.float64) / 255.0
-        out = _certify(m, x, jnp.asarray(labels), norm, tuple(float(r) for r in radii))
-        return {k: np.asarray(v).astype(float).tolist() for k, v in out.items()}
+        x = jnp.asarray(data.images, jnp.float64) / 255.0
+        for eps in eps_list:
+            low = np.asarray(verify.margin_lower_bounds(
+                m, x, jnp.asarray(labels), float(eps), norm, config.verify_method,
+                batch_size=config.verify_batch))  # fmt: skip
+            others = np.arange(low.shape[1])[None, :] != labels[:, None]
+            bound = np.min(np.where(others, low, np.inf), axis=1)
+            out.append({"eps": float(eps), "margin_bound": bound.tolist()})
+    return out
 
 
-def curve_radii(hi: float, points: int) -> list[float]:
-    """The ε of a certified-accuracy curve: ``points`` equal steps up to the bisection's hi."""
-    return (hi * np.arange(1, points + 1) / points).tolist()
+def measure(model, data, config, *, key, name: str, quiet: bool, certified_model: bool) -> dict:
+    """Every per-image measure of one model on ``data`` (see the module docstring)."""
+    out = {"attacks": {}, "certified": {}}
+    for norm in NORMS:
+        out["attacks"][norm] = pgd_asr(model, data, config[f"eps_{norm}"], steps=config.pgd_steps,
+                                       restarts=config.pgd_restarts, norm=norm, key=key,
+                                       batch_size=config.batch_size, desc=f"PGD-{norm} {name}",
+                                       quiet=quiet)  # fmt: skip
+        out["certified"][norm] = certify(model, data, config[f"eps_{norm}"], norm, config)
+    out["clean_correct"] = out["attacks"]["linf"][0]["clean_correct"]
+    aa = data.take(config.autoattack_examples) if config.autoattack_examples else None
+    out["autoattack"] = [] if aa is None else [
+        {"eps": float(eps), **run_attack(
+            attacks.model_function(model), aa, attacks.autoattack,
+            attacks.AutoAttackConfig(float(eps), **config.autoattack), key=key,
+            batch_size=config.batch_size, desc=f"AutoAttack {name} ε={eps * 255:g}/255",
+            quiet=quiet)}
+        for eps in config.eps_linf
+    ]  # fmt: skip
+    if certified_model:
+        out["layers"] = an.layer_summary(model, data.images[: config.analysis_examples], key=key)
+    return out
 
 
-def bisection(model, images, labels, norm: str, config) -> dict:
-    """Per-image certified radii by bisection with ``config.verify_method`` (float64), and the
-    certified-accuracy curve over :func:`curve_radii`: lists."""
-    hi = float(config[f"verify_hi_{norm}"])
-    with jax.enable_x64(True):
-        m = an.with_dtype(model, "float64")
-        x = jnp.asarray(images, jnp.float64) / 255.0
-        radius = R.certified_radii(m, x, jnp.asarray(labels), norm=norm,
-                                   method=config.verify_method, hi=hi,
-                                   steps=config.verify_steps)  # fmt: skip
-    eps = curve_radii(hi, config.curve_points)
-    return {"method": config.verify_method, "hi": hi, "steps": config.verify_steps,
-            "radius": radius.tolist(), "eps": eps,
-            "certified_accuracy": R.certified_accuracy(radius, eps)}  # fmt: skip
+def rates(m: dict) -> dict:
+    """The rates of one model's (or seed-pooled models') per-image values, by summary name:
+    ``clean``, ``pgd_<norm>_<ε>``, ``autoattack_linf_<ε>``, ``certified_<norm>_<ε>``."""
+    clean = np.asarray(m["clean_correct"], bool)
+    out = {"clean": share(clean)}
+    for norm in NORMS:
+        for a in m["attacks"][norm]:
+            out[f"pgd_{norm}_{eps_label(norm, a['eps'])}"] = share(a["adv_correct"])
+        for c in m["certified"][norm]:
+            cert = clean & (np.asarray(c["margin_bound"]) > 0)
+            out[f"certified_{norm}_{eps_label(norm, c['eps'])}"] = share(cert)
+    for a in m["autoattack"]:
+        out[f"autoattack_linf_{eps_label('linf', a['eps'])}"] = share(a["adv_correct"])
+    return out
+
+
+def pooled(per_seed: list[dict]) -> dict:
+    """The per-image values of several seeds' models concatenated (seed after seed)."""
+    first = per_seed[0]
+    cat = lambda get: [v for m in per_seed for v in get(m)]  # noqa: E731
+    return {
+        "clean_correct": cat(lambda m: m["clean_correct"]),
+        "attacks": {norm: [{"eps": a["eps"], "adv_correct": cat(lambda m, i=i, n=norm:
+                                                                m["attacks"][n][i]["adv_correct"])}
+                           for i, a in enumerate(first["attacks"][norm])]
+                    for norm in NORMS},
+        "certified": {norm: [{"eps": c["eps"], "margin_bound": cat(
+                                  lambda m, i=i, n=norm: m["certified"][n][i]["margin_bound"])}
+                             for i, c in enumerate(first["certified"][norm])]
+                      for norm in NORMS},
+        "autoattack": [{"eps": a["eps"], "adv_correct": cat(lambda m, i=i:
+                                                            m["autoattack"][i]["adv_correct"])}
+                       for i, a in enumerate(first["autoattack"])],
+    }  # fmt: skip
 
 
 def smoothed(model, data, config, sigma: float, key) -> dict:
@@ -113,141 +226,96 @@ def smoothed(model, data, config, sigma: float, key) -> dict:
     return {"sigma": float(sigma), "label": labels, "radius": radius, "correct": correct}
 
 
-def branch_statistics(diff_model, base_model, images) -> dict:
-    """Per image: γ, ρ, λ and cos θ of the DA layer 0 (CLS row, w.r.t. the image) against the
-    ViT, and the predicted radius factor γ(1 + λρ) (Theorem 1's upper end times γ)."""
-    x = jnp.asarray(images, jnp.float32) / 255.0
-    g_da = an.branch_grams(diff_model, x, 0, wrt="image", row=0)
-    g_base = an.branch_grams(base_model, x, 0, wrt="image", row=0)
-    gamma = an.gamma(g_da, g_base)[:, 0]
-    a = an.alignment(an.reduce_gram(g_da, "heads"))
-    rho, lam, cos = a.rho[:, 0], a.lam[:, 0], a.cos[:, 0]
-    pred = gamma * (1 + lam * rho)
-    return {k: np.asarray(v).astype(float).tolist()
-            for k, v in dict(gamma=gamma, rho=rho, lam=lam, cos=cos, predicted=pred).items()}
-
-
-def radius_ratios(base: dict, other: dict, stats: dict, key: str = "radius") -> dict:
-    """r_ViT / r_DA per image (both > 0) against γ(1 + λρ); ``key`` ``"radius"`` (certified,
-    as coarse as the grid) or ``"first_order"``."""
-    rb, ro = np.asarray(base[key]), np.asarray(other[key])
-    ok = (rb > 0) & (ro > 0)
-    measured = rb[ok] / ro[ok]
-    predicted = np.asarray(stats["predicted"])[ok]
-    out = {"images": int(ok.sum()), "measured": measured.tolist(),
-           "predicted": predicted.tolist()}  # fmt: skip
-    if ok.sum() >= 1:
-        out |= {"measured_median": float(np.median(measured)),
-                "predicted_median": float(np.median(predicted)),
-                "log_ratio_median": float(np.median(np.log(measured / predicted)))}  # fmt: skip
-    if ok.sum() >= 3:
-        r = scipy.stats.spearmanr(measured, predicted)
-        out |= {"spearman": None if np.isnan(r.statistic) else float(r.statistic),
-                "p_value": None if np.isnan(r.pvalue) else float(r.pvalue)}  # fmt: skip
-    return out
+def smoothing_rates(s: dict, eps_l2) -> dict:
+    """Smoothed accuracy (``clean``: the certified label is right) and certified accuracy at
+    each ℓ2 ε (radius ≥ ε; the radius of a wrong or abstained image is 0)."""
+    radius = np.asarray(s["radius"])
+    return {"clean": share(s["correct"]),
+            **{f"l2_{eps_label('l2', e)}": share(radius >= e) for e in eps_l2}}  # fmt: skip
 
 
 def run(config, ctx: Context) -> dict:
-    R.check_method(config.verify_method, "verify_method")
-    recipe = recipes.train_config(config.train)
-    reg = recipe.replace(lipschitz_penalty=float(config.penalty),
-                         lipschitz_iters=config.penalty_iters,
-                         lipschitz_examples=config.penalty_examples)  # fmt: skip
-    zoo, reg_zoo = Zoo(recipe, ctx), Zoo(reg, ctx)
+    check(config)
+    zoos = {t: Zoo(recipe(config, t), ctx) for t in config.trainings}
     out_dir = ctx.results(config.experiment, config.preset)
-    train, test = zoo.data()
-    key = jax.random.key(config.seed)
-    certified = test.take(config.certify_examples)
-
-    def trained(name, noise=0.0):
-        attention, regularised = MODELS[name]
-        z = reg_zoo if regularised else zoo
-        if noise:
-            z = Zoo(z.recipe.replace(noise_sigma=float(noise)), ctx)
-        return z.model(train, test, attention, seed=config.seed)
-
-    def part(name):
-        model, summary, _ = trained(name)
-        out = {
-            "run": summary["run"],
-            "clean_accuracy": evaluate(model, test.take(config.eval_examples))["test_accuracy"],
-            "pgd": pgd_asr(model, test.take(config.attack_examples), config.eps,
-                           steps=config.pgd_steps, key=key, desc=f"PGD {LABELS[name]}",
-                           quiet=ctx.quiet),
-            "layers": an.layer_summary(model, test.images[: config.analysis_examples], key=key),
-        }  # fmt: skip
-        for norm in NORMS:
-            radii = config.radii_l2 if norm == "l2" else config.radii_linf
-            out[f"certified_{norm}"] = certificates(model, certified.images, certified.labels,
-                                                    norm, radii)  # fmt: skip
-            out[f"bisection_{norm}"] = bisection(model, certified.images, certified.labels,
-                                                 norm, config)  # fmt: skip
-        return out
-
-    def smoothing_part(name, sigma):
-        model, summary, _ = trained(name, sigma if config.noise_training else 0.0)
-        data = test.take(config.smoothing_examples)
-        return {"run": summary["run"], "noise_trained": bool(config.noise_training),
-                "clean_accuracy": evaluate(model, test.take(config.eval_examples))["test_accuracy"],
-                **smoothed(model, data, config, sigma, jax.random.fold_in(key, 1))}  # fmt: skip
-
     parts = out_dir / "parts"
-    models = {}
-    for name in MODELS:
-        models[name] = records.cached(parts / f"{name}.json", lambda n=name: part(n))
-        models[name]["smoothing"] = [
-            records.cached(parts / f"{name}_smooth_{s:g}.json",
-                           lambda n=name, s=s: smoothing_part(n, s))
-            for s in config.sigmas
-        ]  # fmt: skip
+    train, test = zoos[config.trainings[0]].data()
+    data = test.take(config.examples)
 
-    def stats_part():
-        base, _, _ = trained("vit")
-        return {name: branch_statistics(trained(name)[0], base, certified.images)
-                for name in ("diffvit", "diffvit_reg")}  # fmt: skip
+    def model_part(depth, attention, training, seed):
+        name = f"{LABELS[attention]} D={depth} {training} seed {seed}"
+        model, summary, _ = zoos[training].model(train, test, attention, seed=seed, depth=depth)
+        certified_model = training in CERTIFIED_TRAINING and seed == config.seeds[0]
+        return {"run": summary["run"],
+                **measure(model, data, config, key=jax.random.key(seed), name=name,
+                          quiet=ctx.quiet, certified_model=certified_model)}  # fmt: skip
 
-    stats = records.cached(parts / "branch_statistics.json", stats_part)
-    ratios = {name: {f"{norm}{suffix}": radius_ratios(models["vit"][f"certified_{norm}"],
-                                                      models[name][f"certified_{norm}"],
-                                                      stats[name], key)
-                     for norm in NORMS
-                     for suffix, key in (("", "radius"), ("_first_order", "first_order"))}
-              for name in ("diffvit", "diffvit_reg")}  # fmt: skip
+    def smoothing_part(depth, attention, sigma):
+        seed = config.seeds[0]
+        model, summary, _ = zoos["none"].model(train, test, attention, seed=seed, depth=depth)
+        s = smoothed(model, data.take(config.smoothing_examples), config, sigma,
+                     jax.random.fold_in(jax.random.key(seed), 1))  # fmt: skip
+        return {"run": summary["run"], **s}
 
-    rows = []
-    for name, m in models.items():
-        row = {"model": name, "clean_accuracy": m["clean_accuracy"],
-               "negative_alignment": m["layers"][0]["negative_alignment"],
-               "sigma_max_mean": m["layers"][0]["sigma_max_mean"],
-               "lambda": m["layers"][0]["lambda"]}  # fmt: skip
-        row |= {f"pgd_asr_{round(a['eps'] * 255)}": a["summary"]["asr"] for a in m["pgd"]}
-        for norm in NORMS:
-            report = config.report_l2 if norm == "l2" else config.report_linf
-            acc = R.certified_accuracy(m[f"certified_{norm}"]["radius"], report)
-            row |= {f"certified_{norm}_{r:g}": a for r, a in zip(report, acc, strict=True)}
-            b = m[f"bisection_{norm}"]
-            row[f"{b['method']}_{norm}_median_radius"] = float(np.median(b["radius"]))
-        for s in m["smoothing"]:
-            acc = R.certified_accuracy(s["radius"], config.smoothing_radii)
-            row |= {f"smoothed_s{s['sigma']:g}_r{r:g}": a
-                    for r, a in zip(config.smoothing_radii, acc, strict=True)}  # fmt: skip
-        rows.append(row)
-    body = {"dataset": recipe.dataset, "models": models, "branch_statistics": stats,
-            "radius_ratios": ratios, "summary": rows}  # fmt: skip
+    models, rows = [], []
+    for depth in config.depths:
+        for attention in ATTENTIONS:
+            for training in config.trainings:
+                tag = f"{NAMES[attention]}_d{depth}_{training}"
+                per_seed = [records.cached(parts / f"{tag}_s{seed}.json",
+                                           lambda s=seed, d=depth, a=attention, t=training:
+                                           model_part(d, a, t, s))
+                            for seed in config.seeds]  # fmt: skip
+                entry = {"model": NAMES[attention], "depth": depth, "training": training,
+                         "seeds": [{"seed": s, **m, "rates": rates(m)}
+                                   for s, m in zip(config.seeds, per_seed, strict=True)],
+                         "rates": rates(pooled(per_seed))}  # fmt: skip
+                if training == "none" and config.smoothing_examples:
+                    entry["smoothing"] = []
+                    for sigma in config.sigmas:
+                        s = records.cached(parts / f"{tag}_smooth_{sigma:g}.json",
+                                           lambda d=depth, a=attention, sg=sigma:
+                                           smoothing_part(d, a, sg))  # fmt: skip
+                        entry["smoothing"].append({**s, "rates": smoothing_rates(s, config.eps_l2)})
+                models.append(entry)
+                rows.append(summary_row(entry))
+    body = {"dataset": zoos[config.trainings[0]].recipe.dataset, "models": models,
+            "summary": rows}  # fmt: skip
     result = write_results(out_dir, config, body, rows)
-
-    print(f"\nCertified robustness, {recipe.dataset} ({config.preset}; depth "
-          f"{recipe.model.depth}, seed {config.seed})")  # fmt: skip
-    print(f"{'':<26}" + "".join(f"{LABELS[n]:>13}" for n in models))
-    for key_ in rows[0]:
-        if key_ == "model":
-            continue
-        print(f"{key_:<26}" + "".join(f"{fmt(r[key_]):>13}" for r in rows))
-    for name, by_norm in ratios.items():
-        for norm, r in by_norm.items():
-            if r["images"]:
-                print(f"radius ViT/{LABELS[name]} ({norm}, {r['images']} images): median "
-                      f"{r['measured_median']:.3f}; predicted γ(1+λρ) median "
-                      f"{r['predicted_median']:.3f}")  # fmt: skip
+    print_table(config, rows)
     print(f"results: {out_dir / 'results.json'}")
     return result
+
+
+def summary_row(entry: dict) -> dict:
+    """One summary row: a model's seed-pooled rates with their Wilson intervals, and for the
+    certified models the mean over layers of alignment, σmax and λ (first seed)."""
+    row = {"model": entry["model"], "depth": entry["depth"], "training": entry["training"],
+           "seeds": len(entry["seeds"])}  # fmt: skip
+    for name, r in entry["rates"].items():
+        lo, hi = r["ci95"]
+        row |= {name: r["rate"], f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_n": r["n"]}
+    for s in entry.get("smoothing", []):
+        for name, r in s["rates"].items():
+            row[f"smoothed_s{s['sigma']:g}_{name}"] = r["rate"]
+    layers = entry["seeds"][0].get("layers")
+    if layers:
+        row["negative_alignment"] = float(np.mean([la["negative_alignment"] for la in layers]))
+        row["sigma_max_mean"] = float(np.mean([la["sigma_max_mean"] for la in layers]))
+        lams = [la["lambda"] for la in layers if la.get("lambda") is not None]
+        row["lambda"] = float(np.mean(lams)) if lams else None
+    return row
+
+
+def print_table(config, rows: list[dict]) -> None:
+    """The rates (seed-pooled) of every model, one line each."""
+    names = []
+    for r in rows:  # smoothing (natural models) and layer columns (certified ones) are partial
+        names += [k for k in r if k not in ("model", "depth", "training", "seeds", *names)
+                  and not k.endswith(("_lo", "_hi", "_n"))]  # fmt: skip
+    print(f"\nCertified robustness ({config.preset}; {config.verify_method}; seeds "
+          f"{tuple(config.seeds)}; ℓ∞ ε in 1/255)")  # fmt: skip
+    print(f"{'model':<24}" + "".join(f"{n[:18]:>19}" for n in names))
+    for r in rows:
+        label = f"{r['model']} D={r['depth']} {r['training']}"
+        print(f"{label:<24}" + "".join(f"{fmt(r.get(n)):>19}" for n in names))

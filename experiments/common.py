@@ -91,23 +91,31 @@ def run_attack(model_fn, data: Dataset, attack_fn, config, *, key, batch_size: i
 
 
 def pgd_asr(model, data: Dataset, eps_list, *, steps: int, key, batch_size: int = 100,
-            loss="ce", desc: str = "PGD", quiet: bool = False) -> list[dict]:  # fmt: skip
-    """PGD-ℓ∞ (``loss``, one random start, step 2.5·ε/steps) at each ε: re-checked summaries.
+            loss="ce", norm: str = "linf", restarts: int = 1, desc: str = "PGD",
+            quiet: bool = False) -> list[dict]:  # fmt: skip
+    """PGD (``loss``, ``restarts`` random starts, the step of :class:`attacks.PGDConfig` for
+    ``norm``: 2.5·ε/steps in ℓ∞) at each ε (ℓ∞ on the [0, 1] pixel scale, or ℓ2): re-checked
+    summaries.
 
     ``model`` is a ViT or any function of images [B, H, W, C] in [0, 1] → logits [B, K].
     Returns one ``{"eps", "summary", "clean_correct", "adv_correct", …}`` per ε
     (:func:`run_attack`).
     """
     model_fn = attacks.model_function(model)
-    return [
-        {
-            "eps": float(eps),
-            **run_attack(model_fn, data, attacks.pgd,
-                         attacks.PGDConfig(eps=float(eps), steps=steps, loss=loss), key=key,
-                         batch_size=batch_size, desc=f"{desc} ε={eps * 255:g}/255", quiet=quiet),
-        }  # fmt: skip
-        for eps in eps_list
-    ]
+    unit = "/255" if norm == "linf" else ""
+    scale = 255 if norm == "linf" else 1
+    out = []
+    for eps in eps_list:
+        config = attacks.PGDConfig(
+            eps=float(eps), norm=norm, steps=steps, loss=loss, restarts=restarts
+        )
+        desc_eps = f"{desc} ε={eps * scale:g}{unit}"
+        result = run_attack(
+            model_fn, data, attacks.pgd, config, key=key, batch_size=batch_size, desc=desc_eps,
+            quiet=quiet,
+        )  # fmt: skip
+        out.append({"eps": float(eps), **result})
+    return out
 
 
 def write_results(out_dir, config: ml_collections.ConfigDict, body: dict,

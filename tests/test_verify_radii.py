@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax import attacks
+from diffjax import attacks, verify
 from diffjax.analysis import certified as C
 from diffjax.verify import radii as R
 from tests.analysis_models import tiny
@@ -80,3 +80,11 @@ def test_bad_input_is_refused(kwargs, message):
     options = dict(norm="linf", method="interval", hi=0.05, steps=4) | kwargs
     with jax.enable_x64(), pytest.raises(ValueError, match=message.replace("(", r"\(")):
         R.certified_radii(model, x, labels, **options)
+
+
+def test_check_method_names_the_field_and_the_methods_it_allows():
+    R.check_method("interval", "verify_method")
+    R.check_method("crown", "verify_method", verify.METHODS)
+    # margin_lower_bounds has no interval certificate: refused where only the verifier runs
+    with pytest.raises(ValueError, match=r"^verify_method must be one of \('ibp', .*'interval'"):
+        R.check_method("interval", "verify_method", verify.METHODS)

@@ -24,10 +24,11 @@ from diffjax.analysis import certified as C
 METHODS = ("interval", *verify.METHODS)
 
 
-def check_method(method, field: str = "method") -> None:
-    """Refuse a method no certifier has, naming the config ``field`` and the choices."""
-    if method not in METHODS:
-        raise ValueError(f"{field} must be one of {METHODS}, got {method!r}")
+def check_method(method, field: str = "method", methods: tuple[str, ...] = METHODS) -> None:
+    """Refuse a method not in ``methods`` (default: every certifier's), naming the config
+    ``field`` and the choices; ``methods=verify.METHODS`` for the bound-propagation verifier."""
+    if method not in methods:
+        raise ValueError(f"{field} must be one of {methods}, got {method!r}")
 
 
 def _interval_certified(model, image, label, eps, norm: str):
