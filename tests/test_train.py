@@ -211,7 +211,8 @@ def test_divergence_is_an_error():
     # Certified training: an overflowed bound says so, and what to change.
     bounds = {"loss": np.float32(np.inf), "grad_norm": np.float32(np.nan),
               "robust_loss": np.float32(np.inf), "robust_eps": np.float32(3e-5)}  # fmt: skip
-    with pytest.raises(FloatingPointError, match=r"step 7: the robust loss is inf.*warmup_epochs=0"):
+    message = r"step 7: the robust loss is inf.*warmup_epochs=0"
+    with pytest.raises(FloatingPointError, match=message):
         check_finite([ok, bounds], 7)
 
 
