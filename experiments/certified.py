@@ -32,8 +32,9 @@ import numpy as np
 from diffjax import analysis as an
 from diffjax import attacks, records, verify
 from diffjax.analysis import smoothing as S
+from diffjax.attack_config import check_eps
 from diffjax.attacks.accounting import wilson_interval
-from diffjax.config import ROBUST_TRAINING
+from diffjax.config import ROBUST_TRAINING, check_int, check_number
 from diffjax.experiments.common import Context, fmt, pgd_asr, run_attack, write_results
 from diffjax.experiments.configs import ConfigError, recipes
 from diffjax.experiments.zoo import NAMES, Zoo
@@ -88,6 +89,11 @@ def check(config) -> None:
             bad(field, f"must be a non-empty tuple of radii > 0, got {values}")
         if len(set(values)) != len(values):
             bad(field, f"has a repeated value: {values}")
+        for e in values:  # ℓ∞ above 1 is a [0, 255]-scale budget given by mistake
+            try:
+                check_eps(e, norm)
+            except ValueError as err:
+                bad(field, str(err))
     try:
         R.check_method(config.verify_method, "verify_method", verify.METHODS)
     except ValueError as e:
@@ -95,9 +101,15 @@ def check(config) -> None:
     for field, low in (("examples", 1), ("verify_batch", 1), ("analysis_examples", 1),
                        ("pgd_steps", 1), ("pgd_restarts", 1), ("autoattack_examples", 0),
                        ("smoothing_examples", 0), ("train_pgd_steps", 1)):  # fmt: skip
-        v = config[field]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            bad(field, f"must be an integer >= {low}, got {v!r}")
+        try:
+            check_int(field, config[field], low)
+        except ValueError as e:
+            bad(field, str(e))
+    for sigma in config.sigmas:
+        try:
+            check_number("sigmas", sigma, 0, low_open=True)
+        except ValueError as e:
+            bad("sigmas", str(e))
     for field in ("autoattack_examples", "analysis_examples", "smoothing_examples"):
         if config[field] > config.examples:
             bad(field, f"{config[field]} exceeds examples ({config.examples})")

@@ -101,6 +101,9 @@ def test_certified_mini_runs_and_its_numbers_add_up(tmp_path):
     ("depths", (), "depths: must not be empty"),
     ("trainings", ("none", "trades"), "trainings: must be a non-empty tuple"),
     ("eps_l2", (0.1, -0.25), "eps_l2: must be a non-empty tuple of radii > 0"),
+    ("eps_linf", (1 / 255, 2), r"eps_linf: eps = 2 \(linf\) is above 1"),
+    ("sigmas", (0.25, 0.0), "sigmas: sigmas must be"),
+    ("pgd_steps", 0, "pgd_steps: pgd_steps must be a positive integer"),
     ("verify_method", "interval", "verify_method must be one of"),
     ("autoattack_examples", 9, "autoattack_examples: 9 exceeds examples"),
 ])  # fmt: skip
