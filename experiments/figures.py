@@ -491,14 +491,11 @@ TRAINING_STYLE = {
 
 
 def certified(result: dict, path: pathlib.Path) -> list[str]:
-    """Certified accuracy (``verify_method``) vs ε, ℓ∞ (top) and ℓ2 (bottom), one column per
-    depth: ViT and DiffViT (colour, marker), natural / PGD / certified training (line style);
-    ε = 0 is the clean accuracy. Seed-pooled rates with Wilson 95 % bars."""
+    """Certified accuracy (the ``verify_methods`` run at each depth) vs ε, ℓ∞ (top) and ℓ2
+    (bottom), one column per depth: ViT and DiffViT (colour, marker), natural / PGD /
+    certified training (line style); ε = 0 is the clean accuracy. Seed-pooled rates with
+    Wilson 95 % bars."""
     c = result["config"]
-    if "trainings" not in c:
-        # results/certified/cpu of the previous (interval-certificate) design: docs quote it and
-        # its figure stays as drawn then, until a run of this design replaces both.
-        return []
     depths = list(c["depths"])
     fig, axes = plt.subplots(2, len(depths), figsize=(WIDTH, 4.2), squeeze=False)
     for row, norm in enumerate(("linf", "l2")):
@@ -528,7 +525,9 @@ def certified(result: dict, path: pathlib.Path) -> list[str]:
             ax.set_xlabel("ℓ∞ ε (×1/255)" if norm == "linf" else "ℓ2 ε (pixels in [0, 1])")
             ax.set_title(f"depth {depth}")
             n = result["models"][0]["rates"]["clean"]["n"]
-            _note(ax, f"{c['verify_method']}, n = {n} images (pooled seeds)", "bars: Wilson 95 %")
+            methods = next(m["verify_methods"] for m in result["models"] if m["depth"] == depth)
+            _note(ax, f"{' > '.join(methods)}, n = {n} images (pooled seeds)",
+                  "bars: Wilson 95 %")
         axes[row, 0].set_ylabel(f"certified accuracy, {'ℓ∞' if norm == 'linf' else 'ℓ2'}")
     _legend_below(fig, list(axes.flat), ncol=6)
     return _save(fig, path)

@@ -255,6 +255,22 @@ def test_wilson_interval_closed_forms():
     assert attacks.wilson_interval(0, 0) is None
 
 
+@pytest.mark.parametrize("k1, n1, k2, n2, published", [
+    (56, 70, 48, 80, (0.0524, 0.3339)),
+    (9, 10, 3, 10, (0.1705, 0.8090)),
+    (6, 7, 2, 7, (0.0582, 0.8062)),
+    (5, 56, 0, 29, (-0.0381, 0.1926)),
+    (0, 10, 0, 20, (-0.1611, 0.2775)),
+    (10, 10, 0, 20, (0.6791, 1.0000)),
+])  # fmt: skip
+def test_difference_interval_is_newcombes_published_method_10(k1, n1, k2, n2, published):
+    """Newcombe (1998), Statistics in Medicine 17:873, Table II, method 10 (4 decimals)."""
+    from diffjax.attacks.accounting import difference_interval
+
+    assert np.round(difference_interval(k1, n1, k2, n2), 4).tolist() == list(published)
+    assert difference_interval(1, 0, 1, 2) is None
+
+
 def test_summary_rejects_bad_input():
     with pytest.raises(ValueError):
         attacks.summarize([], [], [], [], [], [])

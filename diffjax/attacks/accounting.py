@@ -42,6 +42,19 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
     return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
 
 
+def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = WILSON_Z):
+    """Interval of the difference p1 − p2 of two independent binomial proportions (k/n each):
+    Newcombe's hybrid score interval (Newcombe 1998, method 10), built from the two Wilson
+    intervals, so it stays inside [−1, 1] and is sensible at 0 and n. ``None`` when n1 or n2
+    is 0."""
+    if n1 == 0 or n2 == 0:
+        return None
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1, z), wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
+
+
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """Aggregate numbers of one attack over n examples (definitions in the module docstring)."""

@@ -12,30 +12,27 @@ naturally warmed-up DiffViT's IBP bounds overflow), κ from 1 to ``kappa_end``;
 ``train_pgd_steps`` PGD steps per training example.
 
 Measures, all on the first ``examples`` test images of each model: clean accuracy; PGD
-(``pgd_steps`` steps, ``pgd_restarts`` starts) at every ε of ``eps_linf`` and ``eps_l2``;
-AutoAttack (``autoattack``: its config fields) at ``eps_linf`` on the first
+(``pgd_steps`` steps, ``pgd_restarts`` starts) at every ε of ``eps_linf`` and ``eps_l2`` (each
+ascending); AutoAttack (``autoattack``: its config fields) at ``eps_linf`` on the first
 ``autoattack_examples`` images (0: none); certified accuracy at every ε by
-:func:`diffjax.verify.margin_lower_bounds` with ``verify_method`` (float64, ``verify_batch``
-images per call). On the certified models of the first seed: ``analysis_examples`` images of
-alignment and σmax (:func:`diffjax.analysis.layer_summary`). Randomized smoothing (the ℓ2
-baseline) of the natural models of the first seed at every σ of ``sigmas`` on the first
-``smoothing_examples`` images, its certified accuracy at ``eps_l2``.
+:func:`diffjax.verify.margin_lower_bounds` (float64), the methods of ``verify_methods`` run
+cheapest first, each on the images the ones before left uncertified and up to the depth its
+``verify_max_depth`` entry gives. On the certified models of the first seed:
+``analysis_examples`` images of alignment and σmax (:func:`diffjax.analysis.layer_summary`).
+Randomized smoothing (the ℓ2 baseline) of the natural models of the first seed at every σ of
+``sigmas`` on the first ``smoothing_examples`` images, its certified accuracy at ``eps_l2``.
 
-Cost of ``cpu`` on the 2-core CPU (an estimate, not a run; measured 2026-12-07 on the loaded
-machine, process CPU seconds, wall ≈ CPU/2): training steps of the cpu shape (batch 128, width
-32, 17 tokens) at depth 4, ViT, on the embedded sample, timed between the progress records of
-steps 2 and 6 (compile excluded): natural 0.06, PGD (5 steps) 0.41, IBP 1.89 CPU-s/step;
-compile + first step + evaluation 29 / 41 / 136 CPU-s. With 5,000 images × 6 epochs = 234
-steps, step cost ∝ depth (depths 1 + 2 + 4 = 1.75 × depth 4), DiffViT = ViT (not measured) and
-compiles paid once (the compilation cache serves the second seed): training ≈ 2 seeds × 2
-models × (234 × 1.75 × (0.06 + 0.41 + 1.89)) + 2 models × 3 depths × (29 + 41 + 136) ≈ 3,900
-+ 1,240 ≈ 5,100 CPU-s ≈ 43 min wall. Certification dominates: CROWN (``margin_lower_bounds``,
-float64, 2 images per call) of the depth-4 ViT took 95 CPU-s for the first (compiling) call and
-then 59 CPU-s per image per ε (ℓ∞ 1/255, 2 images), so 100 images × 4 ε × 12 depth-4 models
-alone ≈ 280,000 CPU-s (days). As configured (``verify_method="crown"``, ``examples=100``) the
-cpu preset therefore does not fit one hour; not yet measured: CROWN at depths 1 and 2, IBP /
-CROWN-IBP certification, PGD/AutoAttack evaluation and smoothing, from which ``examples``
-and ``verify_method`` are to be sized.
+Cost of ``cpu`` on the 2-core CPU: the wall time of a run from scratch is saved with its
+results (``results/certified/cpu/time.json``, quoted in docs/certified.md). Two things are left
+out of it for time, each a line of a copy of this file passed as ``--config``:
+
+* depth 4 (``depths=(1, 2, 4)``, ``verify_max_depth`` ≥ 4): an IBP training step of the cpu
+  shape took 1.89 CPU-s at depth 4 (loaded machine; its first compile 9 min wall) against 0.41
+  at depth 1 and 0.75 at depth 2 (idle), so its 12 models would more than double the run;
+* CROWN (``"crown"`` in ``verify_methods``): 1.9 s wall per image and ε at depth 1 (idle
+  machine; a depth-1 model's measures then take minutes instead of seconds), 59 CPU-s at
+  depth 4. IBP and CROWN-IBP certify the certifiably trained models; CROWN is what certifies
+  naturally and PGD-trained ones.
 """
 
 import ml_collections
@@ -55,7 +52,7 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
         c.train.epochs = 6
         c.train.train_examples = 5000
     c.seeds = p(mini=(0,), cpu=(0, 1))
-    c.depths = p(mini=(1,), cpu=(1, 2, 4))
+    c.depths = p(mini=(1,), cpu=(1, 2))
     c.trainings = ("none", "pgd", "ibp")
     c.friendly = True
     c.train_eps = 2 / 255
@@ -71,8 +68,10 @@ def get_config(arg: str = "cpu") -> ml_collections.ConfigDict:
     c.autoattack_examples = p(mini=0, cpu=50)
     c.autoattack = p(mini=dict(steps=2, num_targets=3, square_queries=4),
                      cpu=dict(steps=25, num_targets=3, square_queries=300))  # fmt: skip
-    c.verify_method = p(mini="ibp", cpu="crown")
-    c.verify_batch = p(mini=8, cpu=2)
+    # The verifier's methods, cheapest first, each on the images the ones before left
+    # uncertified, each up to its depth in verify_max_depth (cost: the module docstring).
+    c.verify_methods = ("ibp", "crown-ibp")
+    c.verify_max_depth = p(mini=(1, 1), cpu=(2, 2))
     c.analysis_examples = p(mini=2, cpu=16)
     c.sigmas = p(mini=(0.25,), cpu=(0.12, 0.25, 0.5))
     c.smoothing_examples = p(mini=3, cpu=50)
