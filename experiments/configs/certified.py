@@ -17,7 +17,7 @@ ascending); AutoAttack (``autoattack``: its config fields) at ``eps_linf`` on th
 ``autoattack_examples`` images (0: none); certified accuracy at every ε by
 :func:`diffjax.verify.margin_lower_bounds` (float64), the methods of ``verify_methods`` run
 cheapest first, each on the images the ones before left uncertified and up to the depth its
-``verify_max_depth`` entry gives. On the certified models of the first seed:
+``verify_max_depth`` entry gives. On every model of the first seed:
 ``analysis_examples`` images of alignment and σmax (:func:`diffjax.analysis.layer_summary`).
 Randomized smoothing (the ℓ2 baseline) of the natural models of the first seed at every σ of
 ``sigmas`` on the first ``smoothing_examples`` images, its certified accuracy at ``eps_l2``.
